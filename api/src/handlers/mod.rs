@@ -1,0 +1,131 @@
+//! HTTP handlers: extract, call a service function inside `Db::run`, map to a view. No SQL here.
+
+pub mod clusters;
+pub mod datastores;
+pub mod instance_modules;
+pub mod instances;
+pub mod modules;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use trove_common::amqp::AmqpError;
+use trove_common::db::models::instance::{InstanceDetail, Scope};
+use trove_common::db::models::Instance;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Context;
+
+/// `202 Accepted` with an empty body.
+pub fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// `200 OK` with an empty body.
+pub fn ok_empty() -> Response {
+    StatusCode::OK.into_response()
+}
+
+/// Trove's query-flag rule for module listings: true only when the value is `true` in any case.
+pub fn flag_true(v: Option<&String>) -> bool {
+    v.is_some_and(|s| s.eq_ignore_ascii_case("true"))
+}
+
+/// `limit` and `marker`: the effective limit is `min(limit or page_size, page_size)`.
+pub fn paging(
+    q: &std::collections::HashMap<String, String>,
+    page_size: i64,
+) -> ApiResult<(i64, Option<String>)> {
+    let limit = match q.get("limit") {
+        None => page_size,
+        Some(l) => l
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad(format!("limit '{l}' is not an integer")))?
+            .clamp(1, page_size),
+    };
+    Ok((limit, q.get("marker").cloned()))
+}
+
+/// Adds `links: [{"rel": "next", ...}]` when there was another page (`rows.len() > limit`).
+pub fn next_link(
+    body: &mut serde_json::Map<String, Value>,
+    ctx: &Context,
+    path: &str,
+    raw_query: Option<&str>,
+    last_id: Option<&str>,
+    more: bool,
+) {
+    let (Some(last), true) = (last_id, more) else {
+        return;
+    };
+    let mut parts: Vec<String> = raw_query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("marker="))
+        .map(str::to_owned)
+        .collect();
+    let mut placed = false;
+    if let Some(orig) = raw_query {
+        // Keep `marker` where it was when the request had one.
+        let mut rebuilt = Vec::new();
+        for p in orig.split('&').filter(|p| !p.is_empty()) {
+            if p.starts_with("marker=") {
+                rebuilt.push(format!("marker={last}"));
+                placed = true;
+            } else {
+                rebuilt.push(p.to_owned());
+            }
+        }
+        if placed {
+            parts = rebuilt;
+        }
+    }
+    if !placed {
+        parts.push(format!("marker={last}"));
+    }
+    let href = format!("{}{}?{}", ctx.base_url, path, parts.join("&"));
+    body.insert(
+        "links".into(),
+        serde_json::json!([{"rel": "next", "href": href}]),
+    );
+}
+
+/// Loads a live instance the caller may see (admins: any tenant), with its view data; 404 otherwise.
+pub async fn load_instance(state: &AppState, ctx: &Context, id: &str) -> ApiResult<InstanceDetail> {
+    let id = id.to_owned();
+    let tenant = ctx.project_id.clone();
+    let admin = ctx.is_admin;
+    state
+        .db
+        .run(move |c| {
+            let scope = if admin {
+                Scope::Any
+            } else {
+                Scope::Tenant(&tenant)
+            };
+            let inst =
+                Instance::find(c, &id, scope)?.ok_or_else(|| ApiError::resource_not_found(&id))?;
+            Ok(Instance::detail(c, vec![inst])?.remove(0))
+        })
+        .await
+}
+
+/// Maps a failed guest call to Trove's GuestError / GuestTimeout texts.
+pub fn guest_error(e: AmqpError) -> ApiError {
+    match e {
+        AmqpError::CallTimeout { .. } => {
+            ApiError::bad("Timeout trying to connect to the Guest Agent.")
+        }
+        AmqpError::Remote(r) => {
+            let msg = r.message.trim_end_matches('.');
+            ApiError::bad(format!(
+                "An error occurred communicating with the guest: {msg}."
+            ))
+        }
+        AmqpError::Unroutable(_) => ApiError::bad(
+            "An error occurred communicating with the guest: the guest agent is not listening.",
+        ),
+        other => ApiError::Unavailable(format!("The message broker is unavailable: {other}")),
+    }
+}

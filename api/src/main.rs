@@ -1,0 +1,32 @@
+//! `trove-api`: the Trove v1.0 REST API.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use trove_common::{amqp::Broker, config, db::Db, shutdown, telemetry};
+
+#[derive(Parser)]
+#[command(name = "trove-api", version, about = "Trove REST API")]
+struct Args {
+    /// Configuration files, later ones win (default /etc/trove/trove.conf).
+    #[arg(long = "config-file")]
+    config_file: Vec<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Arc::new(config::load(&args.config_file)?);
+    telemetry::init("trove-api");
+    let db = Db::new(&settings.database);
+    db.wait_ready(Duration::from_secs(60)).await?;
+    let broker = Broker::connect(&settings, Duration::from_secs(60)).await?;
+    let addr = format!(
+        "{}:{}",
+        settings.default.bind_host, settings.default.bind_port
+    );
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    trove_api::run(settings, db, broker, listener, shutdown::on_signal()).await
+}

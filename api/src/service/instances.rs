@@ -1,0 +1,268 @@
+//! Instance and cluster creation and deletion: everything written in one transaction together with the
+//! outbox messages that announce it (module-semantics §13, messaging.md §6).
+
+use diesel::pg::PgConnection;
+use diesel::Connection;
+use serde_json::{json, Value};
+use trove_common::config::Settings;
+use trove_common::crypto::Keyring;
+use trove_common::db::models::instance::Scope;
+use trove_common::db::models::module::Caller;
+use trove_common::db::models::{
+    Cluster, Datastore, DatastoreVersion, Flavor, Instance, InstanceModule, Module, OutboxMessage,
+};
+use trove_common::db::{new_id, now};
+use trove_common::module::check_datastore;
+use trove_common::rpc::guest::ModuleEntry;
+use trove_common::rpc::taskmanager::{ClusterConfig, CreateInstance, FlavorInfo, TaskManagerMsg};
+use trove_common::rpc::{self, keys, RpcContext};
+use trove_common::status::{ClusterTask, InstanceTask};
+
+use super::catalog::Catalog;
+use crate::error::{ApiError, ApiResult};
+use crate::views::modules::payload;
+
+/// Queues a cast to the taskmanager in the caller's transaction.
+pub fn enqueue_taskmanager(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    topic: &str,
+    msg: &TaskManagerMsg,
+    ctx: &RpcContext,
+) -> diesel::QueryResult<()> {
+    let (method, args) = rpc::to_method_args(msg);
+    let body = rpc::encode_request(
+        &method,
+        args,
+        ctx,
+        "1.0",
+        None,
+        &keys::taskmanager_security(settings),
+    );
+    OutboxMessage::push(conn, topic, &method, &body, &ctx.request_id)
+}
+
+/// One instance to create (a single instance, or a cluster member).
+pub struct InstanceSpec {
+    pub name: String,
+    pub flavor: Flavor,
+    pub volume_size: i32,
+    pub module_ids: Vec<String>,
+    pub cluster: Option<String>,
+}
+
+/// The modules an instance gets: the requested ones plus the auto-apply ones, validated (§13).
+pub fn modules_for(
+    conn: &mut PgConnection,
+    caller: Caller<'_>,
+    ids: &[String],
+    ds: &Datastore,
+    ver: &DatastoreVersion,
+) -> ApiResult<Vec<Module>> {
+    let mut mods = Module::load_for_apply(conn, ids, caller)?;
+    for auto in Module::auto_apply_for(conn, caller.project_id, &ds.id, &ver.id)? {
+        if !mods.iter().any(|m| m.id == auto.id) {
+            mods.push(auto);
+        }
+    }
+    for m in &mods {
+        check_datastore(
+            &m.name,
+            m.datastore_id.as_deref(),
+            m.datastore_version_id.as_deref(),
+            &ds.id,
+            &ver.id,
+        )
+        .map_err(|e| ApiError::bad(format!("The module is invalid: {e}")))?;
+    }
+    Ok(mods)
+}
+
+/// Decrypts each module into the payload guests receive.
+pub fn payloads(mods: &[Module], cat: &Catalog, keys: &Keyring) -> ApiResult<Vec<ModuleEntry>> {
+    mods.iter()
+        .map(|m| {
+            let contents = keys.decrypt_string(&m.contents).map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("module {} contents: {e}", m.id))
+            })?;
+            Ok(ModuleEntry {
+                module: payload(m, cat, Some(contents)),
+            })
+        })
+        .collect()
+}
+
+/// Inserts one instance (BUILDING, NEW, a fresh RPC key), records its modules and queues
+/// `create_instance`. Call inside a transaction.
+#[allow(clippy::too_many_arguments)]
+pub fn insert_instance(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    ctx: &RpcContext,
+    tenant: &str,
+    spec: &InstanceSpec,
+    ds: &Datastore,
+    ver: &DatastoreVersion,
+    mods: &[Module],
+    entries: Vec<ModuleEntry>,
+    topic: &str,
+) -> ApiResult<Instance> {
+    let now = now();
+    let instance = Instance {
+        id: new_id(),
+        created: now,
+        updated: now,
+        name: spec.name.clone(),
+        hostname: None,
+        compute_instance_id: None,
+        server_status: Some("BUILD".into()),
+        task_id: InstanceTask::Building.code(),
+        task_description: InstanceTask::Building.description().into(),
+        task_start_time: Some(now),
+        volume_id: None,
+        volume_size: Some(spec.volume_size),
+        flavor_id: spec.flavor.id.clone(),
+        tenant_id: tenant.into(),
+        datastore_version_id: ver.id.clone(),
+        cluster_id: spec.cluster.clone(),
+        shard_id: None,
+        instance_type: spec.cluster.as_ref().map(|_| "member".into()),
+        region_id: settings.default.region.clone(),
+        encrypted_key: keys::seal_instance_key(settings, &trove_common::crypto::random_rpc_key()),
+        configuration_id: None,
+        slave_of_id: None,
+        deleted: false,
+        deleted_at: None,
+    };
+    Instance::insert(conn, &instance)?;
+    for m in mods {
+        InstanceModule::record(conn, &instance.id, &m.id, &m.md5)?;
+    }
+    let f = &spec.flavor;
+    let msg = TaskManagerMsg::CreateInstance(Box::new(CreateInstance {
+        instance_id: instance.id.clone(),
+        name: instance.name.clone(),
+        flavor: FlavorInfo {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            ram: f.ram,
+            vcpus: f.vcpus,
+            disk: f.disk,
+            ephemeral: f.ephemeral,
+        },
+        datastore_manager: ver.manager.clone(),
+        packages: ver.packages.clone(),
+        volume_size: Some(spec.volume_size),
+        overrides: json!({}),
+        cluster_config: spec.cluster.as_ref().map(|c| ClusterConfig {
+            id: c.clone(),
+            instance_type: "member".into(),
+        }),
+        modules: entries,
+        ds_version: Some(ver.name.clone()),
+        ..Default::default()
+    }));
+    enqueue_taskmanager(conn, settings, topic, &msg, ctx)?;
+    let _ = ds;
+    Ok(instance)
+}
+
+/// Reads `flavorRef` (string, integer, or an href whose last segment is the id).
+pub fn flavor_ref(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => s
+            .rsplit('/')
+            .next()
+            .map(str::to_owned)
+            .filter(|s| !s.is_empty()),
+        _ => None,
+    }
+}
+
+/// Reads `volume.size` (an integer ≥ 1, or a string of one).
+pub fn volume_size(v: Option<&Value>) -> Option<Option<i64>> {
+    let size = v?.get("size")?;
+    Some(match size {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+/// Checks the size limit (413) and returns the size.
+pub fn check_volume(settings: &Settings, size: Option<Option<i64>>) -> ApiResult<i32> {
+    let Some(size) = size else {
+        return Err(ApiError::bad("Volume size was not specified."));
+    };
+    let Some(size) = size.filter(|s| *s >= 1) else {
+        return Err(ApiError::bad("Volume size was not specified."));
+    };
+    let max = i64::from(settings.default.max_accepted_volume_size);
+    if size > max {
+        return Err(ApiError::OverLimit(format!(
+            "Volume 'size' cannot exceed maximum of {max} GB, {size} cannot be accepted."
+        )));
+    }
+    Ok(size as i32)
+}
+
+/// `DELETE /instances/{id}` (rest-api.md): checks, task DELETING, modules retired, cast queued.
+pub fn delete_instance(
+    conn: &mut PgConnection,
+    settings: &Settings,
+    ctx: &RpcContext,
+    scope: Scope<'_>,
+    id: &str,
+    topic: &str,
+    status: impl Fn(&mut PgConnection, &Instance) -> ApiResult<&'static str>,
+) -> ApiResult<()> {
+    conn.transaction(|conn| {
+        let inst =
+            Instance::find(conn, id, scope)?.ok_or_else(|| ApiError::resource_not_found(id))?;
+        let st = status(conn, &inst)?;
+        if st == "BUILD" {
+            return Err(ApiError::Unprocessable(format!(
+                "Instance {id} is not ready. (Status is {st})."
+            )));
+        }
+        if let Some(cid) = &inst.cluster_id {
+            let deleting = Cluster::find(conn, cid, None)?
+                .is_some_and(|c| c.task_id == ClusterTask::Deleting.code());
+            if !deleting {
+                return Err(ApiError::NotImplemented(
+                    "Operation not supported for instances that are part of a cluster.".into(),
+                ));
+            }
+        }
+        Instance::set_task(conn, id, InstanceTask::Deleting)?;
+        Instance::retire_modules(conn, id)?;
+        enqueue_taskmanager(
+            conn,
+            settings,
+            topic,
+            &TaskManagerMsg::DeleteInstance {
+                instance_id: id.into(),
+            },
+            ctx,
+        )?;
+        Ok(())
+    })
+}
+
+/// A cluster row in BUILDING.
+pub fn new_cluster(name: &str, tenant: &str, ver: &DatastoreVersion) -> Cluster {
+    let now = now();
+    Cluster {
+        id: new_id(),
+        created: now,
+        updated: now,
+        name: name.into(),
+        task_id: ClusterTask::Building.code(),
+        tenant_id: tenant.into(),
+        datastore_version_id: ver.id.clone(),
+        configuration_id: None,
+        deleted: false,
+        deleted_at: None,
+    }
+}

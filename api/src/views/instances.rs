@@ -1,0 +1,90 @@
+//! Instance views (Pike's field set, rest-api.md §Instances).
+
+use serde_json::{json, Map, Value};
+use trove_common::api_time;
+use trove_common::db::models::instance::InstanceDetail;
+use trove_common::status::{api_status, StatusInputs};
+
+use super::links;
+
+/// The API status of an instance (messaging.md §5).
+pub fn status(d: &InstanceDetail, heartbeat_expiry: u64) -> &'static str {
+    let now = trove_common::db::now();
+    let svc = d.service.as_ref();
+    api_status(&StatusInputs {
+        task_id: d.instance.task_id,
+        service_status: svc.and_then(|s| s.status()),
+        server_status: d.instance.server_status.as_deref(),
+        status_age_secs: svc
+            .and_then(|s| s.updated_at)
+            .map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
+        heartbeat_expiry_secs: heartbeat_expiry as f64,
+    })
+}
+
+/// The list item; `tenant_id` only for admins.
+pub fn list_item(
+    d: &InstanceDetail,
+    base: &str,
+    is_admin: bool,
+    expiry: u64,
+) -> Map<String, Value> {
+    let i = &d.instance;
+    let mut o = Map::new();
+    o.insert("id".into(), json!(i.id));
+    o.insert("name".into(), json!(i.name));
+    o.insert("status".into(), json!(status(d, expiry)));
+    o.insert(
+        "links".into(),
+        links(base, &i.tenant_id, "instances", &i.id),
+    );
+    o.insert(
+        "flavor".into(),
+        json!({"id": i.flavor_id, "links": links(base, &i.tenant_id, "flavors", &i.flavor_id)}),
+    );
+    o.insert(
+        "datastore".into(),
+        json!({"type": d.datastore_name, "version": d.version_name}),
+    );
+    o.insert("region".into(), json!(i.region_id));
+    if let Some(size) = i.volume_size {
+        o.insert("volume".into(), json!({"size": size}));
+    }
+    if let Some(h) = &i.hostname {
+        o.insert("hostname".into(), json!(h));
+    }
+    if is_admin {
+        o.insert("tenant_id".into(), json!(i.tenant_id));
+    }
+    o
+}
+
+/// The detail view.
+pub fn detail(d: &InstanceDetail, base: &str, is_admin: bool, expiry: u64) -> Map<String, Value> {
+    let i = &d.instance;
+    let mut o = list_item(d, base, is_admin, expiry);
+    o.insert("created".into(), json!(api_time(i.created)));
+    o.insert("updated".into(), json!(api_time(i.updated)));
+    if let Some(c) = &i.cluster_id {
+        o.insert("cluster_id".into(), json!(c));
+    }
+    if let Some(s) = &i.shard_id {
+        o.insert("shard_id".into(), json!(s));
+    }
+    if let Some((message, details, created)) = &d.fault {
+        o.insert(
+            "fault".into(),
+            json!({"message": message, "details": details, "created": api_time(*created)}),
+        );
+    }
+    if is_admin {
+        // Trove shows the compute server id; our driver's handle is an internal detail until it is set.
+        o.insert("server_id".into(), json!(i.compute_instance_id));
+        o.insert("volume_id".into(), json!(i.volume_id));
+        o.insert(
+            "encrypted_rpc_messaging".into(),
+            json!(i.encrypted_key.is_some()),
+        );
+    }
+    o
+}

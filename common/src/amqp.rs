@@ -1,0 +1,622 @@
+//! RabbitMQ: connecting, declaring the topology, publishing with confirms, one consume loop, and calls.
+//!
+//! Services write only handlers; everything about the broker lives here:
+//! - [`Broker`] owns one connection and a confirm-mode publishing channel. When the broker goes away it
+//!   reconnects on the next use (lapin does not do it by itself), and consumers re-declare their queues.
+//! - Every exchange and queue name goes through [`Names`], which puts `[amqp] prefix` in front: tests
+//!   get their own topology on a shared broker.
+//! - [`Broker::cast`] publishes persistent and `mandatory`, then waits for the confirm. An unroutable
+//!   message comes back as `Ack(Some(returned))` and is an error, never silently lost.
+//! - [`consume`] runs a handler per delivery with a bounded number in flight and acks only after the
+//!   handler returns (so after its database commit). A message that does not decode is rejected without
+//!   requeue and lands in the dead-letter queue: it never crashes or hot-loops a consumer.
+//! - [`RpcClient`] makes calls: one `reply_<uuid>` queue per process, correlation by `_msg_id`, a
+//!   timeout per call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+use tokio::sync::{oneshot, Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::crypto::Keyring;
+use crate::rpc::{self, RemoteError, ReplyTo, RpcContext, Security};
+
+/// Errors from the broker layer.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker error: {0}")]
+    Lapin(#[from] lapin::Error),
+    #[error("message to {0} was not routed to any queue")]
+    Unroutable(String),
+    #[error("broker refused message to {0}")]
+    Nacked(String),
+    #[error("timed out waiting for the broker to confirm a message to {0}")]
+    ConfirmTimeout(String),
+    #[error("timed out waiting for a reply to {method} on {topic}")]
+    CallTimeout { topic: String, method: String },
+    #[error("{}", .0.message)]
+    Remote(RemoteError),
+    #[error("undecodable reply: {0}")]
+    Decode(#[from] rpc::DecodeError),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Exchange and queue names, all built from the settings and the prefix.
+#[derive(Clone, Debug)]
+pub struct Names {
+    prefix: String,
+    control_exchange: String,
+    taskmanager: String,
+    conductor: String,
+}
+
+impl Names {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            prefix: settings.amqp.prefix.clone(),
+            control_exchange: settings.default.control_exchange.clone(),
+            taskmanager: settings.default.taskmanager_queue.clone(),
+            conductor: settings.default.conductor_queue.clone(),
+        }
+    }
+
+    /// The topic exchange every server binds to.
+    pub fn exchange(&self) -> String {
+        format!("{}{}", self.prefix, self.control_exchange)
+    }
+
+    /// Where undecodable and rejected messages go.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}{}.dlx", self.prefix, self.control_exchange)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}{}.dead-letter", self.prefix, self.control_exchange)
+    }
+
+    /// The taskmanager's topic.
+    pub fn taskmanager(&self) -> String {
+        format!("{}{}", self.prefix, self.taskmanager)
+    }
+
+    /// The conductor's topic.
+    pub fn conductor(&self) -> String {
+        format!("{}{}", self.prefix, self.conductor)
+    }
+
+    /// A guest's topic, `guestagent.<instance_id>`.
+    pub fn guest(&self, instance_id: &str) -> String {
+        format!("{}guestagent.{instance_id}", self.prefix)
+    }
+
+    /// The prefix itself (tests use it to clean up).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// The AMQP URI lapin understands, from oslo's `transport_url`.
+pub fn amqp_uri(transport_url: &str) -> String {
+    let url = transport_url
+        .strip_prefix("rabbit://")
+        .map(|r| format!("amqp://{r}"))
+        .unwrap_or_else(|| transport_url.to_owned());
+    // oslo's trailing "/" means the default vhost; lapin would read it as the empty vhost.
+    match url.strip_suffix('/') {
+        Some(stripped) if !stripped.ends_with('/') && stripped.matches('/').count() == 2 => {
+            stripped.to_owned()
+        }
+        _ => url,
+    }
+}
+
+struct Live {
+    conn: Connection,
+    publisher: Channel,
+}
+
+/// One connection to RabbitMQ shared by a process, re-established on demand.
+pub struct Broker {
+    uri: String,
+    names: Names,
+    publish_timeout: Duration,
+    reconnect_delay: Duration,
+    live: Mutex<Option<Live>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects, retrying until `deadline` passes (services start before the broker under systemd).
+    pub async fn connect(settings: &Settings, deadline: Duration) -> Result<Arc<Self>, AmqpError> {
+        let broker = Arc::new(Self {
+            uri: amqp_uri(&settings.default.transport_url),
+            names: Names::new(settings),
+            publish_timeout: Duration::from_secs(settings.amqp.publish_timeout),
+            reconnect_delay: Duration::from_secs_f64(settings.amqp.reconnect_delay.max(0.05)),
+            live: Mutex::new(None),
+        });
+        let start = tokio::time::Instant::now();
+        loop {
+            match broker.publisher().await {
+                Ok(_) => return Ok(broker),
+                Err(e) if start.elapsed() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "broker not reachable yet; retrying");
+                    tokio::time::sleep(broker.reconnect_delay).await;
+                }
+            }
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The confirm-mode publishing channel, reconnecting when the connection or channel died.
+    async fn publisher(&self) -> Result<Channel, AmqpError> {
+        let mut live = self.live.lock().await;
+        if let Some(l) = live.as_ref() {
+            if l.conn.status().connected() && l.publisher.status().connected() {
+                return Ok(l.publisher.clone());
+            }
+            if l.conn.status().connected() {
+                let publisher = l.conn.create_channel().await?;
+                publisher
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                let conn = live.take().expect("checked above").conn;
+                *live = Some(Live {
+                    conn,
+                    publisher: publisher.clone(),
+                });
+                return Ok(publisher);
+            }
+        }
+        let conn = Connection::connect(&self.uri, ConnectionProperties::default()).await?;
+        let publisher = conn.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare_base(&publisher, &self.names).await?;
+        *live = Some(Live {
+            conn,
+            publisher: publisher.clone(),
+        });
+        tracing::info!("connected to the broker");
+        Ok(publisher)
+    }
+
+    /// A fresh channel on the shared connection (consumers each get their own).
+    pub async fn channel(&self) -> Result<Channel, AmqpError> {
+        self.publisher().await?;
+        let live = self.live.lock().await;
+        let conn = &live.as_ref().expect("publisher() connected").conn;
+        Ok(conn.create_channel().await?)
+    }
+
+    /// Publishes a persistent, mandatory message to the control exchange with `topic` as routing key,
+    /// and waits for the broker's confirm. Retries once on a dead connection.
+    pub async fn cast(&self, topic: &str, body: &[u8]) -> Result<(), AmqpError> {
+        let exchange = self.names.exchange();
+        match self.publish_confirmed(&exchange, topic, body, true).await {
+            Err(AmqpError::Lapin(e)) => {
+                tracing::warn!(error = %e, topic, "publish failed; reconnecting once");
+                self.publish_confirmed(&exchange, topic, body, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        key: &str,
+        body: &[u8],
+        persistent: bool,
+    ) -> Result<(), AmqpError> {
+        let ch = self.publisher().await?;
+        let mut props =
+            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        if persistent {
+            props = props.with_delivery_mode(2);
+        }
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = ch
+            .basic_publish(exchange.into(), key.into(), opts, body, props)
+            .await?;
+        match tokio::time::timeout(self.publish_timeout, confirm).await {
+            Err(_) => Err(AmqpError::ConfirmTimeout(key.to_owned())),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(AmqpError::Unroutable(key.to_owned())),
+            Ok(Ok(Confirmation::Nack(_))) => Err(AmqpError::Nacked(key.to_owned())),
+        }
+    }
+
+    /// Publishes a reply to a call's reply queue (default exchange). A caller that has gone away is not
+    /// an error worth more than a log line.
+    pub async fn reply(&self, reply_q: &str, body: &[u8]) -> Result<(), AmqpError> {
+        match self.publish_confirmed("", reply_q, body, false).await {
+            Err(AmqpError::Unroutable(q)) => {
+                tracing::warn!(reply_q = %q, "caller's reply queue is gone; reply dropped");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Declares a server's durable topic queue and binds it: `guestagent.<id>`, `taskmanager`, ...
+    pub async fn declare_topic_queue(&self, topic: &str) -> Result<(), AmqpError> {
+        let ch = self.publisher().await?;
+        declare_topic_queue(&ch, &self.names, topic).await
+    }
+
+    /// Deletes a queue (a deleted guest's).
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), AmqpError> {
+        let ch = self.channel().await?;
+        ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+        let _ = ch.close(200, "bye".into()).await;
+        Ok(())
+    }
+
+    /// Closes the connection (graceful shutdown).
+    pub async fn close(&self) {
+        if let Some(l) = self.live.lock().await.take() {
+            let _ = l.conn.close(200, "shutdown".into()).await;
+        }
+    }
+}
+
+async fn declare_base(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        names.exchange().into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        names.dead_letter_exchange().into(),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    let q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(names.dead_letter_queue().into(), q, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        names.dead_letter_queue().into(),
+        names.dead_letter_exchange().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn declare_topic_queue(ch: &Channel, names: &Names, topic: &str) -> Result<(), AmqpError> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(names.dead_letter_exchange().into()),
+    );
+    let q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(topic.into(), q, args).await?;
+    ch.queue_bind(
+        topic.into(),
+        names.exchange().into(),
+        topic.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What a handler decided about a delivery.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done (its database work committed): ack.
+    Ack,
+    /// It will never succeed (undecodable, unknown method): reject without requeue → dead-letter queue.
+    DeadLetter(String),
+    /// A transient failure (database down): requeue after a pause, so it is not lost and not hot-looped.
+    Retry(String),
+}
+
+/// Consumes `topic` (declaring and binding it first) until `shutdown`, running `handler` for each delivery
+/// with at most `prefetch` in flight. Reconnects and re-declares after broker failures. On shutdown it
+/// stops taking deliveries, lets the ones in flight finish and ack, and returns.
+pub async fn consume<H, F>(
+    broker: Arc<Broker>,
+    topic: String,
+    prefetch: u16,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), AmqpError>
+where
+    H: Fn(lapin::message::Delivery) -> F + Send + Sync + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let limit = Arc::new(Semaphore::new(prefetch as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    while !shutdown.is_cancelled() {
+        let session = async {
+            let ch = broker.channel().await?;
+            declare_topic_queue(&ch, &broker.names, &topic).await?;
+            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let consumer = ch
+                .basic_consume(
+                    topic.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, AmqpError>((ch, consumer))
+        };
+        let (ch, mut consumer) = match session.await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, queue = %topic, "cannot consume yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(broker.reconnect_delay) => continue,
+                }
+            }
+        };
+        tracing::debug!(queue = %topic, "consuming");
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, queue = %topic, "consumer failed; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!(queue = %topic, "consumer ended; reconnecting");
+                    break;
+                }
+            };
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closes");
+            let handler = handler.clone();
+            let reconnect_delay = broker.reconnect_delay;
+            tasks.spawn(async move {
+                let acker = delivery.acker.clone();
+                let outcome = handler(delivery).await;
+                let res = match outcome {
+                    Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
+                    Outcome::DeadLetter(why) => {
+                        tracing::error!(reason = %why, "message dead-lettered");
+                        acker.reject(BasicRejectOptions { requeue: false }).await
+                    }
+                    Outcome::Retry(why) => {
+                        tracing::warn!(reason = %why, "message will be retried");
+                        tokio::time::sleep(reconnect_delay).await;
+                        acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                    }
+                };
+                if let Err(e) = res {
+                    // The channel died: the broker redelivers the message to the next consumer.
+                    tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
+                }
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        if shutdown.is_cancelled() {
+            // Let deliveries in flight finish and be acked before the channel closes.
+            while tasks.join_next().await.is_some() {}
+            let _ = ch.close(200, "shutdown".into()).await;
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(broker.reconnect_delay) => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Calls waiting for their reply, by `_msg_id`; each gets the raw reply body.
+type Pending = Arc<std::sync::Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+
+/// Makes calls (request/reply) to RPC servers such as guests.
+pub struct RpcClient {
+    broker: Arc<Broker>,
+    reply_q: Mutex<Option<(String, CancellationToken)>>,
+    pending: Pending,
+}
+
+impl RpcClient {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self {
+            broker,
+            reply_q: Mutex::new(None),
+            pending: Arc::default(),
+        }
+    }
+
+    /// The reply queue, (re)created when its consumer died with the connection.
+    async fn reply_queue(&self) -> Result<String, AmqpError> {
+        let mut guard = self.reply_q.lock().await;
+        if let Some((q, alive)) = guard.as_ref() {
+            if !alive.is_cancelled() {
+                return Ok(q.clone());
+            }
+        }
+        let name = format!(
+            "{}reply_{}",
+            self.broker.names.prefix(),
+            Uuid::new_v4().simple()
+        );
+        let ch = self.broker.channel().await?;
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(name.as_str().into(), opts, FieldTable::default())
+            .await?;
+        let consumer = ch
+            .basic_consume(
+                name.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let dead = CancellationToken::new();
+        let pending = self.pending.clone();
+        let dead2 = dead.clone();
+        tokio::spawn(async move {
+            let _ch = ch;
+            let mut consumer = consumer;
+            while let Some(Ok(d)) = consumer.next().await {
+                // Replies are decoded by the waiting caller, who knows the key.
+                if let Some(id) = peek_msg_id(&d.data) {
+                    if let Some(tx) = pending.lock().expect("pending map poisoned").remove(&id) {
+                        let _ = tx.send(d.data);
+                    }
+                }
+            }
+            dead2.cancel();
+        });
+        *guard = Some((name.clone(), dead));
+        Ok(name)
+    }
+
+    /// Calls `method` on `topic` and waits up to `timeout` for the reply. `keys` protects the message
+    /// (the instance key for guests).
+    pub async fn call(
+        &self,
+        topic: &str,
+        method: &str,
+        args: serde_json::Map<String, Value>,
+        context: &RpcContext,
+        keys: Option<&Keyring>,
+        timeout: Duration,
+    ) -> Result<Value, AmqpError> {
+        let reply_q = self.reply_queue().await?;
+        let msg_id = Uuid::new_v4().simple().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("pending map poisoned")
+            .insert(msg_id.clone(), tx);
+        let security = keys
+            .map(|k| Security::Secure(k.clone()))
+            .unwrap_or(Security::Plain);
+        let reply = ReplyTo {
+            msg_id: msg_id.clone(),
+            reply_q,
+        };
+        let body = rpc::encode_request(method, args, context, "1.0", Some(&reply), &security);
+        if let Err(e) = self.broker.cast(topic, &body).await {
+            self.pending
+                .lock()
+                .expect("pending map poisoned")
+                .remove(&msg_id);
+            return Err(e);
+        }
+        let body = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(body)) => body,
+            _ => {
+                self.pending
+                    .lock()
+                    .expect("pending map poisoned")
+                    .remove(&msg_id);
+                return Err(AmqpError::CallTimeout {
+                    topic: topic.into(),
+                    method: method.into(),
+                });
+            }
+        };
+        let reply = rpc::decode_reply(&body, keys)?;
+        reply.result.map_err(AmqpError::Remote)
+    }
+}
+
+fn peek_msg_id(body: &[u8]) -> Option<String> {
+    let outer: Value = serde_json::from_slice(body).ok()?;
+    let inner: Value = serde_json::from_str(outer.get("oslo.message")?.as_str()?).ok()?;
+    inner.get("_msg_id")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_url_becomes_amqp_uri() {
+        assert_eq!(
+            amqp_uri("rabbit://guest:guest@127.0.0.1:5672/"),
+            "amqp://guest:guest@127.0.0.1:5672"
+        );
+        assert_eq!(amqp_uri("amqp://u:p@h:5672/vh"), "amqp://u:p@h:5672/vh");
+        assert_eq!(amqp_uri("rabbit://u:p@h:5672"), "amqp://u:p@h:5672");
+    }
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let mut s = Settings::default();
+        s.amqp.prefix = "t1.".into();
+        let n = Names::new(&s);
+        assert_eq!(n.exchange(), "t1.trove");
+        assert_eq!(n.taskmanager(), "t1.taskmanager");
+        assert_eq!(n.conductor(), "t1.trove-conductor");
+        assert_eq!(n.guest("abc"), "t1.guestagent.abc");
+    }
+}

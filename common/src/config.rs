@@ -1,0 +1,464 @@
+//! Configuration: oslo.config-style INI files with Trove's option names.
+//!
+//! Operators of OpenStack services expect `/etc/trove/trove.conf` with a `[DEFAULT]` section, so that is
+//! what we read. [`load`] layers, later winning:
+//! 1. the defaults written on the structs below (they match Trove's),
+//! 2. each `--config-file` in order (or `/etc/trove/trove.conf` when none is given and it exists),
+//! 3. environment variables `TROVE__<SECTION>__<OPTION>`, e.g. `TROVE__DATABASE__CONNECTION` or
+//!    `TROVE__DEFAULT__BIND_PORT`.
+//!
+//! Then [`Settings::validate`] checks what the types cannot, so a bad value stops the service at start-up
+//! with the option's name in the message. `etc/trove/trove.conf.sample` documents every option.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+
+/// Where services look when no `--config-file` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/trove/trove.conf";
+
+/// Errors from [`load`]; the message always names the file or option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] config::ConfigError),
+    #[error("invalid value for option {option}: {reason}")]
+    Invalid {
+        option: &'static str,
+        reason: String,
+    },
+}
+
+/// Every option the trove-rs processes read. Each process uses its own part.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    #[serde(rename = "DEFAULT", alias = "default")]
+    pub default: DefaultSection,
+    pub database: DatabaseSection,
+    pub amqp: AmqpSection,
+    pub api: ApiSection,
+    pub compute: ComputeSection,
+    pub guest: GuestSection,
+}
+
+/// `[DEFAULT]`: Trove's own option names and defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct DefaultSection {
+    /// API listen address.
+    pub bind_host: String,
+    /// API listen port (Trove's 8779).
+    pub bind_port: u16,
+    /// `rabbit://user:pass@host:port/vhost` (also `amqp://`).
+    pub transport_url: String,
+    /// The topic exchange every RPC server binds to.
+    pub control_exchange: String,
+    pub taskmanager_queue: String,
+    pub conductor_queue: String,
+    /// Encrypt RPC arguments and context with the per-instance keys (messaging.md §3).
+    pub enable_secure_rpc_messaging: bool,
+    pub taskmanager_rpc_encr_key: SecretString,
+    /// Master key that encrypts each instance's RPC key in `instances.encrypted_key`.
+    pub inst_rpc_key_encr_key: SecretString,
+    pub agent_call_low_timeout: u64,
+    pub agent_call_high_timeout: u64,
+    pub agent_heartbeat_time: u64,
+    pub agent_heartbeat_expiry: u64,
+    /// Seconds between a guest's heartbeats.
+    pub report_interval: f64,
+    /// Seconds between the taskmanager's build checks.
+    pub usage_sleep_time: f64,
+    pub usage_timeout: u64,
+    pub cluster_usage_timeout: u64,
+    pub cluster_delete_time_out: u64,
+    pub update_status_on_fail: bool,
+    pub region: String,
+    /// Datastore used by `POST /instances` without one (the walkthrough needs `redis`).
+    #[serde(deserialize_with = "empty_as_none")]
+    pub default_datastore: Option<String>,
+    /// Allowed module types in the API, and the drivers a guest loads.
+    #[serde(deserialize_with = "comma_list")]
+    pub module_types: Vec<String>,
+    /// Trove's key for module contents (AES-CBC); we only read that format.
+    pub module_aes_cbc_key: SecretString,
+    /// Our AES-256-GCM key for module contents at rest.
+    pub module_contents_key: SecretString,
+    /// The key id written in front of new ciphertexts, so keys can rotate.
+    pub module_contents_key_id: u8,
+    /// Older keys still accepted for reading: `id:key, id:key`.
+    #[serde(deserialize_with = "comma_list")]
+    pub module_contents_old_keys: Vec<String>,
+    pub modules_page_size: i64,
+    pub instances_page_size: i64,
+    pub clusters_page_size: i64,
+    pub module_reapply_max_batch_size: i64,
+    pub module_reapply_min_batch_delay: i64,
+    /// Seconds a reapply waits for one guest's answer before counting it failed (ours).
+    pub module_reapply_instance_timeout: u64,
+    pub max_accepted_volume_size: i32,
+    /// `noauth` (development) or `keystone`.
+    pub auth_strategy: String,
+    #[serde(deserialize_with = "comma_list")]
+    pub admin_roles: Vec<String>,
+    /// Extra safety switch: `noauth` is refused unless this is set.
+    pub allow_noauth: bool,
+}
+
+impl Default for DefaultSection {
+    fn default() -> Self {
+        Self {
+            bind_host: "0.0.0.0".into(),
+            bind_port: 8779,
+            transport_url: "rabbit://guest:guest@127.0.0.1:5672/".into(),
+            control_exchange: "trove".into(),
+            taskmanager_queue: "taskmanager".into(),
+            conductor_queue: "trove-conductor".into(),
+            enable_secure_rpc_messaging: true,
+            taskmanager_rpc_encr_key: "bzH6y0SGmjuoY0FNSTptrhgieGXNDX6PIhvz".into(),
+            inst_rpc_key_encr_key: "emYjgHFqfXNB1NGehAFIUeoyw4V4XwWHEaKP".into(),
+            agent_call_low_timeout: 15,
+            agent_call_high_timeout: 180,
+            agent_heartbeat_time: 10,
+            agent_heartbeat_expiry: 90,
+            report_interval: 30.0,
+            usage_sleep_time: 5.0,
+            usage_timeout: 1800,
+            cluster_usage_timeout: 36000,
+            cluster_delete_time_out: 180,
+            update_status_on_fail: true,
+            region: "RegionOne".into(),
+            default_datastore: None,
+            module_types: vec!["ping".into(), "new_relic_license".into()],
+            module_aes_cbc_key: "module_aes_cbc_key".into(),
+            module_contents_key: "module_contents_key".into(),
+            module_contents_key_id: 1,
+            module_contents_old_keys: Vec::new(),
+            modules_page_size: 20,
+            instances_page_size: 20,
+            clusters_page_size: 20,
+            module_reapply_max_batch_size: 50,
+            module_reapply_min_batch_delay: 2,
+            module_reapply_instance_timeout: 180,
+            max_accepted_volume_size: 10,
+            auth_strategy: "noauth".into(),
+            admin_roles: vec!["admin".into()],
+            allow_noauth: true,
+        }
+    }
+}
+
+/// `[database]`, as oslo.db names it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSection {
+    pub connection: SecretString,
+    pub max_pool_size: u32,
+    /// Seconds to wait for a pooled connection before failing (never stall).
+    pub pool_timeout: u64,
+    /// Milliseconds after which PostgreSQL cancels a statement.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            connection: "postgresql://postgres@127.0.0.1:5432/trove".into(),
+            max_pool_size: 10,
+            pool_timeout: 30,
+            statement_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// `[amqp]`: our knobs on top of `transport_url`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AmqpSection {
+    /// Put in front of every exchange and queue name; tests use a unique one each.
+    pub prefix: String,
+    /// Unacknowledged deliveries a consumer may hold.
+    pub prefetch: u16,
+    /// Seconds to wait for a publisher confirm.
+    pub publish_timeout: u64,
+    /// Seconds between reconnect attempts.
+    pub reconnect_delay: f64,
+}
+
+impl Default for AmqpSection {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            prefetch: 32,
+            publish_timeout: 30,
+            reconnect_delay: 1.0,
+        }
+    }
+}
+
+/// `[api]`: our additions for the REST service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ApiSection {
+    /// Largest request body accepted, in bytes (module payloads travel base64 in JSON).
+    pub max_body_size: usize,
+    /// Seconds between outbox relay sweeps when nothing wakes it.
+    pub outbox_poll_interval: f64,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            max_body_size: 64 * 1024 * 1024,
+            outbox_poll_interval: 1.0,
+        }
+    }
+}
+
+/// `[compute]`: how the taskmanager starts guests.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ComputeSection {
+    /// `local`: one real `trove-guestagent` process per instance on this host.
+    pub driver: String,
+    /// The guest agent binary; empty means "next to the running executable".
+    pub guestagent_path: String,
+    /// Each guest gets `<state_path>/<instance id>/`.
+    pub state_path: PathBuf,
+}
+
+impl Default for ComputeSection {
+    fn default() -> Self {
+        Self {
+            driver: "local".into(),
+            guestagent_path: String::new(),
+            state_path: PathBuf::from("/var/lib/trove/guests"),
+        }
+    }
+}
+
+/// `[guest]`: the identity of one guest agent, written by the compute driver.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GuestSection {
+    pub guest_id: String,
+    pub datastore_manager: String,
+    pub instance_rpc_encr_key: Option<SecretString>,
+    pub state_dir: PathBuf,
+}
+
+impl Settings {
+    /// Checks that types alone cannot express. Each error names its option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.default;
+        let url = d.transport_url.as_str();
+        if !(url.starts_with("rabbit://")
+            || url.starts_with("amqp://")
+            || url.starts_with("amqps://"))
+        {
+            return invalid(
+                "DEFAULT.transport_url",
+                "must start with rabbit://, amqp:// or amqps://",
+            );
+        }
+        if d.control_exchange.trim().is_empty() {
+            return invalid("DEFAULT.control_exchange", "must not be empty");
+        }
+        for (name, v) in [
+            ("DEFAULT.modules_page_size", d.modules_page_size),
+            ("DEFAULT.instances_page_size", d.instances_page_size),
+            ("DEFAULT.clusters_page_size", d.clusters_page_size),
+            (
+                "DEFAULT.module_reapply_max_batch_size",
+                d.module_reapply_max_batch_size,
+            ),
+        ] {
+            if v <= 0 {
+                return invalid(name, "must be greater than zero");
+            }
+        }
+        if d.module_reapply_min_batch_delay < 0 {
+            return invalid(
+                "DEFAULT.module_reapply_min_batch_delay",
+                "must not be negative",
+            );
+        }
+        if d.report_interval.is_nan() || d.report_interval <= 0.0 {
+            return invalid("DEFAULT.report_interval", "must be greater than zero");
+        }
+        if d.usage_sleep_time.is_nan() || d.usage_sleep_time <= 0.0 {
+            return invalid("DEFAULT.usage_sleep_time", "must be greater than zero");
+        }
+        if d.agent_call_high_timeout == 0 || d.agent_call_low_timeout == 0 {
+            return invalid(
+                "DEFAULT.agent_call_high_timeout",
+                "timeouts must be greater than zero",
+            );
+        }
+        if !["noauth", "keystone"].contains(&d.auth_strategy.as_str()) {
+            return invalid("DEFAULT.auth_strategy", "must be noauth or keystone");
+        }
+        for entry in &d.module_contents_old_keys {
+            if parse_key_entry(entry).is_none() {
+                return invalid(
+                    "DEFAULT.module_contents_old_keys",
+                    "entries must look like <id 0-255>:<key>",
+                );
+            }
+        }
+        use secrecy::ExposeSecret;
+        let conn = self.database.connection.expose_secret();
+        if !(conn.starts_with("postgresql://") || conn.starts_with("postgres://")) {
+            return invalid("database.connection", "must be a postgresql:// URL");
+        }
+        if self.database.max_pool_size == 0 {
+            return invalid("database.max_pool_size", "must be greater than zero");
+        }
+        if self.amqp.prefetch == 0 {
+            return invalid("amqp.prefetch", "must be greater than zero");
+        }
+        if self.api.max_body_size == 0 {
+            return invalid("api.max_body_size", "must be greater than zero");
+        }
+        if self.compute.driver != "local" {
+            return invalid("compute.driver", "the only driver is 'local'");
+        }
+        Ok(())
+    }
+
+    /// The RPC call timeout for slow guest operations (module_apply, module_list, ...).
+    pub fn high_timeout(&self) -> Duration {
+        Duration::from_secs(self.default.agent_call_high_timeout)
+    }
+
+    /// The RPC call timeout for quick guest operations.
+    pub fn low_timeout(&self) -> Duration {
+        Duration::from_secs(self.default.agent_call_low_timeout)
+    }
+}
+
+/// Parses one `id:key` entry of `module_contents_old_keys`.
+pub fn parse_key_entry(entry: &str) -> Option<(u8, &str)> {
+    let (id, key) = entry.split_once(':')?;
+    let id = id.trim().parse().ok()?;
+    (!key.is_empty()).then_some((id, key))
+}
+
+fn invalid(option: &'static str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        option,
+        reason: reason.to_owned(),
+    })
+}
+
+/// Loads the settings from `files` (or the default file when it exists), then the environment.
+pub fn load(files: &[PathBuf]) -> Result<Settings, ConfigError> {
+    let mut builder = config::Config::builder();
+    let default_file = Path::new(DEFAULT_CONFIG_FILE);
+    if files.is_empty() {
+        if default_file.exists() {
+            builder = builder.add_source(ini_file(default_file));
+        }
+    } else {
+        for f in files {
+            if !f.exists() {
+                return Err(ConfigError::Missing(f.clone()));
+            }
+            builder = builder.add_source(ini_file(f));
+        }
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("TROVE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(false),
+    );
+    let settings: Settings = builder.build()?.try_deserialize()?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+fn ini_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(path)
+        .format(config::FileFormat::Ini)
+        .required(true)
+}
+
+/// oslo's ListOpt: `a, b, c` in one string (or a real list).
+fn comma_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Raw::deserialize(de)? {
+        Raw::One(s) => s.split(',').map(str::to_owned).collect(),
+        Raw::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+fn empty_as_none<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    let v = Option::<String>::deserialize(de)?;
+    Ok(v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_trove_defaults() {
+        let s = Settings::default();
+        assert_eq!(s.default.bind_port, 8779);
+        assert_eq!(s.default.module_types, ["ping", "new_relic_license"]);
+        assert_eq!(s.default.module_reapply_max_batch_size, 50);
+        assert_eq!(s.default.agent_call_high_timeout, 180);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn ini_files_layer_and_later_wins() {
+        let a = write("[DEFAULT]\nbind_port = 9000\ndefault_datastore = redis\nmodule_types = ping\n[database]\nconnection = postgresql://x@h/db\n");
+        let b = write("[DEFAULT]\nbind_port = 9001\n");
+        let s = load(&[a.path().into(), b.path().into()]).unwrap();
+        assert_eq!(s.default.bind_port, 9001);
+        assert_eq!(s.default.default_datastore.as_deref(), Some("redis"));
+        assert_eq!(s.default.module_types, ["ping"]);
+        assert_eq!(s.database.connection.expose_secret(), "postgresql://x@h/db");
+        assert_eq!(s.default.control_exchange, "trove");
+    }
+
+    #[test]
+    fn bad_value_names_the_option() {
+        let a = write("[DEFAULT]\nbind_port = eighty\n");
+        let err = load(&[a.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("bind_port"), "{err}");
+        let b = write("[DEFAULT]\ntransport_url = http://nope\n");
+        let err = load(&[b.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("DEFAULT.transport_url"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load(&[PathBuf::from("/nonexistent/trove.conf")]).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing(_)));
+    }
+}

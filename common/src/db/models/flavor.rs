@@ -1,0 +1,47 @@
+//! Flavors (our own table; Trove asks Nova).
+
+use diesel::prelude::*;
+
+use crate::db::schema::flavors;
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable, AsChangeset)]
+#[diesel(table_name = flavors)]
+pub struct Flavor {
+    pub id: String,
+    pub name: String,
+    pub ram: i32,
+    pub vcpus: i32,
+    pub disk: i32,
+    pub ephemeral: i32,
+    pub deleted: bool,
+}
+
+impl Flavor {
+    pub fn find(conn: &mut PgConnection, id: &str) -> QueryResult<Option<Self>> {
+        flavors::table
+            .find(id)
+            .filter(flavors::deleted.eq(false))
+            .select(Self::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    pub fn all(conn: &mut PgConnection) -> QueryResult<Vec<Self>> {
+        flavors::table
+            .filter(flavors::deleted.eq(false))
+            .order(flavors::id)
+            .select(Self::as_select())
+            .load(conn)
+    }
+
+    /// Creates or replaces a flavor (trove-manage flavor_create).
+    pub fn upsert(conn: &mut PgConnection, f: &Self) -> QueryResult<()> {
+        diesel::insert_into(flavors::table)
+            .values(f)
+            .on_conflict(flavors::id)
+            .do_update()
+            .set(f)
+            .execute(conn)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,390 @@
+//! Instances and their service statuses.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::db::schema::{
+    datastore_versions, datastores, instance_faults, instance_modules, instances, service_statuses,
+};
+use crate::status::{InstanceTask, ServiceStatus};
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable)]
+#[diesel(table_name = instances)]
+pub struct Instance {
+    pub id: String,
+    pub created: NaiveDateTime,
+    pub updated: NaiveDateTime,
+    pub name: String,
+    pub hostname: Option<String>,
+    pub compute_instance_id: Option<String>,
+    pub server_status: Option<String>,
+    pub task_id: i32,
+    pub task_description: String,
+    pub task_start_time: Option<NaiveDateTime>,
+    pub volume_id: Option<String>,
+    pub volume_size: Option<i32>,
+    pub flavor_id: String,
+    pub tenant_id: String,
+    pub datastore_version_id: String,
+    pub cluster_id: Option<String>,
+    pub shard_id: Option<String>,
+    #[diesel(column_name = type_)]
+    pub instance_type: Option<String>,
+    pub region_id: String,
+    pub encrypted_key: Option<String>,
+    pub configuration_id: Option<String>,
+    pub slave_of_id: Option<String>,
+    pub deleted: bool,
+    pub deleted_at: Option<NaiveDateTime>,
+}
+
+/// An instance row about to be inserted.
+pub type NewInstance = Instance;
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable)]
+#[diesel(table_name = service_statuses)]
+pub struct ServiceStatusRow {
+    pub id: String,
+    pub instance_id: String,
+    pub status_id: i32,
+    pub status_description: String,
+    pub updated_at: Option<NaiveDateTime>,
+}
+
+impl ServiceStatusRow {
+    pub fn status(&self) -> Option<ServiceStatus> {
+        ServiceStatus::from_code(self.status_id)
+    }
+}
+
+/// An instance with everything its views need.
+#[derive(Clone, Debug)]
+pub struct InstanceDetail {
+    pub instance: Instance,
+    pub service: Option<ServiceStatusRow>,
+    pub datastore_name: String,
+    pub datastore_id: String,
+    pub version_name: String,
+    pub manager: String,
+    pub fault: Option<(String, String, NaiveDateTime)>,
+}
+
+/// Which instances a query may see.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Only this tenant's.
+    Tenant(&'a str),
+    /// Any tenant (admins, services).
+    Any,
+}
+
+impl Instance {
+    /// A live instance, scoped.
+    pub fn find(conn: &mut PgConnection, id: &str, scope: Scope<'_>) -> QueryResult<Option<Self>> {
+        let mut q = instances::table
+            .filter(instances::id.eq(id))
+            .filter(instances::deleted.eq(false))
+            .into_boxed();
+        if let Scope::Tenant(t) = scope {
+            q = q.filter(instances::tenant_id.eq(t.to_owned()));
+        }
+        q.select(Self::as_select()).first(conn).optional()
+    }
+
+    /// Any instance row, deleted or not (services resuming work).
+    pub fn find_any(conn: &mut PgConnection, id: &str) -> QueryResult<Option<Self>> {
+        instances::table
+            .find(id)
+            .select(Self::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    /// Inserts an instance with its NEW service status.
+    pub fn insert(conn: &mut PgConnection, i: &Self) -> QueryResult<()> {
+        diesel::insert_into(instances::table)
+            .values(i)
+            .execute(conn)?;
+        diesel::insert_into(service_statuses::table)
+            .values(&ServiceStatusRow {
+                id: crate::db::new_id(),
+                instance_id: i.id.clone(),
+                status_id: ServiceStatus::New.code(),
+                status_description: ServiceStatus::New.description().into(),
+                updated_at: Some(i.created),
+            })
+            .execute(conn)?;
+        Ok(())
+    }
+
+    pub fn set_task(conn: &mut PgConnection, id: &str, task: InstanceTask) -> QueryResult<usize> {
+        diesel::update(instances::table.find(id))
+            .set((
+                instances::task_id.eq(task.code()),
+                instances::task_description.eq(task.description()),
+                instances::updated.eq(crate::db::now()),
+            ))
+            .execute(conn)
+    }
+
+    pub fn set_server(
+        conn: &mut PgConnection,
+        id: &str,
+        server_id: Option<&str>,
+        server_status: &str,
+    ) -> QueryResult<usize> {
+        diesel::update(instances::table.find(id))
+            .set((
+                instances::compute_instance_id.eq(server_id),
+                instances::server_status.eq(server_status),
+                instances::updated.eq(crate::db::now()),
+            ))
+            .execute(conn)
+    }
+
+    /// Marks the instance deleted (the taskmanager, once the guest is gone).
+    pub fn mark_deleted(conn: &mut PgConnection, id: &str) -> QueryResult<usize> {
+        let now = crate::db::now();
+        diesel::update(service_statuses::table.filter(service_statuses::instance_id.eq(id)))
+            .set((
+                service_statuses::status_id.eq(ServiceStatus::Deleted.code()),
+                service_statuses::status_description.eq(ServiceStatus::Deleted.description()),
+                service_statuses::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        diesel::update(instances::table.find(id))
+            .set((
+                instances::deleted.eq(true),
+                instances::deleted_at.eq(now),
+                instances::updated.eq(now),
+                instances::task_id.eq(InstanceTask::None.code()),
+                instances::task_description.eq(InstanceTask::None.description()),
+                instances::server_status.eq("SHUTDOWN"),
+            ))
+            .execute(conn)
+    }
+
+    /// Marks every live `instance_modules` row of the instance deleted (§11).
+    pub fn retire_modules(conn: &mut PgConnection, id: &str) -> QueryResult<usize> {
+        let now = crate::db::now();
+        diesel::update(
+            instance_modules::table
+                .filter(instance_modules::instance_id.eq(id))
+                .filter(instance_modules::deleted.eq(false)),
+        )
+        .set((
+            instance_modules::deleted.eq(true),
+            instance_modules::deleted_at.eq(now),
+        ))
+        .execute(conn)
+    }
+
+    /// Live instances whose task is not NONE (builds and deletes in progress).
+    pub fn in_progress(conn: &mut PgConnection) -> QueryResult<Vec<Self>> {
+        instances::table
+            .filter(instances::deleted.eq(false))
+            .filter(instances::task_id.ne(InstanceTask::None.code()))
+            .select(Self::as_select())
+            .load(conn)
+    }
+
+    pub fn cluster_members(conn: &mut PgConnection, cluster_id: &str) -> QueryResult<Vec<Self>> {
+        instances::table
+            .filter(instances::cluster_id.eq(cluster_id))
+            .filter(instances::deleted.eq(false))
+            .order(instances::name)
+            .select(Self::as_select())
+            .load(conn)
+    }
+
+    /// Adds the service status, datastore names and fault for views.
+    pub fn detail(conn: &mut PgConnection, rows: Vec<Self>) -> QueryResult<Vec<InstanceDetail>> {
+        let ids: Vec<&str> = rows.iter().map(|i| i.id.as_str()).collect();
+        let svcs: Vec<ServiceStatusRow> = service_statuses::table
+            .filter(service_statuses::instance_id.eq_any(&ids))
+            .select(ServiceStatusRow::as_select())
+            .load(conn)?;
+        let ver_ids: Vec<&str> = rows
+            .iter()
+            .map(|i| i.datastore_version_id.as_str())
+            .collect();
+        let versions: Vec<(String, String, String, String, String)> = datastore_versions::table
+            .inner_join(datastores::table)
+            .filter(datastore_versions::id.eq_any(&ver_ids))
+            .select((
+                datastore_versions::id,
+                datastore_versions::name,
+                datastore_versions::manager,
+                datastores::id,
+                datastores::name,
+            ))
+            .load(conn)?;
+        let faults: Vec<(String, String, String, NaiveDateTime)> = instance_faults::table
+            .filter(instance_faults::instance_id.eq_any(&ids))
+            .filter(instance_faults::deleted.eq(false))
+            .select((
+                instance_faults::instance_id,
+                instance_faults::message,
+                instance_faults::details,
+                instance_faults::updated,
+            ))
+            .load(conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|instance| {
+                let v = versions
+                    .iter()
+                    .find(|v| v.0 == instance.datastore_version_id);
+                InstanceDetail {
+                    service: svcs.iter().find(|s| s.instance_id == instance.id).cloned(),
+                    datastore_name: v.map(|v| v.4.clone()).unwrap_or_default(),
+                    datastore_id: v.map(|v| v.3.clone()).unwrap_or_default(),
+                    version_name: v.map(|v| v.1.clone()).unwrap_or_default(),
+                    manager: v.map(|v| v.2.clone()).unwrap_or_default(),
+                    fault: faults
+                        .iter()
+                        .find(|f| f.0 == instance.id)
+                        .map(|f| (f.1.clone(), f.2.clone(), f.3)),
+                    instance,
+                }
+            })
+            .collect())
+    }
+
+    /// One page of a tenant's live instances in id order (`limit + 1` rows so the caller sees "more").
+    pub fn page(
+        conn: &mut PgConnection,
+        tenant: &str,
+        include_clustered: bool,
+        marker: Option<&str>,
+        limit: i64,
+    ) -> QueryResult<Vec<Self>> {
+        let mut q = instances::table
+            .filter(instances::tenant_id.eq(tenant))
+            .filter(instances::deleted.eq(false))
+            .into_boxed();
+        if !include_clustered {
+            q = q.filter(instances::cluster_id.is_null());
+        }
+        if let Some(m) = marker {
+            q = q.filter(instances::id.gt(m.to_owned()));
+        }
+        q.order(instances::id)
+            .limit(limit + 1)
+            .select(Self::as_select())
+            .load(conn)
+    }
+}
+
+impl ServiceStatusRow {
+    pub fn for_instance(conn: &mut PgConnection, instance_id: &str) -> QueryResult<Option<Self>> {
+        service_statuses::table
+            .filter(service_statuses::instance_id.eq(instance_id))
+            .select(Self::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    /// Sets the status (heartbeats, build failures). RESTART_REQUIRED is kept unless `force`.
+    pub fn set(
+        conn: &mut PgConnection,
+        instance_id: &str,
+        status: ServiceStatus,
+        force: bool,
+    ) -> QueryResult<usize> {
+        let mut q = diesel::update(
+            service_statuses::table.filter(service_statuses::instance_id.eq(instance_id)),
+        )
+        .into_boxed();
+        if !force {
+            q = q.filter(service_statuses::status_id.ne(ServiceStatus::RestartRequired.code()));
+        }
+        q.set((
+            service_statuses::status_id.eq(status.code()),
+            service_statuses::status_description.eq(status.description()),
+            service_statuses::updated_at.eq(crate::db::now()),
+        ))
+        .execute(conn)
+    }
+
+    /// Refreshes `updated_at` only (a heartbeat while RESTART_REQUIRED).
+    pub fn touch(conn: &mut PgConnection, instance_id: &str) -> QueryResult<usize> {
+        diesel::update(
+            service_statuses::table.filter(service_statuses::instance_id.eq(instance_id)),
+        )
+        .set(service_statuses::updated_at.eq(crate::db::now()))
+        .execute(conn)
+    }
+}
+
+/// Records (or refreshes) the one live fault of an instance.
+pub fn record_fault(
+    conn: &mut PgConnection,
+    instance_id: &str,
+    message: &str,
+    details: &str,
+) -> QueryResult<()> {
+    let now = crate::db::now();
+    let n = diesel::update(
+        instance_faults::table
+            .filter(instance_faults::instance_id.eq(instance_id))
+            .filter(instance_faults::deleted.eq(false)),
+    )
+    .set((
+        instance_faults::message.eq(message),
+        instance_faults::details.eq(details),
+        instance_faults::updated.eq(now),
+    ))
+    .execute(conn)?;
+    if n == 0 {
+        diesel::insert_into(instance_faults::table)
+            .values((
+                instance_faults::id.eq(crate::db::new_id()),
+                instance_faults::instance_id.eq(instance_id),
+                instance_faults::message.eq(message),
+                instance_faults::details.eq(details),
+                instance_faults::created.eq(now),
+                instance_faults::updated.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Queries the taskmanager's reconciler needs (added for trove-taskmanager).
+impl Instance {
+    /// Moves the task from `from` to `to` only if it is still `from` (compare-and-set), so a build
+    /// check never overwrites a delete that started meanwhile. Returns the rows changed (0 or 1).
+    pub fn set_task_if(
+        conn: &mut PgConnection,
+        id: &str,
+        from: InstanceTask,
+        to: InstanceTask,
+    ) -> QueryResult<usize> {
+        diesel::update(
+            instances::table
+                .find(id)
+                .filter(instances::task_id.eq(from.code()))
+                .filter(instances::deleted.eq(false)),
+        )
+        .set((
+            instances::task_id.eq(to.code()),
+            instances::task_description.eq(to.description()),
+            instances::updated.eq(crate::db::now()),
+        ))
+        .execute(conn)
+    }
+}
+
+impl ServiceStatusRow {
+    /// The service statuses of several instances at once (one query per reconciler pass).
+    pub fn for_instances(
+        conn: &mut PgConnection,
+        instance_ids: &[String],
+    ) -> QueryResult<Vec<Self>> {
+        service_statuses::table
+            .filter(service_statuses::instance_id.eq_any(instance_ids))
+            .select(Self::as_select())
+            .load(conn)
+    }
+}

@@ -1,0 +1,222 @@
+//! Modules (module-semantics §1–§7). Contents are stored encrypted; see `crate::crypto`.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::db::schema::{instance_modules, instances, modules};
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable, AsChangeset)]
+#[diesel(table_name = modules, treat_none_as_null = true)]
+pub struct Module {
+    pub id: String,
+    pub name: String,
+    #[diesel(column_name = type_)]
+    pub module_type: String,
+    /// Ciphertext (never plaintext at rest).
+    pub contents: String,
+    pub description: Option<String>,
+    pub tenant_id: Option<String>,
+    pub datastore_id: Option<String>,
+    pub datastore_version_id: Option<String>,
+    pub auto_apply: bool,
+    pub visible: bool,
+    pub live_update: bool,
+    pub priority_apply: bool,
+    pub apply_order: i16,
+    pub is_admin: bool,
+    pub md5: String,
+    pub created: NaiveDateTime,
+    pub updated: NaiveDateTime,
+    pub deleted: bool,
+    pub deleted_at: Option<NaiveDateTime>,
+}
+
+/// A module about to be inserted is a full row.
+pub type NewModule = Module;
+/// An update writes the whole row back (the service computes every field).
+pub type ModuleChangeset = Module;
+
+/// Who is asking: decides which modules are visible.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    pub project_id: &'a str,
+    pub is_admin: bool,
+}
+
+impl Module {
+    /// Loads one module with §1 visibility: admins see any live module; others see live, visible modules
+    /// of their project or of all tenants.
+    pub fn find_visible(
+        conn: &mut PgConnection,
+        id: &str,
+        caller: Caller<'_>,
+    ) -> QueryResult<Option<Self>> {
+        let mut q = modules::table
+            .filter(modules::id.eq(id))
+            .filter(modules::deleted.eq(false))
+            .into_boxed();
+        if !caller.is_admin {
+            q = q.filter(modules::visible.eq(true)).filter(
+                modules::tenant_id
+                    .eq(caller.project_id.to_owned())
+                    .or(modules::tenant_id.is_null()),
+            );
+        }
+        q.select(Self::as_select()).first(conn).optional()
+    }
+
+    /// Loads modules by id for applying (§1): live, and for non-admins of their project or all tenants;
+    /// `visible` is not checked; ids out of reach are dropped. Keeps the order of `ids`.
+    pub fn load_for_apply(
+        conn: &mut PgConnection,
+        ids: &[String],
+        caller: Caller<'_>,
+    ) -> QueryResult<Vec<Self>> {
+        let mut q = modules::table
+            .filter(modules::id.eq_any(ids))
+            .filter(modules::deleted.eq(false))
+            .into_boxed();
+        if !caller.is_admin {
+            q = q.filter(
+                modules::tenant_id
+                    .eq(caller.project_id.to_owned())
+                    .or(modules::tenant_id.is_null()),
+            );
+        }
+        let found: Vec<Self> = q.select(Self::as_select()).load(conn)?;
+        let mut out = Vec::with_capacity(found.len());
+        for id in ids {
+            if let Some(m) = found.iter().find(|m| &m.id == id) {
+                if !out.iter().any(|o: &Self| o.id == m.id) {
+                    out.push(m.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The auto-apply modules for an instance of (project, datastore, version) (§13 step 2).
+    pub fn auto_apply_for(
+        conn: &mut PgConnection,
+        project: &str,
+        ds_id: &str,
+        ver_id: &str,
+    ) -> QueryResult<Vec<Self>> {
+        modules::table
+            .filter(modules::deleted.eq(false))
+            .filter(modules::auto_apply.eq(true))
+            .filter(
+                modules::tenant_id
+                    .eq(project.to_owned())
+                    .or(modules::tenant_id.is_null()),
+            )
+            .filter(
+                modules::datastore_id
+                    .eq(ds_id.to_owned())
+                    .or(modules::datastore_id.is_null()),
+            )
+            .filter(
+                modules::datastore_version_id
+                    .eq(ver_id.to_owned())
+                    .or(modules::datastore_version_id.is_null()),
+            )
+            .order((modules::created, modules::id))
+            .select(Self::as_select())
+            .load(conn)
+    }
+
+    /// `GET /modules` (§1): admins every live module; others visible ones of their project or all.
+    /// `datastore`: `Some(None)` → only modules for all datastores; `Some(Some(id))` → exactly that one.
+    pub fn list(
+        conn: &mut PgConnection,
+        caller: Caller<'_>,
+        datastore: Option<Option<&str>>,
+    ) -> QueryResult<Vec<Self>> {
+        let mut q = modules::table
+            .filter(modules::deleted.eq(false))
+            .into_boxed();
+        if !caller.is_admin {
+            q = q.filter(modules::visible.eq(true)).filter(
+                modules::tenant_id
+                    .eq(caller.project_id.to_owned())
+                    .or(modules::tenant_id.is_null()),
+            );
+        }
+        match datastore {
+            None => {}
+            Some(None) => q = q.filter(modules::datastore_id.is_null()),
+            Some(Some(id)) => q = q.filter(modules::datastore_id.eq(id.to_owned())),
+        }
+        q.order((modules::created, modules::id))
+            .select(Self::as_select())
+            .load(conn)
+    }
+
+    /// Another live module with the same uniqueness key (§3 step 5), type compared lower-cased.
+    pub fn duplicate_exists(conn: &mut PgConnection, m: &Self) -> QueryResult<bool> {
+        let mut q = modules::table
+            .filter(modules::deleted.eq(false))
+            .filter(modules::id.ne(&m.id))
+            .filter(modules::name.eq(&m.name))
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("lower(type) = ")
+                    .bind::<diesel::sql_types::Text, _>(m.module_type.to_lowercase()),
+            )
+            .into_boxed();
+        q = match &m.tenant_id {
+            Some(t) => q.filter(modules::tenant_id.eq(t.clone())),
+            None => q.filter(modules::tenant_id.is_null()),
+        };
+        q = match &m.datastore_id {
+            Some(t) => q.filter(modules::datastore_id.eq(t.clone())),
+            None => q.filter(modules::datastore_id.is_null()),
+        };
+        q = match &m.datastore_version_id {
+            Some(t) => q.filter(modules::datastore_version_id.eq(t.clone())),
+            None => q.filter(modules::datastore_version_id.is_null()),
+        };
+        diesel::select(diesel::dsl::exists(q.select(modules::id))).get_result(conn)
+    }
+
+    pub fn insert(conn: &mut PgConnection, m: &Self) -> QueryResult<()> {
+        diesel::insert_into(modules::table)
+            .values(m)
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    pub fn save(conn: &mut PgConnection, m: &Self) -> QueryResult<()> {
+        diesel::update(modules::table.find(&m.id))
+            .set(m)
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    /// The live-update guard (§5/§6): is md5 `md5` of this module on a live instance?
+    pub fn applied_to_live_instance(
+        conn: &mut PgConnection,
+        id: &str,
+        md5: &str,
+    ) -> QueryResult<bool> {
+        let q = instance_modules::table
+            .inner_join(instances::table)
+            .filter(instance_modules::module_id.eq(id))
+            .filter(instance_modules::md5.eq(md5))
+            .filter(instance_modules::deleted.eq(false))
+            .filter(instances::deleted.eq(false))
+            .select(instance_modules::id);
+        diesel::select(diesel::dsl::exists(q)).get_result(conn)
+    }
+
+    /// `instance_count` of show (§7): live rows with the current md5 on live instances.
+    pub fn instance_count(conn: &mut PgConnection, id: &str, md5: &str) -> QueryResult<i64> {
+        instance_modules::table
+            .inner_join(instances::table)
+            .filter(instance_modules::module_id.eq(id))
+            .filter(instance_modules::md5.eq(md5))
+            .filter(instance_modules::deleted.eq(false))
+            .filter(instances::deleted.eq(false))
+            .count()
+            .get_result(conn)
+    }
+}

@@ -1,0 +1,139 @@
+//! Durable reapply jobs and their per-instance items.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::db::schema::{reapply_job_items, reapply_jobs};
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable)]
+#[diesel(table_name = reapply_jobs)]
+pub struct ReapplyJob {
+    pub id: String,
+    pub module_id: String,
+    pub tenant_id: String,
+    pub is_admin: bool,
+    pub md5: Option<String>,
+    pub include_clustered: bool,
+    pub force: bool,
+    pub batch_size: i32,
+    pub batch_delay: i32,
+    /// `queued`, `running`, `finished`.
+    pub state: String,
+    pub current_md5: Option<String>,
+    pub total: i32,
+    pub applied: i32,
+    pub skipped: i32,
+    pub failed: i32,
+    pub next_batch_at: Option<NaiveDateTime>,
+    pub request_id: String,
+    pub created: NaiveDateTime,
+    pub started: Option<NaiveDateTime>,
+    pub finished: Option<NaiveDateTime>,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = reapply_job_items)]
+pub struct ReapplyItem {
+    pub job_id: String,
+    pub instance_id: String,
+    pub seq: i32,
+    /// `pending`, `sent`, `answered`, `applied`, `skipped`, `failed`.
+    pub state: String,
+    pub batch: Option<i32>,
+    pub sent_at: Option<NaiveDateTime>,
+    pub answered_at: Option<NaiveDateTime>,
+    pub status: Option<String>,
+    pub message: Option<String>,
+}
+
+impl ReapplyJob {
+    pub fn insert(conn: &mut PgConnection, j: &Self) -> QueryResult<()> {
+        diesel::insert_into(reapply_jobs::table)
+            .values(j)
+            .execute(conn)
+            .map(|_| ())
+    }
+
+    pub fn find(conn: &mut PgConnection, id: &str) -> QueryResult<Option<Self>> {
+        reapply_jobs::table
+            .find(id)
+            .select(Self::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    /// Locks a job row for one step of the driver.
+    pub fn lock(conn: &mut PgConnection, id: &str) -> QueryResult<Option<Self>> {
+        reapply_jobs::table
+            .find(id)
+            .for_update()
+            .select(Self::as_select())
+            .first(conn)
+            .optional()
+    }
+
+    pub fn for_module(
+        conn: &mut PgConnection,
+        module_id: &str,
+        tenant: Option<&str>,
+    ) -> QueryResult<Vec<Self>> {
+        let mut q = reapply_jobs::table
+            .filter(reapply_jobs::module_id.eq(module_id.to_owned()))
+            .into_boxed();
+        if let Some(t) = tenant {
+            q = q.filter(reapply_jobs::tenant_id.eq(t.to_owned()));
+        }
+        q.order((reapply_jobs::created.desc(), reapply_jobs::id))
+            .select(Self::as_select())
+            .load(conn)
+    }
+
+    /// Jobs not finished yet (a restarted taskmanager resumes them).
+    pub fn active(conn: &mut PgConnection) -> QueryResult<Vec<Self>> {
+        reapply_jobs::table
+            .filter(reapply_jobs::state.eq_any(["queued", "running"]))
+            .order(reapply_jobs::created)
+            .select(Self::as_select())
+            .load(conn)
+    }
+}
+
+impl ReapplyItem {
+    /// Records a guest's answer (the conductor's `module_results` with a `job_id`): `state = 'answered'`,
+    /// `answered_at = now`, with the verdict. Only an item still `sent` changes, so an answer for an
+    /// item already answered or failed (timed out), or a redelivered answer, is a no-op. Returns the
+    /// number of rows changed (0 or 1).
+    pub fn answer(
+        conn: &mut PgConnection,
+        job_id: &str,
+        instance_id: &str,
+        status: &str,
+        message: Option<&str>,
+    ) -> QueryResult<usize> {
+        diesel::update(
+            reapply_job_items::table
+                .filter(reapply_job_items::job_id.eq(job_id))
+                .filter(reapply_job_items::instance_id.eq(instance_id))
+                .filter(reapply_job_items::state.eq("sent")),
+        )
+        .set((
+            reapply_job_items::state.eq("answered"),
+            reapply_job_items::answered_at.eq(crate::db::now()),
+            reapply_job_items::status.eq(status),
+            reapply_job_items::message.eq(message),
+        ))
+        .execute(conn)
+    }
+
+    pub fn find(
+        conn: &mut PgConnection,
+        job_id: &str,
+        instance_id: &str,
+    ) -> QueryResult<Option<Self>> {
+        reapply_job_items::table
+            .find((job_id, instance_id))
+            .select(Self::as_select())
+            .first(conn)
+            .optional()
+    }
+}

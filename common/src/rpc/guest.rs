@@ -1,0 +1,174 @@
+//! Messages consumed by a guest agent on `guestagent.<instance_id>`, and the module records it returns.
+
+use serde::{Deserialize, Serialize};
+
+/// The detailed module view sent to a guest (messaging.md §4), wrapped as `{"module": {...}}` on the wire.
+///
+/// Every field is what the control plane knew when it sent the message: the guest has no database, so
+/// the payload must be complete. `contents` is the base64 text of the payload bytes (MS §4) and is
+/// `None` for `module_remove`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModulePayload {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub module_type: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// `tenant_id`, or `"all"`.
+    #[serde(default = "all")]
+    pub tenant: String,
+    #[serde(default)]
+    pub datastore_id: Option<String>,
+    /// The datastore name, or `"all"`.
+    #[serde(default = "all")]
+    pub datastore: String,
+    #[serde(default)]
+    pub datastore_version_id: Option<String>,
+    /// The datastore version name, or `"all"`.
+    #[serde(default = "all")]
+    pub datastore_version: String,
+    #[serde(default)]
+    pub auto_apply: bool,
+    #[serde(default)]
+    pub priority_apply: bool,
+    #[serde(default = "default_apply_order")]
+    pub apply_order: i32,
+    #[serde(default)]
+    pub is_admin: bool,
+    #[serde(default = "yes")]
+    pub visible: bool,
+    #[serde(default)]
+    pub live_update: bool,
+    pub md5: String,
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub updated: Option<String>,
+    /// Base64 text of the payload; never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<String>,
+}
+
+fn all() -> String {
+    "all".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+fn default_apply_order() -> i32 {
+    5
+}
+
+/// `{"module": ModulePayload}`: the shape Trove puts in `modules` lists and in `module_remove`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleEntry {
+    pub module: ModulePayload,
+}
+
+/// What a guest stores in `result.json` and returns from `module_apply` / `module_list` (MS §14).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleResult {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub module_type: String,
+    pub datastore: String,
+    pub datastore_version: String,
+    pub tenant: String,
+    pub md5: String,
+    /// `OK` or `ERROR`.
+    pub status: Option<String>,
+    pub message: Option<String>,
+    /// Guest clock, `%Y-%m-%d %H:%M:%S.%f` cut to 22 characters.
+    pub created: Option<String>,
+    pub updated: Option<String>,
+    pub removed: Option<String>,
+    pub auto_apply: bool,
+    pub visible: bool,
+    pub is_admin: bool,
+    /// Base64 of `contents.dat`, only when asked for.
+    pub contents: Option<String>,
+}
+
+/// Every method a guest agent serves (messaging.md §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "args", rename_all = "snake_case")]
+pub enum GuestMsg {
+    Prepare(Box<Prepare>),
+    /// A call from the api, or a cast from the taskmanager for a reapply job (then `job_id` is set and
+    /// the guest reports to the conductor instead of replying).
+    ModuleApply {
+        modules: Vec<ModuleEntry>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job_id: Option<String>,
+    },
+    ModuleRemove {
+        module: Box<ModuleEntry>,
+    },
+    ModuleList {
+        #[serde(default)]
+        include_contents: bool,
+    },
+    RpcPing {},
+    ClusterComplete {},
+    GetFilesystemStats {
+        #[serde(default)]
+        fs_path: Option<String>,
+    },
+    StopDb {
+        #[serde(default)]
+        do_not_start_on_reboot: bool,
+    },
+    DeleteQueue {},
+}
+
+impl GuestMsg {
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Prepare(_) => "prepare",
+            Self::ModuleApply { .. } => "module_apply",
+            Self::ModuleRemove { .. } => "module_remove",
+            Self::ModuleList { .. } => "module_list",
+            Self::RpcPing {} => "rpc_ping",
+            Self::ClusterComplete {} => "cluster_complete",
+            Self::GetFilesystemStats { .. } => "get_filesystem_stats",
+            Self::StopDb { .. } => "stop_db",
+            Self::DeleteQueue {} => "delete_queue",
+        }
+    }
+}
+
+/// Arguments of `prepare` (version 1.1).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub memory_mb: i32,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub databases: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub users: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub device_path: Option<String>,
+    #[serde(default)]
+    pub mount_point: Option<String>,
+    #[serde(default)]
+    pub backup_info: Option<serde_json::Value>,
+    #[serde(default)]
+    pub config_contents: Option<String>,
+    #[serde(default)]
+    pub root_password: Option<String>,
+    #[serde(default)]
+    pub overrides: Option<serde_json::Value>,
+    #[serde(default)]
+    pub cluster_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub snapshot: Option<serde_json::Value>,
+    #[serde(default)]
+    pub modules: Vec<ModuleEntry>,
+    #[serde(default)]
+    pub ds_version: Option<String>,
+}

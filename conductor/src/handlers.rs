@@ -1,0 +1,460 @@
+//! One handler per conductor method (messaging.md §4), each one short transaction.
+//!
+//! Every handler is idempotent under redelivery, because the broker may hand the same cast over twice
+//! (a consumer died between commit and ack):
+//! - **Ordering.** Guests stamp every report with `sent` (their clock). `conductor_lastseen` keeps the
+//!   newest `sent` per (instance, method) and a report that is not newer is dropped, as Trove's
+//!   `_message_too_old` does. The check and the write share one transaction, so two reports racing
+//!   each other cannot both win.
+//! - **Reapply answers** (`module_results` with a `job_id`) skip that check: answers for different
+//!   jobs must all count, whatever their order. They are deduplicated by the job item's state instead
+//!   (only an item still `sent` is answered).
+//! - The conductor **never** writes `instance_modules` (module-semantics §11): the taskmanager records
+//!   the instances that answered OK. Guest results go to `guest_module_results`, for observability.
+//!
+//! The sync functions ([`heartbeat`], [`module_results`]) take a connection and open their own
+//! transaction; the `handle_*` wrappers run them through [`Db::run`], off the async threads.
+
+use diesel::prelude::*;
+use trove_common::db::models::{
+    lastseen, GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
+};
+use trove_common::db::{Db, DbError};
+use trove_common::rpc::conductor::HeartbeatPayload;
+use trove_common::rpc::guest::ModuleResult;
+use trove_common::status::ServiceStatus;
+
+/// The `conductor_lastseen` method names.
+const HEARTBEAT: &str = "heartbeat";
+const MODULE_RESULTS: &str = "module_results";
+
+/// Column limits of `guest_module_results`: a guest that sends longer values must not make the insert
+/// fail (which would retry the message for ever).
+const MODULE_ID_MAX: usize = 64;
+const MD5_MAX: usize = 32;
+const STATUS_MAX: usize = 16;
+const GUEST_TIME_MAX: usize = 32;
+
+/// What a fresh heartbeat does to the stored service status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusDecision {
+    /// Store this status, with `updated_at = now`.
+    Set(ServiceStatus),
+    /// RESTART_REQUIRED is kept until an operator restarts the datastore; only `updated_at` moves
+    /// (so the instance does not look stale).
+    Touch,
+    /// The description names no status we know: change nothing.
+    Ignore,
+}
+
+/// Decides what a heartbeat carrying `description` does, given the current status. Pure.
+pub fn decide_status(current: Option<ServiceStatus>, description: &str) -> StatusDecision {
+    if current == Some(ServiceStatus::RestartRequired) {
+        return StatusDecision::Touch;
+    }
+    match ServiceStatus::from_description(description) {
+        Some(status) => StatusDecision::Set(status),
+        None => StatusDecision::Ignore,
+    }
+}
+
+/// What [`heartbeat`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// The status was set from the description.
+    Applied(ServiceStatus),
+    /// The status is RESTART_REQUIRED and was kept; `updated_at` was refreshed.
+    KeptRestartRequired,
+    /// A report with an equal or later `sent` was already seen: dropped.
+    Stale,
+    /// The description is not a known status: ignored.
+    UnknownStatus,
+    /// The instance is deleted (or gone): ignored.
+    InstanceGone,
+    /// The instance has no `service_statuses` row: nothing to update.
+    NoStatusRow,
+}
+
+/// Applies one heartbeat in one transaction (messaging.md §4).
+pub fn heartbeat(
+    conn: &mut PgConnection,
+    instance_id: &str,
+    description: &str,
+    sent: f64,
+) -> QueryResult<HeartbeatOutcome> {
+    conn.transaction(|conn| {
+        if !is_live(conn, instance_id)? {
+            return Ok(HeartbeatOutcome::InstanceGone);
+        }
+        if !lastseen::accept(conn, instance_id, HEARTBEAT, sent)? {
+            return Ok(HeartbeatOutcome::Stale);
+        }
+        let Some(row) = ServiceStatusRow::for_instance(conn, instance_id)? else {
+            return Ok(HeartbeatOutcome::NoStatusRow);
+        };
+        match decide_status(row.status(), description) {
+            StatusDecision::Touch => {
+                ServiceStatusRow::touch(conn, instance_id)?;
+                Ok(HeartbeatOutcome::KeptRestartRequired)
+            }
+            StatusDecision::Ignore => Ok(HeartbeatOutcome::UnknownStatus),
+            StatusDecision::Set(status) => {
+                // `set` keeps RESTART_REQUIRED itself, which covers a change made since we read the row.
+                if ServiceStatusRow::set(conn, instance_id, status, false)? == 0 {
+                    ServiceStatusRow::touch(conn, instance_id)?;
+                    return Ok(HeartbeatOutcome::KeptRestartRequired);
+                }
+                Ok(HeartbeatOutcome::Applied(status))
+            }
+        }
+    })
+}
+
+/// `heartbeat`: records the guest's service status. Errors are database errors (worth a retry).
+pub async fn handle_heartbeat(
+    db: &Db,
+    instance_id: String,
+    payload: HeartbeatPayload,
+    sent: f64,
+) -> Result<HeartbeatOutcome, DbError> {
+    let description = payload.service_status;
+    let desc = description.clone();
+    let id = instance_id.clone();
+    let outcome = db
+        .run(move |conn| heartbeat(conn, &id, &desc, sent).map_err(DbError::from))
+        .await?;
+    match outcome {
+        HeartbeatOutcome::Applied(status) => {
+            tracing::debug!(
+                service_status = status.description(),
+                "service status updated"
+            )
+        }
+        HeartbeatOutcome::KeptRestartRequired => {
+            tracing::debug!(service_status = %description, "status kept at restart required")
+        }
+        HeartbeatOutcome::Stale => {
+            tracing::debug!(sent, "heartbeat older than the last one seen; dropped")
+        }
+        HeartbeatOutcome::UnknownStatus => {
+            tracing::warn!(service_status = %description, "heartbeat with an unknown service status; ignored")
+        }
+        HeartbeatOutcome::InstanceGone => {
+            tracing::debug!("heartbeat for a deleted instance; ignored")
+        }
+        HeartbeatOutcome::NoStatusRow => {
+            tracing::warn!(instance.id = %instance_id, "instance has no service status row; heartbeat ignored")
+        }
+    }
+    Ok(outcome)
+}
+
+/// How a reapply job item is answered, from one guest report. Pure.
+///
+/// `OK` when the whole apply worked (`error` is None) and every result for the job's module is `OK`;
+/// otherwise `ERROR`. The message is the error, else the first failing result's message, else the
+/// result's own message. With `module_id` None (the job row is gone) every result counts.
+pub fn job_verdict(
+    module_id: Option<&str>,
+    results: &[ModuleResult],
+    error: Option<&str>,
+) -> (&'static str, Option<String>) {
+    if let Some(e) = error {
+        return ("ERROR", Some(e.to_owned()));
+    }
+    let relevant: Vec<&ModuleResult> = results
+        .iter()
+        .filter(|r| module_id.is_none_or(|m| r.id == m))
+        .collect();
+    if relevant.is_empty() {
+        let what = module_id
+            .map(|m| format!("module {m}"))
+            .unwrap_or_else(|| "any module".into());
+        return (
+            "ERROR",
+            Some(format!("the guest reported no result for {what}")),
+        );
+    }
+    match relevant.iter().find(|r| r.status.as_deref() != Some("OK")) {
+        Some(failed) => {
+            let message = failed.message.clone().unwrap_or_else(|| {
+                format!("status {}", failed.status.as_deref().unwrap_or("missing"))
+            });
+            ("ERROR", Some(message))
+        }
+        None => ("OK", relevant[0].message.clone()),
+    }
+}
+
+/// What [`module_results`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModuleResultsOutcome {
+    /// The results were stored.
+    Stored {
+        /// Rows written to `guest_module_results`.
+        stored: usize,
+        /// Results not stored: malformed, or older than the stored row.
+        skipped: usize,
+        /// With a `job_id`: whether this report answered the job item (false when it was already
+        /// answered or failed: a redelivery or a late answer). None without a job.
+        item_answered: Option<bool>,
+    },
+    /// A report without a job, not newer than the last one seen: dropped.
+    Stale,
+    /// The instance is deleted (or gone): ignored.
+    InstanceGone,
+}
+
+/// Stores one `module_results` report in one transaction (see the module docs for the rules).
+pub fn module_results(
+    conn: &mut PgConnection,
+    instance_id: &str,
+    results: &[ModuleResult],
+    sent: f64,
+    job_id: Option<&str>,
+    error: Option<&str>,
+) -> QueryResult<ModuleResultsOutcome> {
+    conn.transaction(|conn| {
+        if !is_live(conn, instance_id)? {
+            return Ok(ModuleResultsOutcome::InstanceGone);
+        }
+        if job_id.is_none() && !lastseen::accept(conn, instance_id, MODULE_RESULTS, sent)? {
+            return Ok(ModuleResultsOutcome::Stale);
+        }
+        let now = trove_common::db::now();
+        let (mut stored, mut skipped) = (0, 0);
+        for r in results {
+            match result_row(instance_id, r, now) {
+                Some(row) if GuestModuleResult::upsert(conn, &row)? == 1 => stored += 1,
+                Some(_) => skipped += 1,
+                None => {
+                    tracing::warn!(module.id = %truncate(&r.id, MODULE_ID_MAX), "malformed module result; not stored");
+                    skipped += 1;
+                }
+            }
+        }
+        let item_answered = match job_id {
+            None => None,
+            Some(job_id) => {
+                let module_id = ReapplyJob::find(conn, job_id)?.map(|j| j.module_id);
+                let (status, message) = job_verdict(module_id.as_deref(), results, error);
+                Some(ReapplyItem::answer(conn, job_id, instance_id, status, message.as_deref())? == 1)
+            }
+        };
+        Ok(ModuleResultsOutcome::Stored { stored, skipped, item_answered })
+    })
+}
+
+/// `module_results` (our extension): stores what a guest applied and answers its reapply job item.
+/// Errors are database errors (worth a retry).
+pub async fn handle_module_results(
+    db: &Db,
+    instance_id: String,
+    results: Vec<ModuleResult>,
+    sent: f64,
+    job_id: Option<String>,
+    error: Option<String>,
+) -> Result<ModuleResultsOutcome, DbError> {
+    let job = job_id.clone();
+    let outcome = db
+        .run(move |conn| {
+            module_results(
+                conn,
+                &instance_id,
+                &results,
+                sent,
+                job.as_deref(),
+                error.as_deref(),
+            )
+            .map_err(DbError::from)
+        })
+        .await?;
+    let job_id = job_id.as_deref().unwrap_or("");
+    match &outcome {
+        ModuleResultsOutcome::Stored {
+            stored,
+            skipped,
+            item_answered,
+        } => match item_answered {
+            Some(true) => {
+                tracing::info!(job.id = job_id, stored, skipped, "reapply answer recorded")
+            }
+            Some(false) => tracing::debug!(
+                job.id = job_id,
+                stored,
+                skipped,
+                "reapply item already settled; answer not counted again"
+            ),
+            None => tracing::info!(stored, skipped, "module results stored"),
+        },
+        ModuleResultsOutcome::Stale => {
+            tracing::debug!(sent, "module results older than the last seen; dropped")
+        }
+        ModuleResultsOutcome::InstanceGone => {
+            tracing::debug!("module results for a deleted instance; ignored")
+        }
+    }
+    Ok(outcome)
+}
+
+/// `report_root`: root enablement is not tracked by trove-rs; logged and acknowledged.
+pub fn handle_report_root(instance_id: &str) {
+    tracing::info!(instance.id = %instance_id, "guest reported root enabled (not recorded)");
+}
+
+/// True when the instance exists and is not deleted.
+fn is_live(conn: &mut PgConnection, instance_id: &str) -> QueryResult<bool> {
+    Ok(Instance::find_any(conn, instance_id)?.is_some_and(|i| !i.deleted))
+}
+
+/// The stored form of one result, or None when it cannot be stored as it stands (an id or md5 longer
+/// than its column: cutting those would change what they name).
+fn result_row(
+    instance_id: &str,
+    r: &ModuleResult,
+    now: chrono::NaiveDateTime,
+) -> Option<GuestModuleResult> {
+    if r.id.is_empty() || r.id.len() > MODULE_ID_MAX || r.md5.len() > MD5_MAX {
+        return None;
+    }
+    Some(GuestModuleResult {
+        instance_id: instance_id.to_owned(),
+        module_id: r.id.clone(),
+        md5: r.md5.clone(),
+        status: truncate(r.status.as_deref().unwrap_or("UNKNOWN"), STATUS_MAX).to_owned(),
+        message: r.message.clone(),
+        guest_created: r
+            .created
+            .as_deref()
+            .map(|t| truncate(t, GUEST_TIME_MAX).to_owned()),
+        guest_updated: r
+            .updated
+            .as_deref()
+            .map(|t| truncate(t, GUEST_TIME_MAX).to_owned()),
+        reported_at: now,
+    })
+}
+
+/// At most `max` characters of `s` (varchar limits count characters).
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str, status: Option<&str>, message: Option<&str>) -> ModuleResult {
+        ModuleResult {
+            id: id.into(),
+            name: format!("mod-{id}"),
+            module_type: "ping".into(),
+            datastore: "all".into(),
+            datastore_version: "all".into(),
+            tenant: "all".into(),
+            md5: "0123456789abcdef0123456789abcdef".into(),
+            status: status.map(Into::into),
+            message: message.map(Into::into),
+            created: Some("2026-11-26 10:00:00.12".into()),
+            updated: Some("2026-11-26 10:00:00.12".into()),
+            removed: None,
+            auto_apply: false,
+            visible: true,
+            is_admin: false,
+            contents: None,
+        }
+    }
+
+    #[test]
+    fn restart_required_is_kept() {
+        use ServiceStatus::*;
+        assert_eq!(
+            decide_status(Some(RestartRequired), "running"),
+            StatusDecision::Touch
+        );
+        assert_eq!(
+            decide_status(Some(RestartRequired), "no such status"),
+            StatusDecision::Touch
+        );
+        assert_eq!(
+            decide_status(Some(Building), "running"),
+            StatusDecision::Set(Running)
+        );
+        assert_eq!(
+            decide_status(Some(New), "instance ready"),
+            StatusDecision::Set(InstanceReady)
+        );
+        assert_eq!(
+            decide_status(Some(Running), "restart required"),
+            StatusDecision::Set(RestartRequired)
+        );
+        assert_eq!(decide_status(None, "healthy"), StatusDecision::Set(Healthy));
+    }
+
+    #[test]
+    fn unknown_descriptions_are_ignored() {
+        assert_eq!(
+            decide_status(Some(ServiceStatus::Running), "RUNNING"),
+            StatusDecision::Ignore
+        );
+        assert_eq!(
+            decide_status(Some(ServiceStatus::Running), ""),
+            StatusDecision::Ignore
+        );
+    }
+
+    #[test]
+    fn verdict_ok_only_when_everything_for_the_module_is_ok() {
+        let ok = result("m1", Some("OK"), Some("Module applied"));
+        let other_failed = result("m2", Some("ERROR"), Some("boom"));
+        assert_eq!(
+            job_verdict(Some("m1"), &[ok.clone(), other_failed.clone()], None),
+            ("OK", Some("Module applied".into()))
+        );
+        // Without the job's module id every result counts.
+        assert_eq!(
+            job_verdict(None, &[ok.clone(), other_failed], None),
+            ("ERROR", Some("boom".into()))
+        );
+        let failed = result("m1", Some("ERROR"), None);
+        assert_eq!(
+            job_verdict(Some("m1"), &[ok.clone(), failed], None),
+            ("ERROR", Some("status ERROR".into()))
+        );
+        let unset = result("m1", None, Some("half done"));
+        assert_eq!(
+            job_verdict(Some("m1"), &[unset], None),
+            ("ERROR", Some("half done".into()))
+        );
+    }
+
+    #[test]
+    fn verdict_error_wins_and_missing_results_fail() {
+        let ok = result("m1", Some("OK"), None);
+        assert_eq!(
+            job_verdict(Some("m1"), &[ok], Some("check failed")),
+            ("ERROR", Some("check failed".into()))
+        );
+        let (status, message) = job_verdict(Some("m1"), &[], None);
+        assert_eq!(status, "ERROR");
+        assert!(message.unwrap().contains("m1"));
+    }
+
+    #[test]
+    fn rows_respect_column_limits() {
+        let now = trove_common::db::now();
+        let mut r = result("m1", Some("A_VERY_LONG_STATUS_VALUE"), None);
+        r.updated = Some("x".repeat(40));
+        let row = result_row("i1", &r, now).unwrap();
+        assert_eq!(row.status.len(), STATUS_MAX);
+        assert_eq!(row.guest_updated.unwrap().len(), GUEST_TIME_MAX);
+        r.md5 = "f".repeat(33);
+        assert!(result_row("i1", &r, now).is_none());
+        let r = result(&"m".repeat(65), Some("OK"), None);
+        assert!(result_row("i1", &r, now).is_none());
+        assert_eq!(truncate("héllo", 2), "hé");
+    }
+}

@@ -1,0 +1,535 @@
+//! The handlers and the dispatcher against a real PostgreSQL: one fresh database per test, migrated,
+//! and dropped at the end (even when the test fails).
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use serde_json::{json, Map, Value};
+use trove_common::amqp::Outcome;
+use trove_common::config::{DatabaseSection, Settings};
+use trove_common::db::models::{
+    GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
+};
+use trove_common::db::schema::{instance_modules, reapply_job_items, service_statuses};
+use trove_common::db::{Db, DbError};
+use trove_common::rpc::conductor::HeartbeatPayload;
+use trove_common::rpc::guest::ModuleResult;
+use trove_common::rpc::keys::seal_instance_key;
+use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
+use trove_common::status::{InstanceTask, ServiceStatus};
+use trove_conductor::handlers::{self, HeartbeatOutcome, ModuleResultsOutcome};
+use trove_conductor::Dispatcher;
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const INSTANCE_KEY: &str = "abcdefghijklmnopqrstuvwxyz012345";
+
+/// A database of its own, dropped on `Drop`.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    db: Db,
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        trove_common::telemetry::init_for_test();
+        let admin_url = std::env::var("TROVE_TEST_ADMIN_DATABASE_URL")
+            .unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let (admin, db_name) = (admin_url.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
+                panic!(
+                    "cannot reach PostgreSQL at {admin}: {e}. Start it (scripts/stack.sh) or point \
+                     TROVE_TEST_ADMIN_DATABASE_URL at a server where user postgres may create databases"
+                )
+            });
+            diesel::sql_query(format!("CREATE DATABASE {db_name}")).execute(&mut conn).expect("CREATE DATABASE");
+        })
+        .await
+        .unwrap();
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .expect("the admin URL names a database");
+        let db = Db::from_url(&format!("{base}/{name}"), &DatabaseSection::default());
+        db.run(|conn| trove_migrations::run_pending(conn).map(drop))
+            .await
+            .expect("migrations");
+        Self {
+            admin_url,
+            name,
+            db,
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
+    ) -> T {
+        self.db
+            .run(move |conn| f(conn).map_err(DbError::from))
+            .await
+            .expect("test query")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match PgConnection::establish(&self.admin_url) {
+            Ok(mut conn) => {
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+                if let Err(e) = diesel::sql_query(sql).execute(&mut conn) {
+                    eprintln!("could not drop test database {}: {e}", self.name);
+                }
+            }
+            Err(e) => eprintln!("could not drop test database {}: {e}", self.name),
+        }
+    }
+}
+
+/// A datastore, a version, a module and a live instance (NEW) with an RPC key. Returns the instance id.
+fn seed(conn: &mut PgConnection, settings: &Settings) -> QueryResult<String> {
+    diesel::sql_query("INSERT INTO datastores (id, name) VALUES ('ds1', 'redis')").execute(conn)?;
+    diesel::sql_query(
+        "INSERT INTO datastore_versions (id, datastore_id, name, manager) VALUES ('v1', 'ds1', '3.2.6', 'redis')",
+    )
+    .execute(conn)?;
+    diesel::sql_query(
+        "INSERT INTO modules (id, name, type, contents, md5, created, updated)
+         VALUES ('m1', 'mod1', 'ping', 'x', '0123456789abcdef0123456789abcdef', now(), now())",
+    )
+    .execute(conn)?;
+    let now = trove_common::db::now();
+    let id = uuid::Uuid::new_v4().to_string();
+    Instance::insert(
+        conn,
+        &Instance {
+            id: id.clone(),
+            created: now,
+            updated: now,
+            name: "inst".into(),
+            hostname: None,
+            compute_instance_id: None,
+            server_status: Some("ACTIVE".into()),
+            task_id: InstanceTask::None.code(),
+            task_description: InstanceTask::None.description().into(),
+            task_start_time: None,
+            volume_id: None,
+            volume_size: None,
+            flavor_id: "15".into(),
+            tenant_id: "t1".into(),
+            datastore_version_id: "v1".into(),
+            cluster_id: None,
+            shard_id: None,
+            instance_type: None,
+            region_id: "RegionOne".into(),
+            encrypted_key: seal_instance_key(settings, INSTANCE_KEY),
+            configuration_id: None,
+            slave_of_id: None,
+            deleted: false,
+            deleted_at: None,
+        },
+    )?;
+    Ok(id)
+}
+
+/// A running reapply job for module m1 with one `sent` item for the instance.
+fn seed_job(conn: &mut PgConnection, job_id: &str, instance_id: &str) -> QueryResult<()> {
+    ReapplyJob::insert(
+        conn,
+        &ReapplyJob {
+            id: job_id.into(),
+            module_id: "m1".into(),
+            tenant_id: "t1".into(),
+            is_admin: true,
+            md5: None,
+            include_clustered: false,
+            force: false,
+            batch_size: 1,
+            batch_delay: 0,
+            state: "running".into(),
+            current_md5: Some("0123456789abcdef0123456789abcdef".into()),
+            total: 1,
+            applied: 0,
+            skipped: 0,
+            failed: 0,
+            next_batch_at: None,
+            request_id: "req-1".into(),
+            created: trove_common::db::now(),
+            started: None,
+            finished: None,
+        },
+    )?;
+    diesel::insert_into(reapply_job_items::table)
+        .values(ReapplyItem {
+            job_id: job_id.into(),
+            instance_id: instance_id.into(),
+            seq: 0,
+            state: "sent".into(),
+            batch: Some(0),
+            sent_at: Some(trove_common::db::now()),
+            answered_at: None,
+            status: None,
+            message: None,
+        })
+        .execute(conn)
+        .map(drop)
+}
+
+fn status_of(conn: &mut PgConnection, id: &str) -> QueryResult<ServiceStatusRow> {
+    ServiceStatusRow::for_instance(conn, id).map(|r| r.expect("status row"))
+}
+
+fn result(module_id: &str, status: &str, message: &str, updated: &str) -> ModuleResult {
+    ModuleResult {
+        id: module_id.into(),
+        name: format!("mod-{module_id}"),
+        module_type: "ping".into(),
+        datastore: "all".into(),
+        datastore_version: "all".into(),
+        tenant: "all".into(),
+        md5: "0123456789abcdef0123456789abcdef".into(),
+        status: Some(status.into()),
+        message: Some(message.into()),
+        created: Some("2026-11-26 10:00:00.00".into()),
+        updated: Some(updated.into()),
+        removed: None,
+        auto_apply: false,
+        visible: true,
+        is_admin: false,
+        contents: None,
+    }
+}
+
+async fn heartbeat(t: &TestDb, id: &str, description: &str, sent: f64) -> HeartbeatOutcome {
+    let payload = HeartbeatPayload {
+        service_status: description.into(),
+    };
+    handlers::handle_heartbeat(&t.db, id.into(), payload, sent)
+        .await
+        .expect("heartbeat")
+}
+
+#[tokio::test]
+async fn heartbeats_apply_in_order_and_keep_restart_required() {
+    let t = TestDb::new().await;
+    let settings = Settings::default();
+    let id = t.run(move |c| seed(c, &settings)).await;
+
+    assert_eq!(
+        heartbeat(&t, &id, "building", 10.0).await,
+        HeartbeatOutcome::Applied(ServiceStatus::Building)
+    );
+    // Equal and older `sent` are dropped.
+    assert_eq!(
+        heartbeat(&t, &id, "running", 10.0).await,
+        HeartbeatOutcome::Stale
+    );
+    assert_eq!(
+        heartbeat(&t, &id, "running", 9.5).await,
+        HeartbeatOutcome::Stale
+    );
+    let i = id.clone();
+    assert_eq!(
+        t.run(move |c| status_of(c, &i)).await.status(),
+        Some(ServiceStatus::Building)
+    );
+    // Newer is applied.
+    assert_eq!(
+        heartbeat(&t, &id, "running", 10.000001).await,
+        HeartbeatOutcome::Applied(ServiceStatus::Running)
+    );
+    let i = id.clone();
+    let row = t.run(move |c| status_of(c, &i)).await;
+    assert_eq!(
+        (row.status(), row.status_description.as_str()),
+        (Some(ServiceStatus::Running), "running")
+    );
+    // An unknown description changes nothing.
+    assert_eq!(
+        heartbeat(&t, &id, "on fire", 11.0).await,
+        HeartbeatOutcome::UnknownStatus
+    );
+    let i = id.clone();
+    assert_eq!(
+        t.run(move |c| status_of(c, &i)).await.status(),
+        Some(ServiceStatus::Running)
+    );
+
+    // RESTART_REQUIRED is kept; only updated_at moves.
+    let i = id.clone();
+    let old = chrono::NaiveDate::from_ymd_opt(2020, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    t.run(move |c| {
+        ServiceStatusRow::set(c, &i, ServiceStatus::RestartRequired, true)?;
+        diesel::update(service_statuses::table.filter(service_statuses::instance_id.eq(&i)))
+            .set(service_statuses::updated_at.eq(old))
+            .execute(c)
+    })
+    .await;
+    assert_eq!(
+        heartbeat(&t, &id, "running", 12.0).await,
+        HeartbeatOutcome::KeptRestartRequired
+    );
+    let i = id.clone();
+    let row = t.run(move |c| status_of(c, &i)).await;
+    assert_eq!(row.status(), Some(ServiceStatus::RestartRequired));
+    assert!(row.updated_at.unwrap() > old);
+
+    // A deleted instance is ignored.
+    let i = id.clone();
+    t.run(move |c| Instance::mark_deleted(c, &i)).await;
+    assert_eq!(
+        heartbeat(&t, &id, "running", 13.0).await,
+        HeartbeatOutcome::InstanceGone
+    );
+    // So is an unknown one.
+    assert_eq!(
+        heartbeat(&t, "no-such-instance", "running", 13.0).await,
+        HeartbeatOutcome::InstanceGone
+    );
+}
+
+#[tokio::test]
+async fn module_results_are_stored_and_answer_job_items_once() {
+    let t = TestDb::new().await;
+    let settings = Settings::default();
+    let id = t.run(move |c| seed(c, &settings)).await;
+
+    // Results of prepare (no job): ordered by `sent`.
+    let prepare = vec![
+        result("m1", "OK", "applied", "2026-11-26 10:00:01.00"),
+        result("m2", "ERROR", "bad licence", "2026-11-26 10:00:01.00"),
+    ];
+    let out = handlers::handle_module_results(&t.db, id.clone(), prepare.clone(), 5.0, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        ModuleResultsOutcome::Stored {
+            stored: 2,
+            skipped: 0,
+            item_answered: None
+        }
+    );
+    let out = handlers::handle_module_results(&t.db, id.clone(), prepare, 5.0, None, None)
+        .await
+        .unwrap();
+    assert_eq!(out, ModuleResultsOutcome::Stale);
+    let i = id.clone();
+    let rows = t.run(move |c| GuestModuleResult::for_instance(c, &i)).await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[1].module_id.as_str(), rows[1].status.as_str()),
+        ("m2", "ERROR")
+    );
+    assert_eq!(rows[1].message.as_deref(), Some("bad licence"));
+
+    // A reapply answer: stored, and the item answered once.
+    let i = id.clone();
+    t.run(move |c| seed_job(c, "job1", &i)).await;
+    let answer = vec![result("m1", "OK", "reapplied", "2026-11-26 10:05:00.00")];
+    let out = handlers::handle_module_results(
+        &t.db,
+        id.clone(),
+        answer.clone(),
+        1.0,
+        Some("job1".into()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        ModuleResultsOutcome::Stored {
+            stored: 1,
+            skipped: 0,
+            item_answered: Some(true)
+        }
+    );
+    let i = id.clone();
+    let item = t
+        .run(move |c| ReapplyItem::find(c, "job1", &i))
+        .await
+        .unwrap();
+    assert_eq!(item.state, "answered");
+    assert_eq!(item.status.as_deref(), Some("OK"));
+    assert_eq!(item.message.as_deref(), Some("reapplied"));
+    let answered_at = item.answered_at.expect("answered_at set");
+
+    // Redelivered: a no-op for the item (and an equal guest clock rewrites the same row).
+    let out =
+        handlers::handle_module_results(&t.db, id.clone(), answer, 1.0, Some("job1".into()), None)
+            .await
+            .unwrap();
+    assert_eq!(
+        out,
+        ModuleResultsOutcome::Stored {
+            stored: 1,
+            skipped: 0,
+            item_answered: Some(false)
+        }
+    );
+    let i = id.clone();
+    let item = t
+        .run(move |c| ReapplyItem::find(c, "job1", &i))
+        .await
+        .unwrap();
+    assert_eq!(item.answered_at, Some(answered_at));
+
+    // A late answer from an older apply neither rolls the stored result back nor counts.
+    let stale = vec![result(
+        "m1",
+        "ERROR",
+        "old failure",
+        "2026-11-26 10:04:00.00",
+    )];
+    let out =
+        handlers::handle_module_results(&t.db, id.clone(), stale, 0.5, Some("job1".into()), None)
+            .await
+            .unwrap();
+    assert_eq!(
+        out,
+        ModuleResultsOutcome::Stored {
+            stored: 0,
+            skipped: 1,
+            item_answered: Some(false)
+        }
+    );
+    let i = id.clone();
+    let rows = t.run(move |c| GuestModuleResult::for_instance(c, &i)).await;
+    assert_eq!(rows[0].message.as_deref(), Some("reapplied"));
+
+    // A failed apply answers ERROR with the error.
+    let i = id.clone();
+    t.run(move |c| seed_job(c, "job2", &i)).await;
+    let out = handlers::handle_module_results(
+        &t.db,
+        id.clone(),
+        Vec::new(),
+        0.1,
+        Some("job2".into()),
+        Some("datastore not ready".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        ModuleResultsOutcome::Stored {
+            stored: 0,
+            skipped: 0,
+            item_answered: Some(true)
+        }
+    );
+    let i = id.clone();
+    let item = t
+        .run(move |c| ReapplyItem::find(c, "job2", &i))
+        .await
+        .unwrap();
+    assert_eq!(
+        (item.status.as_deref(), item.message.as_deref()),
+        (Some("ERROR"), Some("datastore not ready"))
+    );
+
+    // The conductor never writes instance_modules.
+    let n: i64 = t
+        .run(|c| instance_modules::table.count().get_result(c))
+        .await;
+    assert_eq!(n, 0);
+}
+
+fn heartbeat_args(instance_id: &str, status: &str, sent: f64) -> Map<String, Value> {
+    let mut args = Map::new();
+    args.insert("instance_id".into(), json!(instance_id));
+    args.insert("payload".into(), json!({ "service_status": status }));
+    args.insert("sent".into(), json!(sent));
+    args
+}
+
+fn sealed_by(sealer: &str, key: &str, args: Map<String, Value>) -> Vec<u8> {
+    let sec = Security::GuestToConductor {
+        instance_id: sealer.into(),
+        keys: rpc_keyring(key),
+    };
+    encode_request("heartbeat", args, &RpcContext::service(), "1.0", None, &sec)
+}
+
+#[tokio::test]
+async fn dispatcher_authenticates_guests() {
+    let t = TestDb::new().await;
+    let settings = Arc::new(Settings::default());
+    let s = settings.clone();
+    let id = t.run(move |c| seed(c, &s)).await;
+    let d = Dispatcher::new(settings, t.db.clone());
+    let current = |id: &str| {
+        let id = id.to_owned();
+        t.run(move |c| status_of(c, &id))
+    };
+
+    // A properly sealed heartbeat is applied and acked.
+    let body = sealed_by(&id, INSTANCE_KEY, heartbeat_args(&id, "running", 1.0));
+    assert!(matches!(d.dispatch(&body).await, Outcome::Ack));
+    assert_eq!(current(&id).await.status(), Some(ServiceStatus::Running));
+    // Redelivered: acked, nothing changes.
+    assert!(matches!(d.dispatch(&body).await, Outcome::Ack));
+
+    // The wrong key fails authentication.
+    let forged = sealed_by(
+        &id,
+        "not-the-instance-key-0123456789ab",
+        heartbeat_args(&id, "crashed", 2.0),
+    );
+    assert!(matches!(d.dispatch(&forged).await, Outcome::DeadLetter(_)));
+    // A plain message for an instance that has a key.
+    let plain = encode_request(
+        "heartbeat",
+        heartbeat_args(&id, "crashed", 3.0),
+        &RpcContext::service(),
+        "1.0",
+        None,
+        &Security::Plain,
+    );
+    assert!(matches!(d.dispatch(&plain).await, Outcome::DeadLetter(_)));
+    // Sealed by the instance, speaking for another one.
+    let other = sealed_by(
+        &id,
+        INSTANCE_KEY,
+        heartbeat_args("some-other-instance", "crashed", 4.0),
+    );
+    assert!(matches!(d.dispatch(&other).await, Outcome::DeadLetter(_)));
+    // Tagged with an unknown instance.
+    let unknown = sealed_by(
+        "no-such-instance",
+        INSTANCE_KEY,
+        heartbeat_args("no-such-instance", "running", 5.0),
+    );
+    assert!(matches!(d.dispatch(&unknown).await, Outcome::DeadLetter(_)));
+    // Garbage and unknown methods.
+    assert!(matches!(
+        d.dispatch(b"not json").await,
+        Outcome::DeadLetter(_)
+    ));
+    let sec = Security::GuestToConductor {
+        instance_id: id.clone(),
+        keys: rpc_keyring(INSTANCE_KEY),
+    };
+    let mut args = Map::new();
+    args.insert("instance_id".into(), json!(id));
+    let odd = encode_request(
+        "self_destruct",
+        args,
+        &RpcContext::service(),
+        "1.0",
+        None,
+        &sec,
+    );
+    assert!(matches!(d.dispatch(&odd).await, Outcome::DeadLetter(_)));
+    assert_eq!(current(&id).await.status(), Some(ServiceStatus::Running));
+
+    // Nothing above advanced the heartbeat clock: the next real heartbeat still applies.
+    let body = sealed_by(&id, INSTANCE_KEY, heartbeat_args(&id, "healthy", 1.5));
+    assert!(matches!(d.dispatch(&body).await, Outcome::Ack));
+    assert_eq!(current(&id).await.status(), Some(ServiceStatus::Healthy));
+}

@@ -1,0 +1,14 @@
+DROP TABLE reapply_job_items;
+DROP TABLE reapply_jobs;
+DROP TABLE outbox;
+DROP TABLE guest_module_results;
+DROP TABLE conductor_lastseen;
+DROP TABLE instance_modules;
+DROP TABLE modules;
+DROP TABLE instance_faults;
+DROP TABLE service_statuses;
+DROP TABLE instances;
+DROP TABLE clusters;
+DROP TABLE flavors;
+DROP TABLE datastore_versions;
+DROP TABLE datastores;

@@ -1,0 +1,162 @@
+//! Compute: how the taskmanager starts, finds and stops the guest behind an instance.
+//!
+//! Trove asks Nova for a server and the guest agent runs inside it. We have no cloud, so a
+//! [`ComputeDriver`] stands in for Nova. The only driver is [`process::ProcessDriver`] (`local`): one
+//! real `trove-guestagent` process per instance on this host, each with its own state directory.
+//!
+//! The driver is also how a restarted taskmanager finds its guests again: [`ComputeDriver::status`]
+//! answers from what is on the host (a pid file and the live process), not from memory.
+
+pub mod process;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use secrecy::SecretString;
+use trove_common::config::Settings;
+
+/// What a driver needs to start one guest.
+#[derive(Clone)]
+pub struct GuestSpec {
+    pub instance_id: String,
+    /// The guest manager (`mysql`, `redis`): `[guest] datastore_manager`.
+    pub datastore_manager: String,
+    /// The instance's RPC key in clear, when secure messaging is on for it.
+    pub instance_key: Option<SecretString>,
+}
+
+impl fmt::Debug for GuestSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("GuestSpec")
+            .field("instance_id", &self.instance_id)
+            .field("datastore_manager", &self.datastore_manager)
+            .field("secure", &self.instance_key.is_some())
+            .finish()
+    }
+}
+
+/// A started guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHandle {
+    /// Stored in `instances.compute_instance_id` (the API's `server_id`).
+    pub server_id: String,
+    /// The guest's process id, when the driver has one.
+    pub pid: Option<u32>,
+}
+
+/// What the driver sees of an instance's guest right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// The guest is running.
+    Active,
+    /// It was started once but is not running now (it exited, crashed or was stopped).
+    Shutdown,
+    /// It was never started here.
+    Missing,
+}
+
+impl ServerState {
+    /// The value for `instances.server_status`.
+    pub fn server_status(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Shutdown | Self::Missing => "SHUTDOWN",
+        }
+    }
+}
+
+/// Why a driver could not start or stop a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    #[error("instance id {0:?} cannot name a guest")]
+    InvalidId(String),
+    #[error("unknown compute driver {0:?}")]
+    UnknownDriver(String),
+    #[error("guest agent binary {} not found (set [compute] guestagent_path)", .0.display())]
+    BinaryMissing(PathBuf),
+    #[error("cannot write the guest configuration: option {option} holds a line break")]
+    BadConfigValue { option: &'static str },
+    #[error("{action} {}: {source}", .path.display())]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("guest agent exited right after start ({status}); see {}", .log.display())]
+    ExitedAtStart { status: String, log: PathBuf },
+    #[error("guest of instance {instance_id} is still running {waited:?} after SIGKILL")]
+    StopTimeout { instance_id: String, waited: Duration },
+}
+
+/// Starts, checks and stops guests. Object-safe (boxed futures), so the taskmanager holds an
+/// `Arc<dyn ComputeDriver>` and tests can bring their own.
+pub trait ComputeDriver: Send + Sync + 'static {
+    /// Starts the guest of `spec.instance_id`. Idempotent: a guest already running is left alone and
+    /// its handle returned.
+    fn launch<'a>(&'a self, spec: &'a GuestSpec) -> BoxFuture<'a, Result<ServerHandle, ComputeError>>;
+
+    /// Whether the guest is running.
+    fn status<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, ServerState>;
+
+    /// Stops the guest (gracefully, then by force). A guest that is not running is not an error.
+    fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ComputeError>>;
+
+    /// Where the guest keeps its configuration, log and state.
+    fn state_dir(&self, instance_id: &str) -> PathBuf;
+
+    /// Periodic housekeeping, called by the reconciler every tick (the process driver reaps exited
+    /// children here).
+    fn maintain(&self) {}
+}
+
+/// The driver `[compute] driver` names.
+pub fn from_settings(settings: &Arc<Settings>) -> Result<Arc<dyn ComputeDriver>, ComputeError> {
+    match settings.compute.driver.as_str() {
+        "local" => Ok(Arc::new(process::ProcessDriver::new(settings.clone()))),
+        other => Err(ComputeError::UnknownDriver(other.to_owned())),
+    }
+}
+
+/// Instance ids become directory names: allow what a UUID can hold, nothing that walks paths.
+pub(crate) fn check_instance_id(id: &str) -> Result<(), ComputeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ComputeError::InvalidId(id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_cannot_walk_paths() {
+        check_instance_id("0b3c1f4e-8a9d-4c3e-9f0a-1b2c3d4e5f60").unwrap();
+        for bad in ["", "..", "a/b", "-rf", "x y", "../etc"] {
+            assert!(check_instance_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_driver_is_refused() {
+        let mut s = Settings::default();
+        s.compute.driver = "nova".into();
+        assert!(matches!(from_settings(&Arc::new(s)), Err(ComputeError::UnknownDriver(_))));
+    }
+
+    #[test]
+    fn specs_never_print_the_key() {
+        let spec = GuestSpec {
+            instance_id: "i1".into(),
+            datastore_manager: "redis".into(),
+            instance_key: Some("topsecretkey".into()),
+        };
+        assert!(!format!("{spec:?}").contains("topsecretkey"));
+    }
+}

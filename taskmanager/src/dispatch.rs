@@ -1,0 +1,138 @@
+//! From a delivery on the `taskmanager` queue to its handler, and from the handler's result to what
+//! happens to the delivery.
+//!
+//! - A body that does not decode (not an oslo envelope, a tampered or foreign-key ciphertext, an unknown
+//!   method, arguments of the wrong shape) can never succeed: dead-letter it.
+//! - A handler error caused by the database, the broker or the shutdown is transient: requeue the
+//!   message (after a pause), so no accepted work is lost.
+//! - Any other handler error is a logic error that a retry would repeat: dead-letter it (it is logged
+//!   with its cause chain and kept in the dead-letter queue for an operator).
+//! - Success: ack.
+
+use std::sync::Arc;
+
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
+use trove_common::amqp::{AmqpError, Outcome};
+use trove_common::db::DbError;
+use trove_common::rpc::taskmanager::TaskManagerMsg;
+use trove_common::rpc::{self, from_request, RpcContext};
+
+use crate::handlers::{self, ReapplyArgs};
+use crate::{Ctx, Interrupted};
+
+/// Handles one delivery body and says whether to ack, requeue or dead-letter it.
+pub async fn handle_delivery(ctx: Arc<Ctx>, body: &[u8]) -> Outcome {
+    let req = match rpc::decode_request(body, ctx.taskmanager_keys.as_ref()) {
+        Ok(req) => req,
+        Err(e) => return Outcome::DeadLetter(format!("undecodable taskmanager message: {e}")),
+    };
+    let span = tracing::info_span!(
+        "rpc",
+        rpc.method = %req.method,
+        rpc.request_id = %req.context.request_id,
+        instance.id = Empty,
+        cluster.id = Empty,
+        module.id = Empty,
+    );
+    async move {
+        let msg = match from_request::<TaskManagerMsg>(&req) {
+            Ok(msg) => msg,
+            Err(e) => return Outcome::DeadLetter(e.to_string()),
+        };
+        let started = std::time::Instant::now();
+        let result = dispatch(&ctx, &req.context, msg).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                tracing::debug!(duration_ms, "handled");
+                Outcome::Ack
+            }
+            Err(e) => outcome(&e),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Routes a message to its handler. One exhaustive match: a new method does not compile until it is
+/// handled here.
+pub async fn dispatch(ctx: &Ctx, rpc: &RpcContext, msg: TaskManagerMsg) -> anyhow::Result<()> {
+    let span = Span::current();
+    match msg {
+        TaskManagerMsg::CreateInstance(args) => {
+            span.record("instance.id", args.instance_id.as_str());
+            if let Some(c) = &args.cluster_config {
+                span.record("cluster.id", c.id.as_str());
+            }
+            handlers::instance::handle_create_instance(ctx, rpc, *args).await
+        }
+        TaskManagerMsg::CreateCluster { cluster_id } => {
+            span.record("cluster.id", cluster_id.as_str());
+            handlers::cluster::handle_create_cluster(ctx, rpc, &cluster_id).await
+        }
+        TaskManagerMsg::DeleteInstance { instance_id } => {
+            span.record("instance.id", instance_id.as_str());
+            handlers::instance::handle_delete_instance(ctx, rpc, &instance_id).await
+        }
+        TaskManagerMsg::DeleteCluster { cluster_id } => {
+            span.record("cluster.id", cluster_id.as_str());
+            handlers::cluster::handle_delete_cluster(ctx, rpc, &cluster_id).await
+        }
+        TaskManagerMsg::ReapplyModule { module_id, md5, include_clustered, batch_size, batch_delay, force, job_id } => {
+            span.record("module.id", module_id.as_str());
+            let args = ReapplyArgs { module_id, md5, include_clustered, batch_size, batch_delay, force, job_id };
+            handlers::reapply::handle_reapply_module(ctx, rpc, args).await
+        }
+    }
+}
+
+/// What a handler error means for its delivery (see the module docs).
+pub fn outcome(err: &anyhow::Error) -> Outcome {
+    if is_transient(err) {
+        Outcome::Retry(format!("{err:#}"))
+    } else {
+        Outcome::DeadLetter(format!("{err:#}"))
+    }
+}
+
+/// True when a cause of `err` is the database, the broker or the shutdown: worth another try.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if cause.is::<DbError>() || cause.is::<diesel::result::Error>() || cause.is::<Interrupted>() {
+            return true;
+        }
+        match cause.downcast_ref::<AmqpError>() {
+            // A guest answered with an error, or with something we cannot read: retrying repeats it.
+            Some(AmqpError::Remote(_) | AmqpError::Decode(_)) => false,
+            Some(_) => true,
+            None => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+    use trove_common::rpc::RemoteError;
+
+    #[test]
+    fn database_broker_and_shutdown_errors_are_retried() {
+        let db: anyhow::Error = DbError::Join.into();
+        assert!(matches!(outcome(&db.context("loading instance i1")), Outcome::Retry(_)));
+        let q: anyhow::Error = diesel::result::Error::NotFound.into();
+        assert!(matches!(outcome(&q), Outcome::Retry(_)));
+        let amqp = Err::<(), _>(AmqpError::Unroutable("guestagent.x".into())).context("casting prepare").unwrap_err();
+        assert!(matches!(outcome(&amqp), Outcome::Retry(_)));
+        assert!(matches!(outcome(&anyhow::Error::new(Interrupted)), Outcome::Retry(_)));
+    }
+
+    #[test]
+    fn logic_errors_are_dead_lettered_with_their_cause() {
+        let e = anyhow::anyhow!("reapply is not wired yet");
+        assert!(matches!(outcome(&e), Outcome::DeadLetter(m) if m.contains("not wired")));
+        let remote = anyhow::Error::new(AmqpError::Remote(RemoteError::new("NotFound", "gone"))).context("calling");
+        assert!(matches!(outcome(&remote), Outcome::DeadLetter(m) if m.contains("gone")));
+    }
+}
