@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use trove_common::amqp::{Broker, RpcClient};
-use trove_common::config::{parse_key_entry, Settings};
-use trove_common::crypto::{Keyring, SecretKey};
+use trove_common::config::Settings;
+use trove_common::crypto::Keyring;
 use trove_common::db::Db;
 
 /// What every handler can reach. Cheap to clone.
@@ -36,18 +35,4 @@ impl AppState {
     }
 }
 
-/// The keyring for module contents: the active GCM key, older GCM keys, and Trove's CBC key.
-pub fn module_keyring(settings: &Settings) -> Keyring {
-    let d = &settings.default;
-    let mut ring = Keyring::new(
-        d.module_contents_key_id,
-        SecretKey::from_passphrase(d.module_contents_key.expose_secret()),
-    )
-    .with_legacy_cbc(SecretKey::trove_cbc(d.module_aes_cbc_key.expose_secret()));
-    for entry in &d.module_contents_old_keys {
-        if let Some((id, key)) = parse_key_entry(entry) {
-            ring = ring.with_old_key(id, SecretKey::from_passphrase(key));
-        }
-    }
-    ring
-}
+pub use trove_common::rpc::keys::module_keyring;

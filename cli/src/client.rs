@@ -190,7 +190,7 @@ impl Client {
             .text()
             .map_err(|e| self.transport_error(&method, &url, e))?;
         if self.debug {
-            eprintln!("RESP: [{}] {}", status.as_u16(), text);
+            eprintln!("RESP: [{}] {}", status.as_u16(), redact_contents(&text));
         }
 
         if status.as_u16() >= 400 {
@@ -234,6 +234,7 @@ impl Client {
             line.push_str(&format!(" -H \"{name}: {shown}\""));
         }
         if let Some(body) = body {
+            let body = redact_contents(body);
             line.push_str(&format!(
                 " -H \"Content-Type: application/json\" -d '{body}'"
             ));
@@ -265,6 +266,40 @@ impl Client {
             url: url.to_owned(),
             reason,
         }
+    }
+}
+
+/// A body for the debug log with every string `contents` value (module payloads, which may be
+/// licence keys) replaced by its length.
+fn redact_contents(text: &str) -> String {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map.iter_mut() {
+                    match inner {
+                        serde_json::Value::String(s) if key == "contents" => {
+                            *inner = serde_json::Value::String(format!(
+                                "<redacted, {} characters>",
+                                s.len()
+                            ));
+                        }
+                        _ => walk(inner),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if !text.contains("\"contents\"") {
+        return text.to_owned();
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut value) => {
+            walk(&mut value);
+            value.to_string()
+        }
+        Err(_) => text.to_owned(),
     }
 }
 
@@ -382,6 +417,15 @@ mod tests {
             e.to_string(),
             "Module with ID nope could not be found. (HTTP 404)"
         );
+    }
+
+    #[test]
+    fn debug_log_hides_module_contents() {
+        let body = r#"{"module": {"name": "m", "contents": "c2VjcmV0"}}"#;
+        let shown = redact_contents(body);
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(shown.contains("<redacted, 8 characters>"), "{shown}");
+        assert_eq!(redact_contents("{\"name\": \"m\"}"), "{\"name\": \"m\"}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub enum AmqpError {
 #[derive(Clone, Debug)]
 pub struct Names {
     prefix: String,
+    queue_expires_ms: u64,
     control_exchange: String,
     taskmanager: String,
     conductor: String,
@@ -70,6 +71,7 @@ impl Names {
     pub fn new(settings: &Settings) -> Self {
         Self {
             prefix: settings.amqp.prefix.clone(),
+            queue_expires_ms: settings.amqp.queue_expires_ms,
             control_exchange: settings.default.control_exchange.clone(),
             taskmanager: settings.default.taskmanager_queue.clone(),
             conductor: settings.default.conductor_queue.clone(),
@@ -294,6 +296,15 @@ impl Broker {
     }
 }
 
+/// `x-expires` for server queues when configured (test brokers), else no arguments.
+fn expiry_args(names: &Names) -> FieldTable {
+    let mut args = FieldTable::default();
+    if names.queue_expires_ms > 0 {
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(names.queue_expires_ms as i64));
+    }
+    args
+}
+
 async fn declare_base(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -317,7 +328,7 @@ async fn declare_base(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
         durable: true,
         ..Default::default()
     };
-    ch.queue_declare(names.dead_letter_queue().into(), q, FieldTable::default())
+    ch.queue_declare(names.dead_letter_queue().into(), q, expiry_args(names))
         .await?;
     ch.queue_bind(
         names.dead_letter_queue().into(),
@@ -331,7 +342,7 @@ async fn declare_base(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
 }
 
 async fn declare_topic_queue(ch: &Channel, names: &Names, topic: &str) -> Result<(), AmqpError> {
-    let mut args = FieldTable::default();
+    let mut args = expiry_args(names);
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(names.dead_letter_exchange().into()),

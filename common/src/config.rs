@@ -187,6 +187,9 @@ pub struct AmqpSection {
     pub publish_timeout: u64,
     /// Seconds between reconnect attempts.
     pub reconnect_delay: f64,
+    /// When above zero, server queues expire after this many milliseconds unused (`x-expires`); for
+    /// test brokers shared by many short-lived topologies.
+    pub queue_expires_ms: u64,
 }
 
 impl Default for AmqpSection {
@@ -196,6 +199,7 @@ impl Default for AmqpSection {
             prefetch: 32,
             publish_timeout: 30,
             reconnect_delay: 1.0,
+            queue_expires_ms: 0,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 use trove_common::amqp::{AmqpError, Outcome};
+use trove_common::crypto::Keyring;
 use trove_common::db::DbError;
 use trove_common::rpc::taskmanager::TaskManagerMsg;
 use trove_common::rpc::{self, from_request, RpcContext};
@@ -23,25 +24,21 @@ use crate::{Ctx, Interrupted};
 
 /// Handles one delivery body and says whether to ack, requeue or dead-letter it.
 pub async fn handle_delivery(ctx: Arc<Ctx>, body: &[u8]) -> Outcome {
-    let req = match rpc::decode_request(body, ctx.taskmanager_keys.as_ref()) {
-        Ok(req) => req,
-        Err(e) => return Outcome::DeadLetter(format!("undecodable taskmanager message: {e}")),
+    let (context, msg) = match decode(body, ctx.taskmanager_keys.as_ref()) {
+        Ok(decoded) => decoded,
+        Err(why) => return Outcome::DeadLetter(why),
     };
     let span = tracing::info_span!(
         "rpc",
-        rpc.method = %req.method,
-        rpc.request_id = %req.context.request_id,
+        rpc.method = msg.method(),
+        rpc.request_id = %context.request_id,
         instance.id = Empty,
         cluster.id = Empty,
         module.id = Empty,
     );
     async move {
-        let msg = match from_request::<TaskManagerMsg>(&req) {
-            Ok(msg) => msg,
-            Err(e) => return Outcome::DeadLetter(e.to_string()),
-        };
         let started = std::time::Instant::now();
-        let result = dispatch(&ctx, &req.context, msg).await;
+        let result = dispatch(&ctx, &context, msg).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => {
@@ -55,9 +52,19 @@ pub async fn handle_delivery(ctx: Arc<Ctx>, body: &[u8]) -> Outcome {
     .await
 }
 
+/// Opens a taskmanager message: the envelope, the values sealed with the taskmanager key, then the typed
+/// method. The error says why it can never be handled.
+pub fn decode(body: &[u8], keys: Option<&Keyring>) -> Result<(RpcContext, TaskManagerMsg), String> {
+    let req = rpc::decode_request(body, keys)
+        .map_err(|e| format!("undecodable taskmanager message: {e}"))?;
+    let msg = from_request::<TaskManagerMsg>(&req)
+        .map_err(|e| format!("unusable taskmanager message: {e}"))?;
+    Ok((req.context, msg))
+}
+
 /// Routes a message to its handler. One exhaustive match: a new method does not compile until it is
 /// handled here.
-pub async fn dispatch(ctx: &Ctx, rpc: &RpcContext, msg: TaskManagerMsg) -> anyhow::Result<()> {
+pub async fn dispatch(ctx: &Arc<Ctx>, rpc: &RpcContext, msg: TaskManagerMsg) -> anyhow::Result<()> {
     let span = Span::current();
     match msg {
         TaskManagerMsg::CreateInstance(args) => {
@@ -79,9 +86,25 @@ pub async fn dispatch(ctx: &Ctx, rpc: &RpcContext, msg: TaskManagerMsg) -> anyho
             span.record("cluster.id", cluster_id.as_str());
             handlers::cluster::handle_delete_cluster(ctx, rpc, &cluster_id).await
         }
-        TaskManagerMsg::ReapplyModule { module_id, md5, include_clustered, batch_size, batch_delay, force, job_id } => {
+        TaskManagerMsg::ReapplyModule {
+            module_id,
+            md5,
+            include_clustered,
+            batch_size,
+            batch_delay,
+            force,
+            job_id,
+        } => {
             span.record("module.id", module_id.as_str());
-            let args = ReapplyArgs { module_id, md5, include_clustered, batch_size, batch_delay, force, job_id };
+            let args = ReapplyArgs {
+                module_id,
+                md5,
+                include_clustered,
+                batch_size,
+                batch_delay,
+                force,
+                job_id,
+            };
             handlers::reapply::handle_reapply_module(ctx, rpc, args).await
         }
     }
@@ -99,7 +122,8 @@ pub fn outcome(err: &anyhow::Error) -> Outcome {
 /// True when a cause of `err` is the database, the broker or the shutdown: worth another try.
 pub fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        if cause.is::<DbError>() || cause.is::<diesel::result::Error>() || cause.is::<Interrupted>() {
+        if cause.is::<DbError>() || cause.is::<diesel::result::Error>() || cause.is::<Interrupted>()
+        {
             return true;
         }
         match cause.downcast_ref::<AmqpError>() {
@@ -115,24 +139,81 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
 mod tests {
     use super::*;
     use anyhow::Context as _;
-    use trove_common::rpc::RemoteError;
+    use trove_common::config::Settings;
+    use trove_common::rpc::keys::{taskmanager_keyring, taskmanager_security};
+    use trove_common::rpc::{encode_request, to_method_args, RemoteError, Security};
+
+    fn encoded(msg: &TaskManagerMsg, security: &Security) -> Vec<u8> {
+        let (method, args) = to_method_args(msg);
+        let ctx = RpcContext {
+            request_id: "req-1".into(),
+            ..RpcContext::default()
+        };
+        encode_request(&method, args, &ctx, "1.0", None, security)
+    }
+
+    #[test]
+    fn sealed_messages_decode_with_the_taskmanager_key_only() {
+        let settings = Settings::default();
+        let keys = taskmanager_keyring(&settings);
+        let msg = TaskManagerMsg::DeleteInstance {
+            instance_id: "i1".into(),
+        };
+        let body = encoded(&msg, &taskmanager_security(&settings));
+        let (ctx, decoded) = decode(&body, keys.as_ref()).unwrap();
+        assert_eq!(decoded, msg);
+        assert_eq!(ctx.request_id, "req-1");
+        // Plain messages are still accepted, as Trove's serializer does.
+        assert_eq!(
+            decode(&encoded(&msg, &Security::Plain), keys.as_ref())
+                .unwrap()
+                .1,
+            msg
+        );
+        // Another key, garbage or an unknown method can never succeed.
+        let other = trove_common::rpc::rpc_keyring("not the taskmanager key");
+        assert!(decode(&body, Some(&other)).is_err());
+        assert!(decode(b"{nope", keys.as_ref()).is_err());
+        let mut args = serde_json::Map::new();
+        args.insert("x".into(), serde_json::json!(1));
+        let unknown = encode_request(
+            "resize_flavor",
+            args,
+            &RpcContext::default(),
+            "1.0",
+            None,
+            &Security::Plain,
+        );
+        assert!(decode(&unknown, keys.as_ref())
+            .unwrap_err()
+            .contains("resize_flavor"));
+    }
 
     #[test]
     fn database_broker_and_shutdown_errors_are_retried() {
         let db: anyhow::Error = DbError::Join.into();
-        assert!(matches!(outcome(&db.context("loading instance i1")), Outcome::Retry(_)));
+        assert!(matches!(
+            outcome(&db.context("loading instance i1")),
+            Outcome::Retry(_)
+        ));
         let q: anyhow::Error = diesel::result::Error::NotFound.into();
         assert!(matches!(outcome(&q), Outcome::Retry(_)));
-        let amqp = Err::<(), _>(AmqpError::Unroutable("guestagent.x".into())).context("casting prepare").unwrap_err();
+        let amqp = Err::<(), _>(AmqpError::Unroutable("guestagent.x".into()))
+            .context("casting prepare")
+            .unwrap_err();
         assert!(matches!(outcome(&amqp), Outcome::Retry(_)));
-        assert!(matches!(outcome(&anyhow::Error::new(Interrupted)), Outcome::Retry(_)));
+        assert!(matches!(
+            outcome(&anyhow::Error::new(Interrupted)),
+            Outcome::Retry(_)
+        ));
     }
 
     #[test]
     fn logic_errors_are_dead_lettered_with_their_cause() {
         let e = anyhow::anyhow!("reapply is not wired yet");
         assert!(matches!(outcome(&e), Outcome::DeadLetter(m) if m.contains("not wired")));
-        let remote = anyhow::Error::new(AmqpError::Remote(RemoteError::new("NotFound", "gone"))).context("calling");
+        let remote = anyhow::Error::new(AmqpError::Remote(RemoteError::new("NotFound", "gone")))
+            .context("calling");
         assert!(matches!(outcome(&remote), Outcome::DeadLetter(m) if m.contains("gone")));
     }
 }

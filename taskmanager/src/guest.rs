@@ -15,9 +15,14 @@ use crate::Ctx;
 
 /// The instance's RPC key in clear, from `instances.encrypted_key`; `None` when secure messaging is off
 /// or the instance has no key (then its channel is plain).
-pub fn instance_key(settings: &Settings, encrypted_key: Option<&str>) -> Result<Option<String>, CryptoError> {
+pub fn instance_key(
+    settings: &Settings,
+    encrypted_key: Option<&str>,
+) -> Result<Option<String>, CryptoError> {
     match encrypted_key {
-        Some(sealed) if settings.default.enable_secure_rpc_messaging => open_instance_key(settings, sealed).map(Some),
+        Some(sealed) if settings.default.enable_secure_rpc_messaging => {
+            open_instance_key(settings, sealed).map(Some)
+        }
         _ => Ok(None),
     }
 }
@@ -36,9 +41,15 @@ pub async fn cast(
     msg: &GuestMsg,
 ) -> Result<(), AmqpError> {
     let (method, args) = to_method_args(msg);
-    let version = if matches!(msg, GuestMsg::Prepare(_)) { "1.1" } else { "1.0" };
+    let version = if matches!(msg, GuestMsg::Prepare(_)) {
+        "1.1"
+    } else {
+        "1.0"
+    };
     let body = encode_request(&method, args, rpc, version, None, &guest_security(keys));
-    ctx.broker.cast(&ctx.broker.names().guest(instance_id), &body).await
+    ctx.broker
+        .cast(&ctx.broker.names().guest(instance_id), &body)
+        .await
 }
 
 /// Calls `msg` on the instance's guest and waits up to `timeout` for the result.
@@ -51,7 +62,16 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<Value, AmqpError> {
     let (method, args) = to_method_args(msg);
-    ctx.rpc.call(&ctx.broker.names().guest(instance_id), &method, args, rpc, keys, timeout).await
+    ctx.rpc
+        .call(
+            &ctx.broker.names().guest(instance_id),
+            &method,
+            args,
+            rpc,
+            keys,
+            timeout,
+        )
+        .await
 }
 
 #[cfg(test)]
@@ -63,7 +83,10 @@ mod tests {
     fn instance_keys_follow_the_secure_switch() {
         let mut s = Settings::default();
         let sealed = seal_instance_key(&s, "abc").unwrap();
-        assert_eq!(instance_key(&s, Some(&sealed)).unwrap().as_deref(), Some("abc"));
+        assert_eq!(
+            instance_key(&s, Some(&sealed)).unwrap().as_deref(),
+            Some("abc")
+        );
         assert_eq!(instance_key(&s, None).unwrap(), None);
         assert!(instance_key(&s, Some("not sealed")).is_err());
         s.default.enable_secure_rpc_messaging = false;

@@ -71,7 +71,10 @@ impl Ctx {
 
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ctx").field("db", &self.db).field("broker", &self.broker).finish_non_exhaustive()
+        f.debug_struct("Ctx")
+            .field("db", &self.db)
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,9 +140,18 @@ pub async fn run_with_compute(
     // If either half ends on its own, the other stops too: a taskmanager that consumes without
     // reconciling (or the reverse) would look alive and do half its job.
     let stop = shutdown.child_token();
-    let ctx = Arc::new(Ctx::new(settings.clone(), db, broker.clone(), compute, stop.clone()));
+    let ctx = Arc::new(Ctx::new(
+        settings.clone(),
+        db,
+        broker.clone(),
+        compute,
+        stop.clone(),
+    ));
     let queue = broker.names().taskmanager();
     tracing::info!(queue = %queue, "taskmanager ready");
+
+    // Reapply jobs a previous taskmanager left unfinished (their state is in the database).
+    tokio::spawn(handlers::reapply::resume_all(ctx.clone()));
 
     let handler_ctx = ctx.clone();
     let consumer = async {
@@ -157,6 +169,8 @@ pub async fn run_with_compute(
         stop.cancel();
         res
     };
+    // Reapply jobs a previous run left unfinished carry on where they stopped.
+    tokio::spawn(handlers::reapply::resume_all(ctx.clone()));
     let reconciler = async {
         reconcile::run(ctx.clone(), stop.clone()).await;
         stop.cancel();

@@ -1,1 +1,329 @@
-//! support
+#![doc = include_str!("../README.md")]
+//! Test support: a whole trove-rs control plane per test, against the real PostgreSQL and RabbitMQ.
+//!
+//! [`TestEnv::start`] gives each test its own database (cloned from a migrated template) and its own
+//! exchange/queue prefix, runs api, taskmanager and conductor in-process through their `run` functions,
+//! and lets the taskmanager start real `trove-guestagent` processes (the built binary) in a temporary
+//! directory. [`TestEnv::trove`] runs the built `trove` CLI against it. Dropping the env stops
+//! everything, kills leftover guests and drops the database.
+//!
+//! Set `TROVE_TEST_DATABASE_URL` (default `postgresql://postgres@127.0.0.1:5432`) and
+//! `TROVE_TEST_TRANSPORT_URL` (default `rabbit://guest:guest@127.0.0.1:5672/`) to point elsewhere.
+//! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test` does it).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+use trove_common::amqp::Broker;
+use trove_common::config::Settings;
+use trove_common::db::Db;
+
+/// Where the test PostgreSQL server is (without a database name).
+pub fn database_server() -> String {
+    std::env::var("TROVE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".into())
+}
+
+/// Where the test RabbitMQ is.
+pub fn transport_url() -> String {
+    std::env::var("TROVE_TEST_TRANSPORT_URL").unwrap_or_else(|_| "rabbit://guest:guest@127.0.0.1:5672/".into())
+}
+
+/// `target/debug` (or wherever the test binary's profile directory is).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A built workspace binary; fails with a hint when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
+    p
+}
+
+fn admin_conn() -> anyhow::Result<PgConnection> {
+    let url = format!("{}/postgres", database_server());
+    PgConnection::establish(&url).with_context(|| {
+        format!("cannot reach PostgreSQL at {url}: start it (scripts/stack services) or set TROVE_TEST_DATABASE_URL")
+    })
+}
+
+/// The migrated template, named after the migrations so a schema change makes a new one. Creation is
+/// serialised across test processes with an advisory lock.
+fn template() -> anyhow::Result<String> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/migrations");
+    let mut files: Vec<PathBuf> = walk(&dir);
+    files.sort();
+    for f in files {
+        std::hash::Hash::hash(&std::fs::read(&f).unwrap_or_default(), &mut hasher);
+    }
+    let name = format!("trove_tpl_{:x}", std::hash::Hasher::finish(&hasher));
+    let mut admin = admin_conn()?;
+    diesel::sql_query("SELECT pg_advisory_lock(774411)").execute(&mut admin)?;
+    let result = (|| -> anyhow::Result<()> {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let exists: Count = diesel::sql_query(format!("SELECT count(*) AS n FROM pg_database WHERE datname = '{name}'"))
+            .get_result(&mut admin)?;
+        if exists.n == 0 {
+            diesel::sql_query(format!("CREATE DATABASE {name}_build")).execute(&mut admin).ok();
+            let mut conn = PgConnection::establish(&format!("{}/{name}_build", database_server()))?;
+            trove_migrations::run_pending(&mut conn)?;
+            trove_migrations::manage::seed_walkthrough(&mut conn)?;
+            drop(conn);
+            diesel::sql_query(format!("ALTER DATABASE {name}_build RENAME TO {name}")).execute(&mut admin)?;
+        }
+        Ok(())
+    })();
+    diesel::sql_query("SELECT pg_advisory_unlock(774411)").execute(&mut admin)?;
+    result?;
+    Ok(name)
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A database of its own for one test, dropped on drop.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn create() -> anyhow::Result<Self> {
+        let tpl = template()?;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = admin_conn()?;
+        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {tpl}")).execute(&mut admin)?;
+        Ok(Self { url: format!("{}/{name}", database_server()), name })
+    }
+
+    /// A direct connection, for assertions on rows.
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = admin_conn() {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin);
+        }
+    }
+}
+
+/// Settings for a test: fast timers, its own prefix and state directory.
+pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.database.connection = SecretString::from(db_url.to_owned());
+    s.database.max_pool_size = 8;
+    s.default.transport_url = transport_url();
+    s.default.default_datastore = Some("redis".into());
+    s.default.report_interval = 1.0;
+    s.default.usage_sleep_time = 0.2;
+    s.default.agent_call_high_timeout = 20;
+    s.default.agent_call_low_timeout = 5;
+    s.default.module_reapply_instance_timeout = 10;
+    s.default.bind_host = "127.0.0.1".into();
+    s.amqp.prefix = prefix.into();
+    s.amqp.queue_expires_ms = 30 * 60 * 1000;
+    s.amqp.reconnect_delay = 0.2;
+    s.api.outbox_poll_interval = 0.2;
+    s.compute.state_path = state.to_path_buf();
+    s.compute.guestagent_path = bin("trove-guestagent").to_string_lossy().into_owned();
+    s
+}
+
+/// Output of one CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A running control plane for one test.
+pub struct TestEnv {
+    pub db: TestDb,
+    pub settings: Arc<Settings>,
+    pub api_url: String,
+    pub state_dir: tempfile::TempDir,
+    pub pool: Db,
+    shutdown: CancellationToken,
+    services: Vec<tokio::task::JoinHandle<()>>,
+    tm: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl TestEnv {
+    /// Starts api, taskmanager and conductor in-process.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestEnv::start`], with a chance to change the settings first.
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        trove_common::telemetry::init_for_test();
+        let db = TestDb::create()?;
+        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let state_dir = tempfile::tempdir()?;
+        let mut settings = test_settings(&db.url, &prefix, state_dir.path());
+        tweak(&mut settings);
+        let settings = Arc::new(settings);
+        let pool = Db::from_url(&db.url, &settings.database);
+        let shutdown = CancellationToken::new();
+        let connect = || async {
+            Broker::connect(&settings, Duration::from_secs(10))
+                .await
+                .context("cannot reach RabbitMQ: start it (scripts/stack services) or set TROVE_TEST_TRANSPORT_URL")
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api_url = format!("http://{}", listener.local_addr()?);
+        let mut services = Vec::new();
+        let (s, p, b, t) = (settings.clone(), pool.clone(), connect().await?, shutdown.clone());
+        services.push(tokio::spawn(async move {
+            if let Err(e) = trove_api::run(s, p, b, listener, t).await {
+                tracing::error!(error = ?e, "api stopped");
+            }
+        }));
+        let (s, p, b, t) = (settings.clone(), pool.clone(), connect().await?, shutdown.clone());
+        services.push(tokio::spawn(async move {
+            if let Err(e) = trove_conductor::run(s, p, b, t).await {
+                tracing::error!(error = ?e, "conductor stopped");
+            }
+        }));
+        let mut env = Self { db, settings, api_url, state_dir, pool, shutdown, services, tm: None };
+        env.start_taskmanager().await?;
+        Ok(env)
+    }
+
+    /// (Re)starts the in-process taskmanager.
+    pub async fn start_taskmanager(&mut self) -> anyhow::Result<()> {
+        let token = self.shutdown.child_token();
+        let b = Broker::connect(&self.settings, Duration::from_secs(10)).await?;
+        let (s, p, t) = (self.settings.clone(), self.pool.clone(), token.clone());
+        let handle = tokio::spawn(async move {
+            if let Err(e) = trove_taskmanager::run(s, p, b.clone(), t).await {
+                tracing::error!(error = ?e, "taskmanager stopped");
+            }
+            b.close().await;
+        });
+        self.tm = Some((token, handle));
+        Ok(())
+    }
+
+    /// Stops the in-process taskmanager gracefully.
+    pub async fn stop_taskmanager(&mut self) {
+        if let Some((t, h)) = self.tm.take() {
+            t.cancel();
+            let _ = h.await;
+        }
+    }
+
+    /// The API base for a tenant: `<url>/v1.0/<tenant>`.
+    pub fn base(&self, tenant: &str) -> String {
+        format!("{}/v1.0/{tenant}", self.api_url)
+    }
+
+    /// Runs the built `trove` CLI as `token` (noauth: the token is the user and project; `admin...` is admin).
+    pub async fn trove(&self, token: &str, args: &[&str]) -> CliOutput {
+        self.trove_in(token, args, None).await
+    }
+
+    /// [`TestEnv::trove`] in a working directory (for payload files).
+    pub async fn trove_in(&self, token: &str, args: &[&str], cwd: Option<&Path>) -> CliOutput {
+        let mut cmd = tokio::process::Command::new(bin("trove"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("OS_AUTH_TYPE", "noauth")
+            .env("OS_TOKEN", token)
+            .env("OS_PROJECT_ID", token)
+            .env("TROVE_URL", &self.api_url)
+            .env("OS_ROLES", if token.starts_with("admin") { "admin" } else { "member" });
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        let out = cmd.output().await.expect("running trove");
+        CliOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Polls `check` until it returns `Some` or `timeout` passes.
+    pub async fn eventually<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs SQL returning one text column, for assertions.
+    pub fn query_strings(&self, sql: &str) -> Vec<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            v: String,
+        }
+        let rows: Vec<Row> = diesel::sql_query(sql).load(&mut self.db.conn()).expect("query");
+        rows.into_iter().map(|r| r.v).collect()
+    }
+
+    /// Kills every guest process this env's taskmanager started (reads their pid files).
+    pub fn kill_guests(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.state_dir.path()) {
+            for e in entries.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("guest.pid")) {
+                    let _ = std::process::Command::new("kill").arg("-9").arg(pid.trim()).status();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for s in &self.services {
+            s.abort();
+        }
+        if let Some((_, h)) = &self.tm {
+            h.abort();
+        }
+        self.kill_guests();
+    }
+}

@@ -30,12 +30,17 @@ pub struct CreateArgs {
     /// A datastore version name or ID.
     #[arg(value_name = "datastore_version")]
     pub datastore_version: String,
-    /// Add an instance to the cluster. Specify multiple times to create multiple instances.
-    /// Valid options are: flavor=<flavor_name_or_id>, volume=<disk_size_in_GB>,
-    /// volume_type=<type>, nic='<net-id=<net-uuid>, v4-fixed-ip=<ip-addr>, port-id=<port-uuid>>',
-    /// availability_zone=<AZ_hint_for_Nova>, module=<module_name_or_id>,
-    /// type=<type_of_cluster_node>, region=<region>.
-    #[arg(long = "instance", value_name = "opt=<value>[,opt=<value> ...] ")]
+    /// The `--instance` values, one per member (see [`parse_instance_options`]).
+    #[arg(
+        long = "instance",
+        value_name = "opt=<value>[,opt=<value> ...] ",
+        help = "Add an instance to the cluster. Specify multiple times to create multiple \
+                instances. Valid options are: flavor=<flavor_name_or_id>, \
+                volume=<disk_size_in_GB>, volume_type=<type>, nic='<net-id=<net-uuid>, \
+                v4-fixed-ip=<ip-addr>, port-id=<port-uuid>>', \
+                availability_zone=<AZ_hint_for_Nova>, module=<module_name_or_id>, \
+                type=<type_of_cluster_node>, region=<region>"
+    )]
     pub instances: Vec<String>,
     /// Locality policy to use when creating cluster.
     #[arg(long = "locality", value_name = "policy", value_parser = ["affinity", "anti-affinity"])]

@@ -38,10 +38,10 @@ pub struct Cli {
 #[derive(Debug, Default, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Token sent as X-Auth-Token. Defaults to env[OS_TOKEN] or env[OS_AUTH_TOKEN].
+    /// Token sent as X-Auth-Token. Defaults to $OS_TOKEN or $OS_AUTH_TOKEN.
     #[arg(long = "os-auth-token", value_name = "auth-token", global = true)]
     pub os_auth_token: Option<String>,
-    /// Project (tenant) id. Defaults to env[OS_PROJECT_ID].
+    /// Project (tenant) id. Defaults to $OS_PROJECT_ID.
     #[arg(
         long = "os-project-id",
         alias = "os-tenant-id",
@@ -49,22 +49,23 @@ pub struct GlobalArgs {
         global = true
     )]
     pub os_project_id: Option<String>,
-    /// The API's /v1.0/<tenant> base URL. Defaults to env[TROVE_BYPASS_URL].
+    /// The API's `/v1.0/<tenant>` base URL.
     #[arg(
+        help = "The API's /v1.0/<tenant> base URL. Defaults to $TROVE_BYPASS_URL",
         long = "bypass-url",
         alias = "bypass_url",
         value_name = "bypass-url",
         global = true
     )]
     pub bypass_url: Option<String>,
-    /// The service root, e.g. http://127.0.0.1:8779. Defaults to env[OS_ENDPOINT] or
-    /// env[TROVE_URL].
+    /// The service root, e.g. http://127.0.0.1:8779. Defaults to $OS_ENDPOINT or
+    /// $TROVE_URL.
     #[arg(long = "os-endpoint", value_name = "endpoint", global = true)]
     pub os_endpoint: Option<String>,
-    /// Output JSON instead of tables. Defaults to env[OS_JSON_OUTPUT].
+    /// Output JSON instead of tables. Defaults to $OS_JSON_OUTPUT.
     #[arg(long = "json", alias = "os-json-output", global = true)]
     pub json: bool,
-    /// Print the HTTP requests and responses on stderr. Defaults to env[TROVECLIENT_DEBUG].
+    /// Print the HTTP requests and responses on stderr. Defaults to $TROVECLIENT_DEBUG.
     #[arg(long = "debug", global = true)]
     pub debug: bool,
     /// Keystone URL (accepted for compatibility; Keystone is not supported yet).

@@ -41,12 +41,11 @@ struct SessionSettings {
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        diesel::sql_query(format!(
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute(&format!(
             "SET statement_timeout = {}; SET TIME ZONE 'UTC'",
             self.statement_timeout_ms
         ))
-        .execute(conn)
-        .map(|_| ())
         .map_err(diesel::r2d2::Error::QueryError)
     }
 }

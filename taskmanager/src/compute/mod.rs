@@ -82,11 +82,18 @@ pub enum ComputeError {
     #[error("cannot write the guest configuration: option {option} holds a line break")]
     BadConfigValue { option: &'static str },
     #[error("{action} {}: {source}", .path.display())]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("guest agent exited right after start ({status}); see {}", .log.display())]
     ExitedAtStart { status: String, log: PathBuf },
     #[error("guest of instance {instance_id} is still running {waited:?} after SIGKILL")]
-    StopTimeout { instance_id: String, waited: Duration },
+    StopTimeout {
+        instance_id: String,
+        waited: Duration,
+    },
 }
 
 /// Starts, checks and stops guests. Object-safe (boxed futures), so the taskmanager holds an
@@ -94,7 +101,10 @@ pub enum ComputeError {
 pub trait ComputeDriver: Send + Sync + 'static {
     /// Starts the guest of `spec.instance_id`. Idempotent: a guest already running is left alone and
     /// its handle returned.
-    fn launch<'a>(&'a self, spec: &'a GuestSpec) -> BoxFuture<'a, Result<ServerHandle, ComputeError>>;
+    fn launch<'a>(
+        &'a self,
+        spec: &'a GuestSpec,
+    ) -> BoxFuture<'a, Result<ServerHandle, ComputeError>>;
 
     /// Whether the guest is running.
     fn status<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, ServerState>;
@@ -122,7 +132,9 @@ pub fn from_settings(settings: &Arc<Settings>) -> Result<Arc<dyn ComputeDriver>,
 pub(crate) fn check_instance_id(id: &str) -> Result<(), ComputeError> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && !id.starts_with('-');
     if ok {
         Ok(())
@@ -147,7 +159,10 @@ mod tests {
     fn unknown_driver_is_refused() {
         let mut s = Settings::default();
         s.compute.driver = "nova".into();
-        assert!(matches!(from_settings(&Arc::new(s)), Err(ComputeError::UnknownDriver(_))));
+        assert!(matches!(
+            from_settings(&Arc::new(s)),
+            Err(ComputeError::UnknownDriver(_))
+        ));
     }
 
     #[test]

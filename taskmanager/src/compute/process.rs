@@ -73,34 +73,65 @@ pub fn guest_binary(configured: &str, current_exe: Option<&Path>) -> PathBuf {
 }
 
 /// Renders `guest.conf`: the `[DEFAULT]`, `[amqp]` and `[guest]` options `trove-guestagent` reads.
-pub fn render_guest_conf(settings: &Settings, spec: &GuestSpec, state_dir: &Path) -> Result<String, ComputeError> {
+pub fn render_guest_conf(
+    settings: &Settings,
+    spec: &GuestSpec,
+    state_dir: &Path,
+) -> Result<String, ComputeError> {
     let d = &settings.default;
     let a = &settings.amqp;
     let mut out = String::new();
-    let _ = writeln!(out, "# Written by trove-taskmanager for instance {}; rewritten at every launch.", spec.instance_id);
+    let _ = writeln!(
+        out,
+        "# Written by trove-taskmanager for instance {}; rewritten at every launch.",
+        spec.instance_id
+    );
     let _ = writeln!(out, "# It holds the instance's RPC key: keep it private.");
     out.push_str("\n[DEFAULT]\n");
     option(&mut out, "DEFAULT.transport_url", &d.transport_url)?;
     option(&mut out, "DEFAULT.control_exchange", &d.control_exchange)?;
     option(&mut out, "DEFAULT.conductor_queue", &d.conductor_queue)?;
-    option(&mut out, "DEFAULT.report_interval", &d.report_interval.to_string())?;
-    option(&mut out, "DEFAULT.usage_timeout", &d.usage_timeout.to_string())?;
+    option(
+        &mut out,
+        "DEFAULT.report_interval",
+        &d.report_interval.to_string(),
+    )?;
+    option(
+        &mut out,
+        "DEFAULT.usage_timeout",
+        &d.usage_timeout.to_string(),
+    )?;
     option(&mut out, "DEFAULT.module_types", &d.module_types.join(", "))?;
     // Secure only with a key: an instance created while secure messaging was off has none, and its
     // guest talks plain (as the taskmanager does with it, see `guest_keyring`).
-    option(&mut out, "DEFAULT.enable_secure_rpc_messaging", &spec.instance_key.is_some().to_string())?;
+    option(
+        &mut out,
+        "DEFAULT.enable_secure_rpc_messaging",
+        &spec.instance_key.is_some().to_string(),
+    )?;
     out.push_str("\n[amqp]\n");
     option(&mut out, "amqp.prefix", &a.prefix)?;
     option(&mut out, "amqp.prefetch", &a.prefetch.to_string())?;
-    option(&mut out, "amqp.publish_timeout", &a.publish_timeout.to_string())?;
-    option(&mut out, "amqp.reconnect_delay", &a.reconnect_delay.to_string())?;
+    option(&mut out, "amqp.queue_expires_ms", &a.queue_expires_ms.to_string())?;
+    option(
+        &mut out,
+        "amqp.publish_timeout",
+        &a.publish_timeout.to_string(),
+    )?;
+    option(
+        &mut out,
+        "amqp.reconnect_delay",
+        &a.reconnect_delay.to_string(),
+    )?;
     out.push_str("\n[guest]\n");
     option(&mut out, "guest.guest_id", &spec.instance_id)?;
     option(&mut out, "guest.datastore_manager", &spec.datastore_manager)?;
     if let Some(key) = &spec.instance_key {
         option(&mut out, "guest.instance_rpc_encr_key", key.expose_secret())?;
     }
-    let dir = state_dir.to_str().ok_or(ComputeError::BadConfigValue { option: "guest.state_dir" })?;
+    let dir = state_dir.to_str().ok_or(ComputeError::BadConfigValue {
+        option: "guest.state_dir",
+    })?;
     option(&mut out, "guest.state_dir", dir)?;
     Ok(out)
 }
@@ -132,17 +163,26 @@ fn option(out: &mut String, option: &'static str, value: &str) -> Result<(), Com
 /// True when `pid` is alive and its command line names `conf`: it is this instance's guest. A zombie
 /// has an empty command line, so it does not count.
 pub fn is_guest_process(pid: u32, conf: &Path) -> bool {
-    let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let want = conf.as_os_str().as_bytes();
     raw.split(|b| *b == 0).any(|arg| arg == want)
 }
 
 /// Replaces `path` with `bytes` through a private temporary file, so a reader never sees half a file.
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
     let written = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -153,8 +193,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     written
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ComputeError + '_ {
-    move |source| ComputeError::Io { action, path: path.to_owned(), source }
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ComputeError + 'a {
+    move |source| ComputeError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Sends `signal` (`TERM`, `KILL`) with kill(1): the workspace forbids `unsafe`, so no libc::kill.
@@ -199,7 +243,12 @@ impl ProcessDriver {
         let binary = guest_binary(&settings.compute.guestagent_path, exe.as_deref());
         let state_path = &settings.compute.state_path;
         let state_path = std::path::absolute(state_path).unwrap_or_else(|_| state_path.clone());
-        Self { settings, binary, state_path, children: Mutex::default() }
+        Self {
+            settings,
+            binary,
+            state_path,
+            children: Mutex::default(),
+        }
     }
 
     /// The guest agent binary this driver starts.
@@ -251,13 +300,20 @@ impl ProcessDriver {
     fn spawn_guest(&self, spec: &GuestSpec) -> Result<ServerHandle, ComputeError> {
         let id = spec.instance_id.as_str();
         if let Some(pid) = self.running_pid(id) {
-            return Ok(ServerHandle { server_id: id.to_owned(), pid: Some(pid) });
+            return Ok(ServerHandle {
+                server_id: id.to_owned(),
+                pid: Some(pid),
+            });
         }
         if self.binary.components().count() > 1 && !self.binary.is_file() {
             return Err(ComputeError::BinaryMissing(self.binary.clone()));
         }
         let dir = self.state_dir(id);
-        DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err("creating", &dir))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("creating", &dir))?;
         let conf = dir.join(CONF_FILE);
         let text = render_guest_conf(&self.settings, spec, &dir)?;
         write_private(&conf, text.as_bytes()).map_err(io_err("writing", &conf))?;
@@ -269,7 +325,12 @@ impl ProcessDriver {
             .mode(0o600)
             .open(&log_path)
             .map_err(io_err("opening", &log_path))?;
-        let _ = writeln!(log, "--- trove-taskmanager starting {} at {} ---", self.binary.display(), chrono::Utc::now());
+        let _ = writeln!(
+            log,
+            "--- trove-taskmanager starting {} at {} ---",
+            self.binary.display(),
+            chrono::Utc::now()
+        );
         let log_err = log.try_clone().map_err(io_err("opening", &log_path))?;
 
         let mut cmd = Command::new(&self.binary);
@@ -297,9 +358,15 @@ impl ProcessDriver {
             let _ = child.wait();
             return Err(io_err("writing", &pid_path)(e));
         }
-        self.children.lock().expect("children map poisoned").insert(id.to_owned(), child);
+        self.children
+            .lock()
+            .expect("children map poisoned")
+            .insert(id.to_owned(), child);
         tracing::info!(instance.id = %id, pid, binary = %self.binary.display(), "guest agent started");
-        Ok(ServerHandle { server_id: id.to_owned(), pid: Some(pid) })
+        Ok(ServerHandle {
+            server_id: id.to_owned(),
+            pid: Some(pid),
+        })
     }
 
     /// Waits up to `limit` for the guest to be gone.
@@ -322,14 +389,22 @@ impl ProcessDriver {
         check_instance_id(&spec.instance_id)?;
         self.reap();
         let handle = self.spawn_guest(spec)?;
-        if !self.children.lock().expect("children map poisoned").contains_key(&spec.instance_id) {
+        if !self
+            .children
+            .lock()
+            .expect("children map poisoned")
+            .contains_key(&spec.instance_id)
+        {
             return Ok(handle); // already running, not started by us now
         }
         tokio::time::sleep(START_CHECK).await;
         match self.exited_child(&spec.instance_id) {
             Some(status) => {
                 let _ = fs::remove_file(self.pid_path(&spec.instance_id));
-                Err(ComputeError::ExitedAtStart { status, log: self.state_dir(&spec.instance_id).join(LOG_FILE) })
+                Err(ComputeError::ExitedAtStart {
+                    status,
+                    log: self.state_dir(&spec.instance_id).join(LOG_FILE),
+                })
             }
             None => Ok(handle),
         }
@@ -345,7 +420,10 @@ impl ProcessDriver {
                 tracing::warn!(instance.id = %instance_id, pid, "guest agent ignored SIGTERM; killing it");
                 send_signal(pid, "KILL");
                 if !self.wait_gone(instance_id, pid, KILL_WAIT).await {
-                    return Err(ComputeError::StopTimeout { instance_id: instance_id.to_owned(), waited: KILL_WAIT });
+                    return Err(ComputeError::StopTimeout {
+                        instance_id: instance_id.to_owned(),
+                        waited: KILL_WAIT,
+                    });
                 }
             }
             tracing::info!(instance.id = %instance_id, pid, "guest agent stopped");
@@ -372,7 +450,10 @@ impl ProcessDriver {
 }
 
 impl ComputeDriver for ProcessDriver {
-    fn launch<'a>(&'a self, spec: &'a GuestSpec) -> BoxFuture<'a, Result<ServerHandle, ComputeError>> {
+    fn launch<'a>(
+        &'a self,
+        spec: &'a GuestSpec,
+    ) -> BoxFuture<'a, Result<ServerHandle, ComputeError>> {
         Box::pin(self.launch_guest(spec))
     }
 
@@ -417,7 +498,12 @@ mod tests {
         settings.default.module_types = vec!["ping".into(), "new_relic_license".into()];
         settings.amqp.prefix = " t42. ".into();
         let dir = tmp.path().join("guest dir");
-        let text = render_guest_conf(&settings, &spec(Some("AbCdEf0123456789AbCdEf0123456789")), &dir).unwrap();
+        let text = render_guest_conf(
+            &settings,
+            &spec(Some("AbCdEf0123456789AbCdEf0123456789")),
+            &dir,
+        )
+        .unwrap();
         let path = tmp.path().join("guest.conf");
         fs::write(&path, text).unwrap();
 
@@ -429,10 +515,18 @@ mod tests {
         assert_eq!(loaded.default.module_types, ["ping", "new_relic_license"]);
         assert!(loaded.default.enable_secure_rpc_messaging);
         assert_eq!(loaded.amqp.prefix, " t42. ");
-        assert_eq!(loaded.guest.guest_id, "6d0d8f0e-3f7c-4f55-9a37-1f1c5a0e0c11");
+        assert_eq!(
+            loaded.guest.guest_id,
+            "6d0d8f0e-3f7c-4f55-9a37-1f1c5a0e0c11"
+        );
         assert_eq!(loaded.guest.datastore_manager, "redis");
         assert_eq!(
-            loaded.guest.instance_rpc_encr_key.as_ref().map(|k| k.expose_secret().to_owned()).as_deref(),
+            loaded
+                .guest
+                .instance_rpc_encr_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned())
+                .as_deref(),
             Some("AbCdEf0123456789AbCdEf0123456789")
         );
         assert_eq!(loaded.guest.state_dir, dir);
@@ -452,26 +546,41 @@ mod tests {
         let mut settings = Settings::default();
         settings.default.control_exchange = "a\nb = c".into();
         let err = render_guest_conf(&settings, &spec(None), Path::new("/x")).unwrap_err();
-        assert!(err.to_string().contains("DEFAULT.control_exchange"), "{err}");
+        assert!(
+            err.to_string().contains("DEFAULT.control_exchange"),
+            "{err}"
+        );
     }
 
     #[test]
     fn binary_lookup() {
         let tmp = tempfile::tempdir().unwrap();
         // Configured path wins.
-        assert_eq!(guest_binary(" /opt/bin/ga ", None), PathBuf::from("/opt/bin/ga"));
+        assert_eq!(
+            guest_binary(" /opt/bin/ga ", None),
+            PathBuf::from("/opt/bin/ga")
+        );
         // No executable known: PATH lookup.
         assert_eq!(guest_binary("", None), PathBuf::from(GUEST_BINARY));
         // Next to the service binary.
         let debug = tmp.path().join("debug");
         let deps = debug.join("deps");
         fs::create_dir_all(&deps).unwrap();
-        assert_eq!(guest_binary("", Some(&debug.join("trove-taskmanager"))), debug.join(GUEST_BINARY));
+        assert_eq!(
+            guest_binary("", Some(&debug.join("trove-taskmanager"))),
+            debug.join(GUEST_BINARY)
+        );
         // A test binary in deps/ looks in the parent...
-        assert_eq!(guest_binary("", Some(&deps.join("it-0123abcd"))), debug.join(GUEST_BINARY));
+        assert_eq!(
+            guest_binary("", Some(&deps.join("it-0123abcd"))),
+            debug.join(GUEST_BINARY)
+        );
         // ...unless deps/ has one itself.
         fs::write(deps.join(GUEST_BINARY), b"").unwrap();
-        assert_eq!(guest_binary("", Some(&deps.join("it-0123abcd"))), deps.join(GUEST_BINARY));
+        assert_eq!(
+            guest_binary("", Some(&deps.join("it-0123abcd"))),
+            deps.join(GUEST_BINARY)
+        );
     }
 
     fn driver_with(binary: &Path, state: &Path) -> ProcessDriver {
@@ -493,7 +602,10 @@ mod tests {
     async fn launch_status_stop_and_find_again() {
         let tmp = tempfile::tempdir().unwrap();
         // No exec: the shell's own command line must keep naming guest.conf, as the real guest's does.
-        let bin = fake_guest(tmp.path(), "echo started; trap 'kill $! 2>/dev/null; exit 0' TERM; sleep 30 & wait");
+        let bin = fake_guest(
+            tmp.path(),
+            "echo started; trap 'kill $! 2>/dev/null; exit 0' TERM; sleep 30 & wait",
+        );
         let state = tmp.path().join("guests");
         let driver = driver_with(&bin, &state);
         let spec = spec(Some("k3y"));
@@ -507,7 +619,10 @@ mod tests {
         let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(dir.join(CONF_FILE)), 0o600);
         assert_eq!(mode(dir.clone()), 0o700);
-        assert_eq!(fs::read_to_string(dir.join(PID_FILE)).unwrap().trim(), handle.pid.unwrap().to_string());
+        assert_eq!(
+            fs::read_to_string(dir.join(PID_FILE)).unwrap().trim(),
+            handle.pid.unwrap().to_string()
+        );
 
         // Launch is idempotent.
         assert_eq!(driver.launch(&spec).await.unwrap().pid, handle.pid);
@@ -517,7 +632,10 @@ mod tests {
 
         driver.stop(&id).await.unwrap();
         assert_eq!(driver.status(&id).await, ServerState::Shutdown);
-        assert!(driver.children.lock().unwrap().is_empty(), "the stopped guest is reaped");
+        assert!(
+            driver.children.lock().unwrap().is_empty(),
+            "the stopped guest is reaped"
+        );
         // Stopping again is fine.
         driver.stop(&id).await.unwrap();
         let log = fs::read_to_string(dir.join(LOG_FILE)).unwrap();
@@ -533,15 +651,25 @@ mod tests {
         let err = driver.launch(&spec).await.unwrap_err();
         assert!(matches!(err, ComputeError::ExitedAtStart { .. }), "{err}");
         // A pid file naming some other live process (ours) does not make the guest active.
-        fs::write(driver.pid_path(&spec.instance_id), std::process::id().to_string()).unwrap();
-        assert_eq!(driver.status(&spec.instance_id).await, ServerState::Shutdown);
+        fs::write(
+            driver.pid_path(&spec.instance_id),
+            std::process::id().to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            driver.status(&spec.instance_id).await,
+            ServerState::Shutdown
+        );
         driver.stop(&spec.instance_id).await.unwrap();
     }
 
     #[tokio::test]
     async fn a_missing_binary_is_reported() {
         let tmp = tempfile::tempdir().unwrap();
-        let driver = driver_with(&tmp.path().join("nope/trove-guestagent"), &tmp.path().join("guests"));
+        let driver = driver_with(
+            &tmp.path().join("nope/trove-guestagent"),
+            &tmp.path().join("guests"),
+        );
         let err = driver.launch(&spec(None)).await.unwrap_err();
         assert!(matches!(err, ComputeError::BinaryMissing(_)), "{err}");
     }

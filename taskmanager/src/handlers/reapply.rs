@@ -1,10 +1,595 @@
-//! `reapply_module` (module-semantics §12). Placeholder: the lead replaces this file.
+//! `reapply_module` (module-semantics §12): Trove's selection rules, executed as a durable job.
+//!
+//! The api writes a `reapply_jobs` row and casts `reapply_module` in one transaction. Here:
+//! 1. **Select** (one transaction, then the message is acked): the candidates of §12 become
+//!    `reapply_job_items` in `created, id` order; the ones Trove would skip are counted as skipped.
+//! 2. **Drive** (a task per job, outside any delivery, so nothing stays unacked for long): send the next
+//!    `batch_size` pending items `module_apply` **concurrently** as casts carrying the job id; each guest
+//!    reports to the conductor, which marks its item answered; when every item of the batch is answered
+//!    or has timed out, `record()` the answered instances (§11) in one transaction, wait `batch_delay`,
+//!    and go on.
+//!
+//! Every step reads and writes the item states, so a taskmanager killed at any point resumes the job
+//! on start ([`resume_all`]): items already recorded are never sent again, items sent but unanswered are
+//! waited for, and no instance is skipped.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use trove_common::db::models::instance::Scope;
+use trove_common::db::models::module::Caller;
+use trove_common::db::models::{Instance, InstanceModule, Module, ReapplyItem, ReapplyJob};
+use trove_common::db::schema::{reapply_job_items as items, reapply_jobs as jobs};
+use trove_common::db::{new_id, now, DbError};
+use trove_common::module::check_datastore;
+use trove_common::rpc::guest::{GuestMsg, ModuleEntry};
+use trove_common::rpc::keys::module_keyring;
+use trove_common::rpc::taskmanager::truthy;
 use trove_common::rpc::RpcContext;
 
 use super::ReapplyArgs;
+use crate::Ctx;
 
-/// Handles `reapply_module`.
-pub async fn handle_reapply_module(_ctx: &crate::Ctx, _rpc: &RpcContext, _args: ReapplyArgs) -> anyhow::Result<()> {
-    anyhow::bail!("reapply is not wired yet")
+/// Jobs driven by this process (a redelivered cast or a resume must not start a second driver).
+fn running() -> &'static Mutex<HashSet<String>> {
+    static RUNNING: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    RUNNING.get_or_init(Mutex::default)
+}
+
+/// Handles `reapply_module`: selects the candidates into the job, then starts its driver.
+pub async fn handle_reapply_module(
+    ctx: &Arc<Ctx>,
+    rpc: &RpcContext,
+    args: ReapplyArgs,
+) -> anyhow::Result<()> {
+    let job_id = match args.job_id.clone() {
+        Some(id) => id,
+        None => create_job(ctx, rpc, &args).await?,
+    };
+    let settings = ctx.settings.clone();
+    let id = job_id.clone();
+    let include_clustered = truthy(&args.include_clustered);
+    let force = truthy(&args.force);
+    ctx.db
+        .run(move |c| {
+            c.transaction(|c| {
+                let Some(job) = ReapplyJob::lock(c, &id)? else {
+                    return Ok::<_, DbError>(());
+                };
+                if job.state != "queued" {
+                    return Ok(());
+                }
+                select(c, &settings, job, include_clustered, force)
+            })
+        })
+        .await?;
+    spawn_driver(ctx.clone(), job_id);
+    Ok(())
+}
+
+/// A Trove-style cast without our job id: make the job row here.
+async fn create_job(ctx: &Ctx, rpc: &RpcContext, args: &ReapplyArgs) -> anyhow::Result<String> {
+    let job = ReapplyJob {
+        id: new_id(),
+        module_id: args.module_id.clone(),
+        tenant_id: rpc.project_id.clone().unwrap_or_default(),
+        is_admin: rpc.is_admin,
+        md5: args.md5.clone(),
+        include_clustered: truthy(&args.include_clustered),
+        force: truthy(&args.force),
+        batch_size: args.batch_size.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+        batch_delay: args.batch_delay.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+        state: "queued".into(),
+        current_md5: None,
+        total: 0,
+        applied: 0,
+        skipped: 0,
+        failed: 0,
+        next_batch_at: None,
+        request_id: rpc.request_id.clone(),
+        created: now(),
+        started: None,
+        finished: None,
+    };
+    let id = job.id.clone();
+    ctx.db
+        .run(move |c| ReapplyJob::insert(c, &job).map_err(DbError::from))
+        .await?;
+    Ok(id)
+}
+
+/// The effective batch size and delay (§12 step 1): 0 means the default; non-admins are clamped.
+pub fn limits(
+    batch_size: i64,
+    batch_delay: i64,
+    is_admin: bool,
+    max_batch: i64,
+    min_delay: i64,
+) -> (i64, i64) {
+    let mut size = if batch_size <= 0 {
+        max_batch
+    } else {
+        batch_size
+    };
+    let mut delay = if batch_delay <= 0 {
+        min_delay
+    } else {
+        batch_delay
+    };
+    if !is_admin {
+        size = size.min(max_batch);
+        delay = delay.max(min_delay);
+    }
+    (size, delay)
+}
+
+/// Step 1: Trove's candidate rules, recorded as items.
+fn select(
+    c: &mut PgConnection,
+    settings: &trove_common::config::Settings,
+    job: ReapplyJob,
+    include_clustered: bool,
+    force: bool,
+) -> Result<(), DbError> {
+    let d = &settings.default;
+    let (size, delay) = limits(
+        i64::from(job.batch_size),
+        i64::from(job.batch_delay),
+        job.is_admin,
+        d.module_reapply_max_batch_size,
+        d.module_reapply_min_batch_delay,
+    );
+    let caller = Caller {
+        project_id: &job.tenant_id,
+        is_admin: job.is_admin,
+    };
+    let module = Module::load_for_apply(c, std::slice::from_ref(&job.module_id), caller)?
+        .into_iter()
+        .next();
+    let start = now();
+    let Some(module) = module else {
+        diesel::update(jobs::table.find(&job.id))
+            .set((
+                jobs::state.eq("finished"),
+                jobs::started.eq(start),
+                jobs::finished.eq(start),
+            ))
+            .execute(c)?;
+        return Ok(());
+    };
+    let candidates = InstanceModule::candidates(c, &module.id, job.md5.as_deref())?;
+    let total = candidates.len();
+    let mut skipped = 0;
+    let mut pending = Vec::new();
+    for row in candidates {
+        let wanted =
+            (row.md5 != module.md5 || force) && job.md5.as_deref().is_none_or(|m| m == row.md5);
+        if !wanted {
+            skipped += 1;
+            continue;
+        }
+        let scope = if job.is_admin {
+            Scope::Any
+        } else {
+            Scope::Tenant(&job.tenant_id)
+        };
+        let Some(inst) = Instance::find(c, &row.instance_id, scope)? else {
+            skipped += 1;
+            continue;
+        };
+        if inst.cluster_id.is_some() && !include_clustered {
+            skipped += 1;
+            continue;
+        }
+        let ds_id: Option<String> = trove_common::db::schema::datastore_versions::table
+            .find(&inst.datastore_version_id)
+            .select(trove_common::db::schema::datastore_versions::datastore_id)
+            .first(c)
+            .optional()?;
+        let valid = check_datastore(
+            &module.name,
+            module.datastore_id.as_deref(),
+            module.datastore_version_id.as_deref(),
+            ds_id.as_deref().unwrap_or_default(),
+            &inst.datastore_version_id,
+        );
+        if let Err(e) = valid {
+            tracing::info!(instance.id = %inst.id, reason = %e, "reapply skips an invalid instance");
+            skipped += 1;
+            continue;
+        }
+        pending.push(ReapplyItem {
+            job_id: job.id.clone(),
+            instance_id: inst.id.clone(),
+            seq: pending.len() as i32,
+            state: "pending".into(),
+            batch: None,
+            sent_at: None,
+            answered_at: None,
+            status: None,
+            message: None,
+        });
+    }
+    for chunk in pending.chunks(1000) {
+        diesel::insert_into(items::table)
+            .values(chunk)
+            .on_conflict_do_nothing()
+            .execute(c)?;
+    }
+    diesel::update(jobs::table.find(&job.id))
+        .set((
+            jobs::state.eq("running"),
+            jobs::current_md5.eq(&module.md5),
+            jobs::total.eq(total as i32),
+            jobs::skipped.eq(skipped),
+            jobs::batch_size.eq(size as i32),
+            jobs::batch_delay.eq(delay as i32),
+            jobs::started.eq(start),
+        ))
+        .execute(c)?;
+    tracing::info!(reapply.job = %job.id, module.id = %module.id, total, selected = pending.len(), skipped, "reapply selected");
+    Ok(())
+}
+
+/// Resumes every unfinished job (called when the taskmanager starts).
+pub async fn resume_all(ctx: Arc<Ctx>) {
+    match ctx
+        .db
+        .run(|c| ReapplyJob::active(c).map_err(DbError::from))
+        .await
+    {
+        Ok(active) => {
+            for job in active {
+                tracing::info!(reapply.job = %job.id, state = %job.state, "resuming reapply job");
+                if job.state == "queued" {
+                    let args = ReapplyArgs {
+                        module_id: job.module_id.clone(),
+                        md5: job.md5.clone(),
+                        include_clustered: Some(serde_json::json!(i32::from(
+                            job.include_clustered
+                        ))),
+                        batch_size: Some(i64::from(job.batch_size)),
+                        batch_delay: Some(i64::from(job.batch_delay)),
+                        force: Some(serde_json::json!(i32::from(job.force))),
+                        job_id: Some(job.id.clone()),
+                    };
+                    let rpc = RpcContext {
+                        request_id: job.request_id.clone(),
+                        ..RpcContext::service()
+                    };
+                    if let Err(e) = handle_reapply_module(&ctx, &rpc, args).await {
+                        tracing::warn!(reapply.job = %job.id, error = %e, "could not resume job selection");
+                    }
+                } else {
+                    spawn_driver(ctx.clone(), job.id);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list reapply jobs to resume"),
+    }
+}
+
+fn spawn_driver(ctx: Arc<Ctx>, job_id: String) {
+    if !running()
+        .lock()
+        .expect("running jobs poisoned")
+        .insert(job_id.clone())
+    {
+        return;
+    }
+    tokio::spawn(async move {
+        let span = tracing::info_span!("reapply", reapply.job = %job_id);
+        let _enter = span.enter();
+        loop {
+            match drive(&ctx, &job_id).await {
+                Ok(()) => break,
+                Err(e) if ctx.shutdown.is_cancelled() => {
+                    tracing::info!(error = %e, "reapply paused by shutdown; it resumes on restart");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reapply step failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        running()
+            .lock()
+            .expect("running jobs poisoned")
+            .remove(&job_id);
+    });
+}
+
+/// Sleeps, or returns an error when the service shuts down.
+async fn pause(ctx: &Ctx, d: Duration) -> anyhow::Result<()> {
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => anyhow::bail!("shutting down"),
+        _ = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+/// Step 2: sends batches until the job is finished.
+async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
+    let timeout =
+        chrono::Duration::seconds(ctx.settings.default.module_reapply_instance_timeout as i64);
+    loop {
+        let id = job_id.to_owned();
+        let Some(job) = ctx
+            .db
+            .run(move |c| ReapplyJob::find(c, &id).map_err(DbError::from))
+            .await?
+        else {
+            return Ok(());
+        };
+        if job.state == "finished" {
+            return Ok(());
+        }
+        // Wait for the batch in flight: every sent item answered or timed out.
+        let id = job_id.to_owned();
+        let sent: Vec<(String, Option<NaiveDateTime>)> = ctx
+            .db
+            .run(move |c| {
+                items::table
+                    .filter(items::job_id.eq(&id))
+                    .filter(items::state.eq("sent"))
+                    .select((items::instance_id, items::sent_at))
+                    .load(c)
+                    .map_err(DbError::from)
+            })
+            .await?;
+        let n = now();
+        let waiting = sent
+            .iter()
+            .any(|(_, at)| at.is_none_or(|t| n - t < timeout));
+        if waiting {
+            pause(ctx, Duration::from_millis(50)).await?;
+            continue;
+        }
+        // The batch is complete: record answered instances, fail the silent ones, plan the next batch.
+        let id = job_id.to_owned();
+        let next = ctx
+            .db
+            .run(move |c| c.transaction(|c| settle(c, &id)))
+            .await?;
+        match next {
+            Settled::Finished => return Ok(()),
+            Settled::Next { at } => {
+                let wait = (at - now()).to_std().unwrap_or_default();
+                if !wait.is_zero() {
+                    pause(ctx, wait).await?;
+                }
+                send_batch(ctx, &job).await?;
+            }
+        }
+    }
+}
+
+enum Settled {
+    Finished,
+    Next { at: NaiveDateTime },
+}
+
+/// Records the answered items of the finished batch and decides what comes next. One transaction.
+fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
+    let Some(job) = ReapplyJob::lock(c, job_id)? else {
+        return Ok(Settled::Finished);
+    };
+    let module_md5 = job.current_md5.clone().unwrap_or_default();
+    let answered: Vec<(String, Option<String>)> = items::table
+        .filter(items::job_id.eq(job_id))
+        .filter(items::state.eq("answered"))
+        .select((items::instance_id, items::status))
+        .load(c)?;
+    let mut recorded = 0;
+    for (instance_id, status) in &answered {
+        // A guest that ran the drivers (OK or ERROR) received the module: Trove records it. A call that
+        // failed as a whole did not.
+        let ok = status.as_deref() != Some("FAILED")
+            && Instance::find(c, instance_id, Scope::Any)?.is_some();
+        let state = if ok { "applied" } else { "failed" };
+        if ok {
+            InstanceModule::record(c, instance_id, &job.module_id, &module_md5)?;
+            recorded += 1;
+        }
+        diesel::update(items::table.find((job_id, instance_id)))
+            .set(items::state.eq(state))
+            .execute(c)?;
+    }
+    // Sent items that never answered within the timeout (the driver only settles then).
+    diesel::update(
+        items::table
+            .filter(items::job_id.eq(job_id))
+            .filter(items::state.eq("sent")),
+    )
+    .set((
+        items::state.eq("failed"),
+        items::message.eq("no answer from the guest within the timeout"),
+    ))
+    .execute(c)?;
+    let count = |c: &mut PgConnection, s: &str| -> Result<i64, DbError> {
+        Ok(items::table
+            .filter(items::job_id.eq(job_id))
+            .filter(items::state.eq(s.to_owned()))
+            .count()
+            .get_result(c)?)
+    };
+    let applied = count(c, "applied")? as i32;
+    let failed = count(c, "failed")? as i32;
+    let pending = count(c, "pending")?;
+    let n = now();
+    if pending == 0 {
+        diesel::update(jobs::table.find(job_id))
+            .set((
+                jobs::applied.eq(applied),
+                jobs::failed.eq(failed),
+                jobs::state.eq("finished"),
+                jobs::finished.eq(n),
+            ))
+            .execute(c)?;
+        tracing::info!(
+            applied,
+            skipped = job.skipped,
+            failed,
+            "Reapplied module to {applied} instances (skipped {}).",
+            job.skipped + failed
+        );
+        return Ok(Settled::Finished);
+    }
+    // The delay runs between batches only (not before the first one).
+    let at = match (recorded > 0 || failed > job.failed, job.next_batch_at) {
+        (true, _) => n + chrono::Duration::seconds(i64::from(job.batch_delay)),
+        (false, Some(t)) => t,
+        (false, None) => n,
+    };
+    diesel::update(jobs::table.find(job_id))
+        .set((
+            jobs::applied.eq(applied),
+            jobs::failed.eq(failed),
+            jobs::next_batch_at.eq(at),
+        ))
+        .execute(c)?;
+    Ok(Settled::Next { at })
+}
+
+/// Marks the next batch sent and casts `module_apply` to each of its guests at once.
+async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
+    let keys = module_keyring(&ctx.settings);
+    let (job_id, module_id, size) = (
+        job.id.clone(),
+        job.module_id.clone(),
+        i64::from(job.batch_size.max(1)),
+    );
+    let (targets, entry) = ctx
+        .db
+        .run(move |c| {
+            c.transaction(|c| {
+                let batch: Vec<String> = items::table
+                    .filter(items::job_id.eq(&job_id))
+                    .filter(items::state.eq("pending"))
+                    .order(items::seq)
+                    .limit(size)
+                    .for_update()
+                    .select(items::instance_id)
+                    .load(c)?;
+                let batch_no: Option<i32> = items::table
+                    .filter(items::job_id.eq(&job_id))
+                    .select(diesel::dsl::max(items::batch))
+                    .first(c)?;
+                diesel::update(
+                    items::table
+                        .filter(items::job_id.eq(&job_id))
+                        .filter(items::instance_id.eq_any(&batch)),
+                )
+                .set((
+                    items::state.eq("sent"),
+                    items::sent_at.eq(now()),
+                    items::batch.eq(batch_no.unwrap_or(-1) + 1),
+                ))
+                .execute(c)?;
+                let module = modules_row(c, &module_id)?;
+                let contents = module
+                    .as_ref()
+                    .map(|m| keys.decrypt_string(&m.contents))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("module {module_id} contents: {e}"))?;
+                let entry = match module {
+                    Some(m) => Some(ModuleEntry {
+                        module: m.guest_payload(c, contents)?,
+                    }),
+                    None => None,
+                };
+                let targets: Vec<(String, Option<String>)> =
+                    trove_common::db::schema::instances::table
+                        .filter(trove_common::db::schema::instances::id.eq_any(&batch))
+                        .select((
+                            trove_common::db::schema::instances::id,
+                            trove_common::db::schema::instances::encrypted_key,
+                        ))
+                        .load(c)?;
+                Ok::<_, anyhow::Error>((targets, entry))
+            })
+        })
+        .await?;
+    let Some(entry) = entry else { return Ok(()) };
+    let rpc = RpcContext {
+        request_id: job.request_id.clone(),
+        ..RpcContext::service()
+    };
+    let sends = targets.iter().map(|(instance_id, sealed)| {
+        let msg = GuestMsg::ModuleApply {
+            modules: vec![entry.clone()],
+            job_id: Some(job.id.clone()),
+        };
+        let rpc = rpc.clone();
+        async move {
+            let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
+                .ok()
+                .flatten();
+            let res = crate::guest::cast(
+                ctx,
+                instance_id,
+                crate::guest::keyring(keys.as_deref()).as_ref(),
+                &rpc,
+                &msg,
+            )
+            .await;
+            (instance_id.clone(), res)
+        }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    let unreachable: Vec<String> = results
+        .into_iter()
+        .filter_map(|(id, r)| {
+            r.err().map(|e| {
+                tracing::warn!(instance.id = %id, error = %e, "guest unreachable for reapply");
+                id
+            })
+        })
+        .collect();
+    if !unreachable.is_empty() {
+        let job_id = job.id.clone();
+        ctx.db
+            .run(move |c| {
+                diesel::update(
+                    items::table
+                        .filter(items::job_id.eq(&job_id))
+                        .filter(items::instance_id.eq_any(&unreachable)),
+                )
+                .set((
+                    items::state.eq("failed"),
+                    items::message.eq("the guest's queue is gone"),
+                ))
+                .execute(c)
+                .map_err(DbError::from)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+fn modules_row(c: &mut PgConnection, id: &str) -> QueryResult<Option<Module>> {
+    use trove_common::db::schema::modules;
+    modules::table
+        .find(id)
+        .filter(modules::deleted.eq(false))
+        .select(Module::as_select())
+        .first(c)
+        .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::limits;
+
+    #[test]
+    fn zero_means_default_and_non_admins_are_clamped() {
+        assert_eq!(limits(0, 0, true, 50, 2), (50, 2));
+        assert_eq!(limits(1, 3, true, 50, 2), (1, 3));
+        assert_eq!(limits(500, 0, true, 50, 2), (500, 2));
+        assert_eq!(limits(500, 1, false, 50, 2), (50, 2));
+        assert_eq!(limits(10, 5, false, 50, 2), (10, 5));
+    }
 }

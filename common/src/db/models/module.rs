@@ -220,3 +220,45 @@ impl Module {
             .get_result(conn)
     }
 }
+
+impl Module {
+    /// The detailed payload a guest receives for this module (names looked up), with `contents` as given.
+    pub fn guest_payload(&self, conn: &mut PgConnection, contents: Option<String>) -> QueryResult<crate::rpc::guest::ModulePayload> {
+        use crate::db::schema::{datastore_versions, datastores};
+        let ds = match &self.datastore_id {
+            Some(id) => datastores::table.find(id).select(datastores::name).first::<String>(conn).optional()?.unwrap_or_else(|| id.clone()),
+            None => "all".into(),
+        };
+        let ver = match &self.datastore_version_id {
+            Some(id) => datastore_versions::table
+                .find(id)
+                .select(datastore_versions::name)
+                .first::<String>(conn)
+                .optional()?
+                .unwrap_or_else(|| id.clone()),
+            None => "all".into(),
+        };
+        Ok(crate::rpc::guest::ModulePayload {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            module_type: self.module_type.clone(),
+            description: self.description.clone(),
+            tenant_id: self.tenant_id.clone(),
+            tenant: self.tenant_id.clone().unwrap_or_else(|| "all".into()),
+            datastore_id: self.datastore_id.clone(),
+            datastore: ds,
+            datastore_version_id: self.datastore_version_id.clone(),
+            datastore_version: ver,
+            auto_apply: self.auto_apply,
+            priority_apply: self.priority_apply,
+            apply_order: i32::from(self.apply_order),
+            is_admin: self.is_admin,
+            visible: self.visible,
+            live_update: self.live_update,
+            md5: self.md5.clone(),
+            created: Some(crate::api_time(self.created)),
+            updated: Some(crate::api_time(self.updated)),
+            contents,
+        })
+    }
+}

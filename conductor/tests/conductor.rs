@@ -2,10 +2,13 @@
 //! and dropped at the end (even when the test fails).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use diesel::prelude::*;
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::{json, Map, Value};
-use trove_common::amqp::Outcome;
+use tokio_util::sync::CancellationToken;
+use trove_common::amqp::{Broker, Outcome};
 use trove_common::config::{DatabaseSection, Settings};
 use trove_common::db::models::{
     GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
@@ -51,15 +54,21 @@ impl TestDb {
         let (base, _) = admin_url
             .rsplit_once('/')
             .expect("the admin URL names a database");
-        let db = Db::from_url(&format!("{base}/{name}"), &DatabaseSection::default());
-        db.run(|conn| trove_migrations::run_pending(conn).map(drop))
-            .await
-            .expect("migrations");
-        Self {
+        let cfg = DatabaseSection {
+            pool_timeout: 10,
+            ..DatabaseSection::default()
+        };
+        // Built before migrating, so a failure from here on still drops the database.
+        let this = Self {
+            db: Db::from_url(&format!("{base}/{name}"), &cfg),
             admin_url,
             name,
-            db,
-        }
+        };
+        this.db
+            .run(|conn| trove_migrations::run_pending(conn).map(drop))
+            .await
+            .expect("migrations");
+        this
     }
 
     async fn run<T: Send + 'static>(
@@ -532,4 +541,98 @@ async fn dispatcher_authenticates_guests() {
     let body = sealed_by(&id, INSTANCE_KEY, heartbeat_args(&id, "healthy", 1.5));
     assert!(matches!(d.dispatch(&body).await, Outcome::Ack));
     assert_eq!(current(&id).await.status(), Some(ServiceStatus::Healthy));
+}
+
+/// Polls `check` every 50 ms until it holds, or fails after `secs` seconds.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn run_serves_the_queue_dead_letters_garbage_and_stops_on_cancel() {
+    let t = TestDb::new().await;
+    let mut settings = Settings::default();
+    settings.amqp.prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    settings.amqp.queue_expires_ms = 120_000;
+    settings.amqp.reconnect_delay = 0.1;
+    let settings = Arc::new(settings);
+    let s = settings.clone();
+    let id = t.run(move |c| seed(c, &s)).await;
+    let broker = Broker::connect(&settings, Duration::from_secs(10))
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672 (guest/guest); start it with scripts/stack.sh");
+    let names = broker.names().clone();
+    // Declared up front (as the conductor will), so the casts below are routable at once.
+    broker
+        .declare_topic_queue(&names.conductor())
+        .await
+        .unwrap();
+
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(trove_conductor::run(
+        settings.clone(),
+        t.db.clone(),
+        broker.clone(),
+        shutdown.clone(),
+    ));
+
+    let body = sealed_by(&id, INSTANCE_KEY, heartbeat_args(&id, "running", 1.0));
+    broker.cast(&names.conductor(), &body).await.unwrap();
+    broker
+        .cast(&names.conductor(), b"not an oslo envelope")
+        .await
+        .unwrap();
+    eventually(10, "the heartbeat to be stored", || {
+        let id = id.clone();
+        let db = t.db.clone();
+        async move {
+            db.run(move |c| status_of(c, &id).map_err(DbError::from))
+                .await
+                .is_ok_and(|row| row.status() == Some(ServiceStatus::Running))
+        }
+    })
+    .await;
+    let ch = broker.channel().await.unwrap();
+    let dlq = names.dead_letter_queue();
+    eventually(10, "the garbage to reach the dead-letter queue", || {
+        let (ch, dlq) = (ch.clone(), dlq.clone());
+        async move {
+            let opts = BasicGetOptions { no_ack: true };
+            ch.basic_get(dlq.as_str().into(), opts)
+                .await
+                .unwrap()
+                .is_some_and(|m| m.delivery.data == b"not an oslo envelope")
+        }
+    })
+    .await;
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), service)
+        .await
+        .expect("run returns after cancel")
+        .unwrap()
+        .expect("run ends cleanly");
+
+    for q in [names.conductor(), dlq] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [names.exchange(), names.dead_letter_exchange()] {
+        let _ = ch
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    broker.close().await;
 }

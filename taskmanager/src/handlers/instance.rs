@@ -1,0 +1,385 @@
+//! `create_instance` and `delete_instance` (messaging.md §6, "Instance create" and "Delete").
+//!
+//! Both may run again for the same instance (a redelivery after a crash, the reconciler's safety net),
+//! so each step looks at the current state first: a running guest is not started twice, a deleted
+//! instance is not deleted twice. Each takes the instance's lock ([`crate::InstanceLocks`]) so a create,
+//! a delete and the reconciler never act on one guest at the same time.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel::{Connection as _, OptionalExtension as _};
+use secrecy::SecretString;
+use trove_common::db::models::instance::record_fault;
+use trove_common::db::models::{DatastoreVersion, Flavor, Instance};
+use trove_common::db::DbError;
+use trove_common::rpc::guest::{GuestMsg, Prepare};
+use trove_common::rpc::taskmanager::CreateInstance;
+use trove_common::rpc::RpcContext;
+use trove_common::status::InstanceTask;
+
+use crate::compute::{ComputeError, GuestSpec, ServerHandle, ServerState};
+use crate::{guest, Ctx};
+
+/// The block device Trove hands every guest for its data.
+pub const DEVICE_PATH: &str = "/dev/vdb";
+
+/// How long a guest told to stop (`stop_db`, `delete_queue`) gets to exit by itself before it is
+/// signalled.
+const GUEST_EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// `create_instance`: start the guest, record it, declare its queue and cast `prepare`. Whether the
+/// build then succeeds is the reconciler's business (it polls the service status); this handler does
+/// not wait.
+pub async fn handle_create_instance(
+    ctx: &Ctx,
+    rpc: &RpcContext,
+    msg: CreateInstance,
+) -> anyhow::Result<()> {
+    let id = msg.instance_id.clone();
+    let _guard = ctx.locks.lock(&id).await;
+    let loaded = {
+        let key = id.clone();
+        ctx.db
+            .run(move |c| -> Result<_, DbError> {
+                let Some(inst) = Instance::find_any(c, &key)? else {
+                    return Ok(None);
+                };
+                let manager = DatastoreVersion::find(c, &inst.datastore_version_id)
+                    .optional()?
+                    .map(|v| v.manager);
+                let ram = Flavor::find(c, &inst.flavor_id)?.map(|f| f.ram);
+                Ok(Some((inst, manager, ram)))
+            })
+            .await
+            .with_context(|| format!("loading instance {id}"))?
+    };
+    let Some((inst, db_manager, db_ram)) = loaded else {
+        tracing::warn!("create_instance for an instance that does not exist; nothing to build");
+        return Ok(());
+    };
+    if inst.deleted {
+        tracing::info!("instance was deleted before it was built; nothing to do");
+        return Ok(());
+    }
+    if inst.task_id != InstanceTask::Building.code() {
+        tracing::info!(task = %inst.task_description, "instance is not building; nothing to do");
+        return Ok(());
+    }
+    let manager = Some(msg.datastore_manager.clone())
+        .filter(|m| !m.is_empty())
+        .or(db_manager);
+    let Some(manager) = manager else {
+        return fail_server(
+            ctx,
+            &inst,
+            "the instance's datastore version has no manager".into(),
+        )
+        .await;
+    };
+    let key = match guest::instance_key(&ctx.settings, inst.encrypted_key.as_deref()) {
+        Ok(key) => key,
+        Err(e) => {
+            return fail_server(
+                ctx,
+                &inst,
+                format!("cannot open the instance's RPC key: {e}"),
+            )
+            .await
+        }
+    };
+
+    if let Err(e) = ensure_guest(ctx, &inst, &manager, key.as_deref()).await? {
+        return fail_server(ctx, &inst, e.to_string()).await;
+    }
+
+    // Declare the guest's queue before casting: a cast to a queue that does not exist yet is lost
+    // (and `mandatory` would bounce it), and the guest may still be starting.
+    let topic = ctx.broker.names().guest(&id);
+    ctx.broker
+        .declare_topic_queue(&topic)
+        .await
+        .with_context(|| format!("declaring {topic}"))?;
+    let memory_mb = Some(msg.flavor.ram)
+        .filter(|r| *r > 0)
+        .or(db_ram)
+        .unwrap_or(0);
+    let prepare = prepare_args(&msg, memory_mb, &manager);
+    let keys = guest::keyring(key.as_deref());
+    guest::cast(
+        ctx,
+        &id,
+        keys.as_ref(),
+        rpc,
+        &GuestMsg::Prepare(Box::new(prepare)),
+    )
+    .await
+    .context("casting prepare")?;
+    tracing::info!(datastore.manager = %manager, modules = msg.modules.len(), "guest started; prepare sent");
+    ctx.wake_reconciler();
+    Ok(())
+}
+
+/// Makes sure the instance's guest runs: starts it unless the driver already reports it running, then
+/// records `compute_instance_id` and `server_status = ACTIVE`. The outer error is the database (retry);
+/// the inner one is the compute driver (the build failed).
+pub(crate) async fn ensure_guest(
+    ctx: &Ctx,
+    inst: &Instance,
+    manager: &str,
+    key: Option<&str>,
+) -> Result<Result<(), ComputeError>, DbError> {
+    let launched: Option<ServerHandle> =
+        if ctx.compute.status(&inst.id).await == ServerState::Active {
+            None
+        } else {
+            let spec = GuestSpec {
+                instance_id: inst.id.clone(),
+                datastore_manager: manager.to_owned(),
+                instance_key: key.map(|k| SecretString::from(k.to_owned())),
+            };
+            match ctx.compute.launch(&spec).await {
+                Ok(handle) => Some(handle),
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+    let recorded =
+        inst.compute_instance_id.is_some() && inst.server_status.as_deref() == Some("ACTIVE");
+    if launched.is_some() || !recorded {
+        let server_id = launched
+            .map(|h| h.server_id)
+            .or_else(|| inst.compute_instance_id.clone())
+            .unwrap_or_else(|| inst.id.clone());
+        let id = inst.id.clone();
+        ctx.db
+            .run(move |c| {
+                Instance::set_server(
+                    c,
+                    &id,
+                    Some(&server_id),
+                    ServerState::Active.server_status(),
+                )
+                .map_err(DbError::from)
+            })
+            .await?;
+    }
+    Ok(Ok(()))
+}
+
+/// The guest could not be started: server ERROR, task BUILDING_ERROR_SERVER and a fault, unless the
+/// instance has moved on meanwhile (a delete). The message is done either way.
+pub(crate) async fn fail_server(ctx: &Ctx, inst: &Instance, details: String) -> anyhow::Result<()> {
+    tracing::error!(error = %details, "cannot start the guest; the build failed");
+    let id = inst.id.clone();
+    let server_id = inst.compute_instance_id.clone();
+    ctx.db
+        .run(move |c| {
+            c.transaction::<_, DbError, _>(|c| {
+                if Instance::set_task_if(
+                    c,
+                    &id,
+                    InstanceTask::Building,
+                    InstanceTask::BuildingErrorServer,
+                )? == 1
+                {
+                    Instance::set_server(c, &id, server_id.as_deref(), "ERROR")?;
+                    record_fault(
+                        c,
+                        &id,
+                        &format!("Error creating the guest for instance {id}."),
+                        &details,
+                    )?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .with_context(|| format!("recording the build failure of instance {}", inst.id))
+}
+
+/// The `prepare` arguments for a create message.
+pub fn prepare_args(msg: &CreateInstance, memory_mb: i32, manager: &str) -> Prepare {
+    Prepare {
+        memory_mb,
+        packages: split_packages(msg.packages.as_deref()),
+        databases: msg.databases.clone(),
+        users: msg.users.clone(),
+        device_path: Some(DEVICE_PATH.to_owned()),
+        mount_point: Some(mount_point(manager)),
+        // Backups are not supported: nothing to restore from.
+        backup_info: None,
+        config_contents: None,
+        root_password: msg.root_password.clone(),
+        overrides: Some(msg.overrides.clone()).filter(|o| !o.is_null()),
+        cluster_config: msg
+            .cluster_config
+            .as_ref()
+            .map(|c| serde_json::to_value(c).expect("cluster_config serialises")),
+        snapshot: None,
+        modules: msg.modules.clone(),
+        ds_version: msg.ds_version.clone(),
+    }
+}
+
+/// Trove's per-datastore `mount_point` defaults.
+pub fn mount_point(manager: &str) -> String {
+    match manager {
+        "mysql" | "mariadb" | "percona" | "pxc" => "/var/lib/mysql".into(),
+        "db2" => "/home/db2inst1/db2inst1".into(),
+        other => format!("/var/lib/{other}"),
+    }
+}
+
+/// `datastore_versions.packages` is one comma (or space) separated string; `prepare` takes a list.
+fn split_packages(packages: Option<&str>) -> Vec<String> {
+    packages
+        .unwrap_or_default()
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `delete_instance`: stop the guest, delete its queue, then mark the instance deleted and retire its
+/// `instance_modules` rows in one transaction. Idempotent.
+pub async fn handle_delete_instance(
+    ctx: &Ctx,
+    rpc: &RpcContext,
+    instance_id: &str,
+) -> anyhow::Result<()> {
+    let _guard = ctx.locks.lock(instance_id).await;
+    delete_locked(ctx, rpc, instance_id).await
+}
+
+/// The delete path; the caller holds the instance's lock.
+pub(crate) async fn delete_locked(
+    ctx: &Ctx,
+    rpc: &RpcContext,
+    instance_id: &str,
+) -> anyhow::Result<()> {
+    let inst = {
+        let id = instance_id.to_owned();
+        ctx.db
+            .run(move |c| Instance::find_any(c, &id).map_err(DbError::from))
+            .await
+            .with_context(|| format!("loading instance {instance_id}"))?
+    };
+    let Some(inst) = inst else {
+        tracing::warn!(instance.id = %instance_id, "delete_instance for an instance that does not exist");
+        return Ok(());
+    };
+
+    // Ask the guest to stop its datastore and leave; whatever it does, the process is stopped below.
+    if ctx.compute.status(instance_id).await == ServerState::Active {
+        let keys = match guest::instance_key(&ctx.settings, inst.encrypted_key.as_deref()) {
+            Ok(key) => guest::keyring(key.as_deref()),
+            Err(e) => {
+                tracing::warn!(instance.id = %instance_id, error = %e, "cannot open the instance key; stopping the guest without telling it");
+                None
+            }
+        };
+        for msg in [
+            GuestMsg::StopDb {
+                do_not_start_on_reboot: true,
+            },
+            GuestMsg::DeleteQueue {},
+        ] {
+            if let Err(e) = guest::cast(ctx, instance_id, keys.as_ref(), rpc, &msg).await {
+                tracing::warn!(instance.id = %instance_id, rpc.method = msg.method(), error = %e, "guest did not take the cast; stopping it anyway");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + GUEST_EXIT_GRACE;
+        while ctx.compute.status(instance_id).await == ServerState::Active
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    ctx.compute
+        .stop(instance_id)
+        .await
+        .with_context(|| format!("stopping the guest of instance {instance_id}"))?;
+    let topic = ctx.broker.names().guest(instance_id);
+    ctx.broker
+        .delete_queue(&topic)
+        .await
+        .with_context(|| format!("deleting {topic}"))?;
+
+    if !inst.deleted {
+        let id = instance_id.to_owned();
+        ctx.db
+            .run(move |c| {
+                c.transaction::<_, DbError, _>(|c| {
+                    Instance::mark_deleted(c, &id)?;
+                    Instance::retire_modules(c, &id)?;
+                    Ok(())
+                })
+            })
+            .await
+            .with_context(|| format!("marking instance {instance_id} deleted"))?;
+        tracing::info!(instance.id = %instance_id, "instance deleted");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use trove_common::rpc::guest::{ModuleEntry, ModulePayload};
+    use trove_common::rpc::taskmanager::{ClusterConfig, FlavorInfo};
+
+    #[test]
+    fn prepare_carries_the_create_arguments() {
+        let msg = CreateInstance {
+            instance_id: "i1".into(),
+            name: "n".into(),
+            flavor: FlavorInfo {
+                id: "15".into(),
+                ram: 1024,
+                ..Default::default()
+            },
+            datastore_manager: "redis".into(),
+            packages: Some("redis-server, redis-tools".into()),
+            overrides: serde_json::Value::Null,
+            cluster_config: Some(ClusterConfig {
+                id: "c1".into(),
+                instance_type: "member".into(),
+            }),
+            modules: vec![ModuleEntry {
+                module: ModulePayload {
+                    id: "m1".into(),
+                    md5: "x".into(),
+                    ..Default::default()
+                },
+            }],
+            ds_version: Some("3.2.6".into()),
+            ..Default::default()
+        };
+        let p = prepare_args(&msg, 1024, "redis");
+        assert_eq!(p.memory_mb, 1024);
+        assert_eq!(p.packages, ["redis-server", "redis-tools"]);
+        assert_eq!(p.device_path.as_deref(), Some("/dev/vdb"));
+        assert_eq!(p.mount_point.as_deref(), Some("/var/lib/redis"));
+        assert_eq!(
+            p.cluster_config,
+            Some(json!({"id": "c1", "instance_type": "member"}))
+        );
+        assert_eq!(p.overrides, None);
+        assert_eq!(p.modules.len(), 1);
+        assert_eq!(p.ds_version.as_deref(), Some("3.2.6"));
+        let (method, args) = trove_common::rpc::to_method_args(&GuestMsg::Prepare(Box::new(p)));
+        assert_eq!(method, "prepare");
+        assert_eq!(args["modules"][0]["module"]["id"], "m1");
+    }
+
+    #[test]
+    fn mount_points_follow_trove() {
+        assert_eq!(mount_point("mysql"), "/var/lib/mysql");
+        assert_eq!(mount_point("percona"), "/var/lib/mysql");
+        assert_eq!(mount_point("redis"), "/var/lib/redis");
+        assert_eq!(mount_point("postgresql"), "/var/lib/postgresql");
+        assert_eq!(split_packages(None), Vec::<String>::new());
+    }
+}

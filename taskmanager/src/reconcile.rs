@@ -1,0 +1,768 @@
+//! The reconciler: every `usage_sleep_time` seconds, move work in progress along from what the database
+//! says, so that it survives a taskmanager restart (Trove keeps these polls in a thread and loses them).
+//!
+//! 1. **Instances building** (task BUILDING): the guest reports its service status through the
+//!    conductor. RUNNING, HEALTHY or INSTANCE_READY → task NONE. A failed status, or no success within
+//!    `usage_timeout` → service FAILED_TIMEOUT_GUESTAGENT, task BUILDING_ERROR_TIMEOUT_GA and a fault
+//!    (when `update_status_on_fail`). A guest that was started but no longer runs (it died while the
+//!    taskmanager was down) is started again, a few times at most.
+//! 2. **Clusters building**: once every member is INSTANCE_READY (or already RUNNING), call
+//!    `cluster_complete` on the ready ones, then set the cluster's task to NONE. A failed member, or no
+//!    success within `cluster_usage_timeout` → every member BUILDING_ERROR_SERVER, cluster task NONE.
+//! 3. **Safety nets**: a cluster DELETING without live members is marked deleted; an instance DELETING
+//!    for longer than `cluster_delete_time_out` (its delete message was lost or dead-lettered) is
+//!    deleted again.
+//!
+//! Each pass reads everything it needs in one short database call, then does its I/O without holding
+//! a connection. Slow guest calls (`cluster_complete`) and deletes run as tasks of their own so a pass
+//! stays short; the instance locks and a busy set keep them from starting twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::NaiveDateTime;
+use diesel::{Connection as _, OptionalExtension as _, PgConnection};
+use futures_util::future::join_all;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use trove_common::db::models::instance::record_fault;
+use trove_common::db::models::{Cluster, DatastoreVersion, Instance, ServiceStatusRow};
+use trove_common::db::{self, DbError};
+use trove_common::rpc::guest::GuestMsg;
+use trove_common::rpc::RpcContext;
+use trove_common::status::{is_error_task, ClusterTask, InstanceTask, ServiceStatus};
+
+use crate::compute::ServerState;
+use crate::handlers::instance;
+use crate::{guest, Ctx};
+
+/// How often a building instance's dead guest is started again before the build is left to time out.
+const MAX_RELAUNCHES: u32 = 3;
+
+/// What to do with a building instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildDecision {
+    /// The guest reported success: task NONE.
+    Ready,
+    /// Keep waiting.
+    Wait,
+    /// The build failed: record it with this fault.
+    Failed { message: String, details: String },
+}
+
+/// Decides a building instance's fate from its service status (messaging.md §6 step 4). Pure.
+pub fn build_decision(
+    status: Option<ServiceStatus>,
+    started: NaiveDateTime,
+    now: NaiveDateTime,
+    timeout: Duration,
+) -> BuildDecision {
+    use ServiceStatus::*;
+    let status = status.unwrap_or(New);
+    match status {
+        Running | Healthy | InstanceReady => return BuildDecision::Ready,
+        New | Building | Unknown | Deleted => {}
+        failed => {
+            return BuildDecision::Failed {
+                message: format!("Service not active, status: {}", failed.description()),
+                details: format!(
+                    "The guest reported '{}' while the instance was building.",
+                    failed.description()
+                ),
+            }
+        }
+    }
+    if elapsed(started, now) > timeout {
+        return BuildDecision::Failed {
+            message: "Polling request timed out.".into(),
+            details: format!(
+                "The guest did not report an active status within usage_timeout ({} s); its status was '{}'.",
+                timeout.as_secs(),
+                status.description()
+            ),
+        };
+    }
+    BuildDecision::Wait
+}
+
+/// One cluster member as the cluster decision sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct MemberView<'a> {
+    pub id: &'a str,
+    pub task_id: i32,
+    pub status: Option<ServiceStatus>,
+}
+
+/// What to do with a building cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterDecision {
+    Wait,
+    /// Every member is ready: call `cluster_complete` on these (the INSTANCE_READY ones), then the
+    /// cluster is built.
+    Complete {
+        to_complete: Vec<String>,
+    },
+    /// Fail every member and end the cluster's task.
+    Failed(String),
+}
+
+/// Decides a building cluster's fate from its members (messaging.md §6 "Cluster create"). Pure.
+pub fn cluster_decision(
+    members: &[MemberView<'_>],
+    started: NaiveDateTime,
+    now: NaiveDateTime,
+    timeout: Duration,
+) -> ClusterDecision {
+    use ServiceStatus::*;
+    for m in members {
+        if matches!(m.status, Some(Failed | FailedTimeoutGuestagent)) || is_error_task(m.task_id) {
+            return ClusterDecision::Failed(format!("member {} failed to build", m.id));
+        }
+    }
+    let ready = |m: &MemberView<'_>| matches!(m.status, Some(InstanceReady | Running | Healthy));
+    if !members.is_empty() && members.iter().all(ready) {
+        let to_complete = members
+            .iter()
+            .filter(|m| m.status == Some(InstanceReady))
+            .map(|m| m.id.to_owned())
+            .collect();
+        return ClusterDecision::Complete { to_complete };
+    }
+    if elapsed(started, now) > timeout {
+        return ClusterDecision::Failed(format!(
+            "members not ready within cluster_usage_timeout ({} s)",
+            timeout.as_secs()
+        ));
+    }
+    ClusterDecision::Wait
+}
+
+fn elapsed(from: NaiveDateTime, to: NaiveDateTime) -> Duration {
+    (to - from).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// A set of ids with work running in a task; the guard takes the id out when the task ends, however it
+/// ends (even aborted).
+#[derive(Clone, Default)]
+struct BusySet(Arc<Mutex<HashSet<String>>>);
+
+struct Busy {
+    set: BusySet,
+    id: String,
+}
+
+impl BusySet {
+    fn claim(&self, id: &str) -> Option<Busy> {
+        let mut set = self.0.lock().expect("busy set poisoned");
+        set.insert(id.to_owned()).then(|| Busy {
+            set: self.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .expect("busy set poisoned")
+            .remove(&self.id);
+    }
+}
+
+/// What the reconciler remembers between passes (all of it may be lost on restart).
+#[derive(Default)]
+struct State {
+    /// Relaunches of a building instance's guest: how many, and when the last was.
+    relaunches: HashMap<String, (u32, Instant)>,
+    /// Failed builds already logged (with `update_status_on_fail` off they stay BUILDING).
+    reported: HashSet<String>,
+    /// Clusters whose `cluster_complete` calls are running.
+    completing: BusySet,
+    /// When each stalled delete was last retried.
+    delete_retries: HashMap<String, Instant>,
+    tasks: JoinSet<()>,
+}
+
+/// Runs passes until `shutdown`. The current pass finishes; background calls are abandoned (they are
+/// idempotent and the next taskmanager redoes them).
+pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let period = Duration::try_from_secs_f64(ctx.settings.default.usage_sleep_time)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(5));
+    let mut st = State::default();
+    loop {
+        while let Some(res) = st.tasks.try_join_next() {
+            if let Err(e) = res {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "reconciler task panicked");
+                }
+            }
+        }
+        if let Err(e) = pass(&ctx, &mut st, period).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "reconcile pass failed; trying again next tick"
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(period) => {}
+            _ = ctx.reconcile_now.notified() => {}
+        }
+    }
+    st.tasks.shutdown().await;
+}
+
+/// Instances with their service status (`None`: no row).
+type WithStatus = Vec<(Instance, Option<ServiceStatus>)>;
+
+/// Everything one pass needs, read in one database call.
+struct Snapshot {
+    building: WithStatus,
+    deleting: Vec<Instance>,
+    clusters: Vec<(Cluster, WithStatus)>,
+}
+
+fn load_snapshot(c: &mut PgConnection) -> Result<Snapshot, DbError> {
+    let instances = Instance::in_progress(c)?;
+    let clusters = Cluster::in_progress(c)?;
+    let mut members = Vec::with_capacity(clusters.len());
+    for cl in &clusters {
+        members.push(Instance::cluster_members(c, &cl.id)?);
+    }
+    let ids: Vec<String> = instances
+        .iter()
+        .chain(members.iter().flatten())
+        .map(|i| i.id.clone())
+        .collect();
+    let statuses: HashMap<String, Option<ServiceStatus>> =
+        ServiceStatusRow::for_instances(c, &ids)?
+            .into_iter()
+            .map(|s| (s.instance_id.clone(), s.status()))
+            .collect();
+    let status_of = |i: &Instance| statuses.get(&i.id).copied().flatten();
+    let mut building = Vec::new();
+    let mut deleting = Vec::new();
+    for i in instances {
+        if i.task_id == InstanceTask::Building.code() {
+            let status = status_of(&i);
+            building.push((i, status));
+        } else if i.task_id == InstanceTask::Deleting.code() {
+            deleting.push(i);
+        }
+    }
+    let clusters = clusters
+        .into_iter()
+        .zip(members)
+        .map(|(cl, ms)| {
+            let ms = ms
+                .into_iter()
+                .map(|m| {
+                    let status = status_of(&m);
+                    (m, status)
+                })
+                .collect();
+            (cl, ms)
+        })
+        .collect();
+    Ok(Snapshot {
+        building,
+        deleting,
+        clusters,
+    })
+}
+
+async fn pass(ctx: &Arc<Ctx>, st: &mut State, period: Duration) -> anyhow::Result<()> {
+    ctx.compute.maintain();
+    ctx.locks.prune();
+    let snap = ctx
+        .db
+        .run(load_snapshot)
+        .await
+        .context("loading the work in progress")?;
+    let now = db::now();
+
+    let building: HashSet<String> = snap.building.iter().map(|(i, _)| i.id.clone()).collect();
+    st.relaunches.retain(|id, _| building.contains(id));
+    st.reported.retain(|id| building.contains(id));
+    let deleting: HashSet<&str> = snap.deleting.iter().map(|i| i.id.as_str()).collect();
+    st.delete_retries
+        .retain(|id, _| deleting.contains(id.as_str()));
+
+    for (inst, status) in &snap.building {
+        check_build(ctx, st, inst, *status, now, period).await?;
+    }
+    for (cluster, members) in &snap.clusters {
+        match ClusterTask::from_code(cluster.task_id) {
+            ClusterTask::Building => check_cluster(ctx, st, cluster, members, now).await?,
+            ClusterTask::Deleting if members.is_empty() => {
+                let id = cluster.id.clone();
+                ctx.db
+                    .run(move |c| Cluster::mark_deleted(c, &id).map_err(DbError::from))
+                    .await?;
+                tracing::info!(cluster.id = %cluster.id, "cluster has no members left; marked deleted");
+            }
+            _ => {}
+        }
+    }
+    for inst in &snap.deleting {
+        retry_stalled_delete(ctx, st, inst, now);
+    }
+    Ok(())
+}
+
+async fn check_build(
+    ctx: &Arc<Ctx>,
+    st: &mut State,
+    inst: &Instance,
+    status: Option<ServiceStatus>,
+    now: NaiveDateTime,
+    period: Duration,
+) -> anyhow::Result<()> {
+    let started = inst.task_start_time.unwrap_or(inst.created);
+    let timeout = Duration::from_secs(ctx.settings.default.usage_timeout);
+    match build_decision(status, started, now, timeout) {
+        BuildDecision::Ready => {
+            let id = inst.id.clone();
+            let n = ctx
+                .db
+                .run(move |c| {
+                    Instance::set_task_if(c, &id, InstanceTask::Building, InstanceTask::None)
+                        .map_err(DbError::from)
+                })
+                .await?;
+            if n > 0 {
+                let status = status.map(ServiceStatus::description).unwrap_or_default();
+                tracing::info!(instance.id = %inst.id, status, "instance built");
+            }
+        }
+        BuildDecision::Wait => relaunch_if_dead(ctx, st, inst, period).await?,
+        BuildDecision::Failed { message, details } => {
+            fail_build(ctx, st, inst, message, details).await?
+        }
+    }
+    Ok(())
+}
+
+/// Starts the guest of a building instance again when it was started once but is not running (it died,
+/// perhaps while the taskmanager was down). Its `prepare` is still in its durable queue if it was not
+/// done, and its state directory remembers if it was. At most [`MAX_RELAUNCHES`] times, spaced out;
+/// after that the build is left to time out.
+async fn relaunch_if_dead(
+    ctx: &Arc<Ctx>,
+    st: &mut State,
+    inst: &Instance,
+    period: Duration,
+) -> anyhow::Result<()> {
+    // Never started: the create_instance message (perhaps still queued) does that.
+    if inst.compute_instance_id.is_none() || inst.server_status.as_deref() == Some("ERROR") {
+        return Ok(());
+    }
+    // A handler is working on it.
+    let Some(_guard) = ctx.locks.try_lock(&inst.id) else {
+        return Ok(());
+    };
+    if ctx.compute.status(&inst.id).await == ServerState::Active {
+        return Ok(());
+    }
+    let backoff = (period * 5).max(Duration::from_secs(1));
+    let (attempts, last) = st
+        .relaunches
+        .get(&inst.id)
+        .copied()
+        .unwrap_or((0, Instant::now() - backoff));
+    if attempts >= MAX_RELAUNCHES || last.elapsed() < backoff {
+        return Ok(());
+    }
+    st.relaunches
+        .insert(inst.id.clone(), (attempts + 1, Instant::now()));
+
+    // Look again under the lock: a delete may have finished since the snapshot.
+    let id = inst.id.clone();
+    let fresh = ctx
+        .db
+        .run(move |c| -> Result<_, DbError> {
+            let Some(i) = Instance::find_any(c, &id)? else {
+                return Ok(None);
+            };
+            let manager = DatastoreVersion::find(c, &i.datastore_version_id)
+                .optional()?
+                .map(|v| v.manager);
+            Ok(Some((i, manager)))
+        })
+        .await?;
+    let Some((fresh, Some(manager))) = fresh else {
+        return Ok(());
+    };
+    if fresh.deleted || fresh.task_id != InstanceTask::Building.code() {
+        return Ok(());
+    }
+    tracing::warn!(instance.id = %fresh.id, attempt = attempts + 1, "guest of a building instance is not running; starting it again");
+    let key = match guest::instance_key(&ctx.settings, fresh.encrypted_key.as_deref()) {
+        Ok(key) => key,
+        Err(e) => {
+            return instance::fail_server(
+                ctx,
+                &fresh,
+                format!("cannot open the instance's RPC key: {e}"),
+            )
+            .await
+        }
+    };
+    if let Err(e) = instance::ensure_guest(ctx, &fresh, &manager, key.as_deref()).await? {
+        instance::fail_server(ctx, &fresh, e.to_string()).await?;
+    }
+    Ok(())
+}
+
+async fn fail_build(
+    ctx: &Ctx,
+    st: &mut State,
+    inst: &Instance,
+    message: String,
+    details: String,
+) -> anyhow::Result<()> {
+    if !ctx.settings.default.update_status_on_fail {
+        if st.reported.insert(inst.id.clone()) {
+            tracing::error!(instance.id = %inst.id, error = %details, "build failed; update_status_on_fail is off, so the instance is left as it is");
+        }
+        return Ok(());
+    }
+    let id = inst.id.clone();
+    let (msg, det) = (message.clone(), details.clone());
+    let n = ctx
+        .db
+        .run(move |c| {
+            c.transaction::<_, DbError, _>(|c| {
+                let n = Instance::set_task_if(
+                    c,
+                    &id,
+                    InstanceTask::Building,
+                    InstanceTask::BuildingErrorTimeoutGa,
+                )?;
+                if n > 0 {
+                    ServiceStatusRow::set(c, &id, ServiceStatus::FailedTimeoutGuestagent, true)?;
+                    record_fault(c, &id, &msg, &det)?;
+                }
+                Ok(n)
+            })
+        })
+        .await?;
+    if n > 0 {
+        tracing::error!(instance.id = %inst.id, error = %details, "{message}");
+    }
+    Ok(())
+}
+
+async fn check_cluster(
+    ctx: &Arc<Ctx>,
+    st: &mut State,
+    cluster: &Cluster,
+    members: &[(Instance, Option<ServiceStatus>)],
+    now: NaiveDateTime,
+) -> anyhow::Result<()> {
+    let Some(busy) = st.completing.claim(&cluster.id) else {
+        return Ok(());
+    };
+    let view: Vec<MemberView<'_>> = members
+        .iter()
+        .map(|(m, s)| MemberView {
+            id: &m.id,
+            task_id: m.task_id,
+            status: *s,
+        })
+        .collect();
+    let timeout = Duration::from_secs(ctx.settings.default.cluster_usage_timeout);
+    match cluster_decision(&view, cluster.created, now, timeout) {
+        ClusterDecision::Wait => {}
+        ClusterDecision::Failed(reason) => {
+            let id = cluster.id.clone();
+            let member_ids: Vec<String> = members.iter().map(|(m, _)| m.id.clone()).collect();
+            let n = ctx
+                .db
+                .run(move |c| {
+                    c.transaction::<_, DbError, _>(|c| {
+                        let n =
+                            Cluster::set_task_if(c, &id, ClusterTask::Building, ClusterTask::None)?;
+                        if n > 0 {
+                            for m in &member_ids {
+                                Instance::set_task(c, m, InstanceTask::BuildingErrorServer)?;
+                            }
+                        }
+                        Ok(n)
+                    })
+                })
+                .await?;
+            if n > 0 {
+                tracing::error!(cluster.id = %cluster.id, error = %reason, "cluster build failed; every member is in error");
+            }
+        }
+        ClusterDecision::Complete { to_complete } if to_complete.is_empty() => {
+            finish_cluster(ctx, &cluster.id).await?;
+        }
+        ClusterDecision::Complete { to_complete } => {
+            let keys: HashMap<&str, Option<&str>> = members
+                .iter()
+                .map(|(m, _)| (m.id.as_str(), m.encrypted_key.as_deref()))
+                .collect();
+            let targets: Vec<(String, Option<String>)> = to_complete
+                .into_iter()
+                .map(|id| (id.clone(), keys[id.as_str()].map(str::to_owned)))
+                .collect();
+            let ctx = ctx.clone();
+            let cluster_id = cluster.id.clone();
+            st.tasks.spawn(async move {
+                let _busy = busy;
+                if let Err(e) = complete_cluster(&ctx, &cluster_id, targets).await {
+                    tracing::warn!(cluster.id = %cluster_id, error = format!("{e:#}"), "cannot complete the cluster yet; trying again next pass");
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Calls `cluster_complete` on each ready member (concurrently), then ends the cluster's task.
+async fn complete_cluster(
+    ctx: &Ctx,
+    cluster_id: &str,
+    targets: Vec<(String, Option<String>)>,
+) -> anyhow::Result<()> {
+    tracing::info!(cluster.id = %cluster_id, members = targets.len(), "every member is ready; completing the cluster");
+    let rpc = RpcContext::service();
+    let timeout = ctx.settings.high_timeout();
+    let calls = targets.iter().map(|(id, sealed)| {
+        let rpc = &rpc;
+        async move {
+            let key = guest::instance_key(&ctx.settings, sealed.as_deref())
+                .with_context(|| format!("opening the key of member {id}"))?;
+            let keys = guest::keyring(key.as_deref());
+            guest::call(
+                ctx,
+                id,
+                keys.as_ref(),
+                rpc,
+                &GuestMsg::ClusterComplete {},
+                timeout,
+            )
+            .await
+            .with_context(|| format!("cluster_complete on member {id}"))
+        }
+    });
+    for res in join_all(calls).await {
+        res?;
+    }
+    finish_cluster(ctx, cluster_id).await
+}
+
+async fn finish_cluster(ctx: &Ctx, cluster_id: &str) -> anyhow::Result<()> {
+    let id = cluster_id.to_owned();
+    let n = ctx
+        .db
+        .run(move |c| {
+            Cluster::set_task_if(c, &id, ClusterTask::Building, ClusterTask::None)
+                .map_err(DbError::from)
+        })
+        .await?;
+    if n > 0 {
+        tracing::info!(cluster.id = %cluster_id, "cluster built");
+    }
+    Ok(())
+}
+
+/// Deletes again an instance whose delete has not finished for `cluster_delete_time_out` seconds (its
+/// message was dead-lettered, or the guest could not be stopped). Runs as a task holding the
+/// instance's lock; retried no more often than that same period.
+fn retry_stalled_delete(ctx: &Arc<Ctx>, st: &mut State, inst: &Instance, now: NaiveDateTime) {
+    let stall = Duration::from_secs(ctx.settings.default.cluster_delete_time_out.max(30));
+    if elapsed(inst.updated, now) < stall {
+        return;
+    }
+    if st
+        .delete_retries
+        .get(&inst.id)
+        .is_some_and(|last| last.elapsed() < stall)
+    {
+        return;
+    }
+    let Some(guard) = ctx.locks.try_lock(&inst.id) else {
+        return;
+    };
+    st.delete_retries.insert(inst.id.clone(), Instant::now());
+    tracing::warn!(instance.id = %inst.id, "delete has not finished; deleting again");
+    let ctx = ctx.clone();
+    let id = inst.id.clone();
+    st.tasks.spawn(async move {
+        let _guard = guard;
+        if let Err(e) = instance::delete_locked(&ctx, &RpcContext::service(), &id).await {
+            tracing::error!(instance.id = %id, error = format!("{e:#}"), "delete failed again");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+    use ServiceStatus::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn t0() -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(1_700_000_000, 0)
+            .unwrap()
+            .naive_utc()
+    }
+
+    fn at(secs: i64) -> NaiveDateTime {
+        t0() + TimeDelta::seconds(secs)
+    }
+
+    #[test]
+    fn build_succeeds_on_running_healthy_or_ready() {
+        for s in [Running, Healthy, InstanceReady] {
+            assert_eq!(
+                build_decision(Some(s), t0(), at(10), HOUR),
+                BuildDecision::Ready
+            );
+        }
+        // Success beats the timeout when both are true.
+        assert_eq!(
+            build_decision(Some(Running), t0(), at(7200), HOUR),
+            BuildDecision::Ready
+        );
+    }
+
+    #[test]
+    fn build_waits_while_new_building_unknown_or_deleted() {
+        for s in [
+            None,
+            Some(New),
+            Some(Building),
+            Some(Unknown),
+            Some(Deleted),
+        ] {
+            assert_eq!(
+                build_decision(s, t0(), at(10), HOUR),
+                BuildDecision::Wait,
+                "{s:?}"
+            );
+        }
+        // Clock skew (start in the future) waits too.
+        assert_eq!(
+            build_decision(Some(New), at(10), t0(), HOUR),
+            BuildDecision::Wait
+        );
+    }
+
+    #[test]
+    fn build_fails_on_other_statuses_and_on_timeout() {
+        for s in [
+            Failed,
+            FailedTimeoutGuestagent,
+            Shutdown,
+            Crashed,
+            Blocked,
+            Paused,
+            RestartRequired,
+        ] {
+            let d = build_decision(Some(s), t0(), at(10), HOUR);
+            assert!(
+                matches!(&d, BuildDecision::Failed { message, .. } if message.contains(s.description())),
+                "{s:?}: {d:?}"
+            );
+        }
+        let d = build_decision(Some(Building), t0(), at(3601), HOUR);
+        assert!(
+            matches!(&d, BuildDecision::Failed { message, details } if message == "Polling request timed out." && details.contains("3600 s")),
+            "{d:?}"
+        );
+        assert_eq!(
+            build_decision(Some(Building), t0(), at(3600), HOUR),
+            BuildDecision::Wait
+        );
+    }
+
+    fn m(id: &str, task: InstanceTask, status: Option<ServiceStatus>) -> MemberView<'_> {
+        MemberView {
+            id,
+            task_id: task.code(),
+            status,
+        }
+    }
+
+    #[test]
+    fn cluster_completes_when_every_member_is_ready() {
+        let members = [
+            m("a", InstanceTask::None, Some(InstanceReady)),
+            m("b", InstanceTask::Building, Some(InstanceReady)),
+            m("c", InstanceTask::None, Some(Running)),
+        ];
+        assert_eq!(
+            cluster_decision(&members, t0(), at(5), HOUR),
+            ClusterDecision::Complete {
+                to_complete: vec!["a".into(), "b".into()]
+            }
+        );
+        let done = [
+            m("a", InstanceTask::None, Some(Running)),
+            m("b", InstanceTask::None, Some(Healthy)),
+        ];
+        assert_eq!(
+            cluster_decision(&done, t0(), at(5), HOUR),
+            ClusterDecision::Complete {
+                to_complete: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn cluster_waits_then_times_out() {
+        let members = [
+            m("a", InstanceTask::None, Some(InstanceReady)),
+            m("b", InstanceTask::Building, Some(Building)),
+        ];
+        assert_eq!(
+            cluster_decision(&members, t0(), at(5), HOUR),
+            ClusterDecision::Wait
+        );
+        assert!(matches!(
+            cluster_decision(&members, t0(), at(3601), HOUR),
+            ClusterDecision::Failed(_)
+        ));
+        assert_eq!(
+            cluster_decision(&[], t0(), at(5), HOUR),
+            ClusterDecision::Wait
+        );
+    }
+
+    #[test]
+    fn cluster_fails_fast() {
+        for bad in [
+            m("b", InstanceTask::Building, Some(Failed)),
+            m("b", InstanceTask::Building, Some(FailedTimeoutGuestagent)),
+            m("b", InstanceTask::BuildingErrorServer, Some(New)),
+            m("b", InstanceTask::BuildingErrorTimeoutGa, Some(Building)),
+        ] {
+            let members = [m("a", InstanceTask::None, Some(InstanceReady)), bad];
+            assert_eq!(
+                cluster_decision(&members, t0(), at(5), HOUR),
+                ClusterDecision::Failed("member b failed to build".into())
+            );
+        }
+    }
+
+    #[test]
+    fn busy_ids_free_themselves() {
+        let set = BusySet::default();
+        let a = set.claim("c1").unwrap();
+        assert!(set.claim("c1").is_none());
+        drop(a);
+        assert!(set.claim("c1").is_some());
+    }
+}
