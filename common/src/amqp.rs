@@ -300,7 +300,10 @@ impl Broker {
 fn expiry_args(names: &Names) -> FieldTable {
     let mut args = FieldTable::default();
     if names.queue_expires_ms > 0 {
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(names.queue_expires_ms as i64));
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(names.queue_expires_ms as i64),
+        );
     }
     args
 }

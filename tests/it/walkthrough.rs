@@ -21,17 +21,27 @@ fn mask(s: &str) -> String {
     let s = api_date.replace_all(&s, "YYYY-MM-DDTHH:MM:SS");
     let s = guest_date.replace_all(&s, "YYYY-MM-DD HH:MM:SS.ff");
     let member = Regex::new(r"myclust-member-\d").unwrap();
-    member.replace_all(&s.replace(DOC_TENANT, ADMIN), "myclust-member-N").into_owned()
+    member
+        .replace_all(&s.replace(DOC_TENANT, ADMIN), "myclust-member-N")
+        .into_owned()
 }
 
 /// The walkthrough's table, dedented.
 fn doc(table: &str) -> String {
-    let lines: Vec<&str> = table.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = table
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     mask(&(lines.join("\n") + "\n"))
 }
 
 fn ok(out: &CliOutput) -> &str {
-    assert_eq!(out.status, 0, "trove failed: stdout={} stderr={}", out.stdout, out.stderr);
+    assert_eq!(
+        out.status, 0,
+        "trove failed: stdout={} stderr={}",
+        out.stdout, out.stderr
+    );
     &out.stdout
 }
 
@@ -44,22 +54,38 @@ fn rows(out: &str) -> Vec<Vec<String>> {
     out.lines()
         .filter(|l| l.starts_with('|'))
         .skip(1)
-        .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect())
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
         .collect()
 }
 
 async fn wait_active(env: &TestEnv, name_or_id: &str) {
-    env.eventually(Duration::from_secs(60), &format!("{name_or_id} ACTIVE"), || async {
-        let out = env.trove(ADMIN, &["show", name_or_id]).await;
-        out.stdout.contains("| status ").then_some(()).filter(|_| out.stdout.contains("| ACTIVE "))
-    })
+    env.eventually(
+        Duration::from_secs(60),
+        &format!("{name_or_id} ACTIVE"),
+        || async {
+            let out = env.trove(ADMIN, &["show", name_or_id]).await;
+            out.stdout
+                .contains("| status ")
+                .then_some(())
+                .filter(|_| out.stdout.contains("| ACTIVE "))
+        },
+    )
     .await
     .unwrap();
 }
 
 async fn module_id(env: &TestEnv) -> String {
     let out = env.trove(ADMIN, &["module-show", "mymod"]).await;
-    rows(ok(&out)).into_iter().find(|r| r[0] == "id").map(|r| r[1].clone()).unwrap()
+    rows(ok(&out))
+        .into_iter()
+        .find(|r| r[0] == "id")
+        .map(|r| r[1].clone())
+        .unwrap()
 }
 
 /// Waits until the newest reapply job of the module is finished; returns it.
@@ -67,7 +93,12 @@ async fn wait_reapply(env: &TestEnv, module: &str) -> Value {
     let client = reqwest::Client::new();
     let url = format!("{}/modules/{module}/reapply", env.base(ADMIN));
     env.eventually(Duration::from_secs(90), "reapply job finished", || async {
-        let r = client.get(&url).header("X-Auth-Token", ADMIN).send().await.ok()?;
+        let r = client
+            .get(&url)
+            .header("X-Auth-Token", ADMIN)
+            .send()
+            .await
+            .ok()?;
         let v: Value = r.json().await.ok()?;
         let job = v["reapply_jobs"][0].clone();
         (job["state"] == "finished").then_some(job)
@@ -93,11 +124,15 @@ const V4: &str = "6e2c81c1547d640b4c6e7752ed0e33ab";
 
 fn count_row(md5: &str, current: bool, n: usize) -> String {
     let cur = if current { " True" } else { "False" };
-    format!("| mymod       | 2017-06-02T17:22:25 | 2017-06-02T17:22:25 | {md5} |   {cur} |     {n} |")
+    format!(
+        "| mymod       | 2017-06-02T17:22:25 | 2017-06-02T17:22:25 | {md5} |   {cur} |     {n} |"
+    )
 }
 
 fn module_table(md5: &str, with_count: Option<usize>) -> String {
-    let count = with_count.map(|n| format!("| instance_count       | {n:<36} |\n")).unwrap_or_default();
+    let count = with_count
+        .map(|n| format!("| instance_count       | {n:<36} |\n"))
+        .unwrap_or_default();
     format!(
         "+----------------------+--------------------------------------+
 | Property             | Value                                |
@@ -154,7 +189,18 @@ fn create_table(name: &str, ds: &str, ver: &str) -> String {
 
 /// Masked dates of the count table's rows, by md5: (min, max).
 fn count_dates(out: &str) -> Vec<(String, String, String, String, String)> {
-    rows(out).into_iter().map(|r| (r[1].clone(), r[2].clone(), r[3].clone(), r[4].clone(), r[5].clone())).collect()
+    rows(out)
+        .into_iter()
+        .map(|r| {
+            (
+                r[1].clone(),
+                r[2].clone(),
+                r[3].clone(),
+                r[4].clone(),
+                r[5].clone(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,7 +208,11 @@ async fn the_module_walkthrough() {
     let env = TestEnv::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     for v in 1..=4 {
-        std::fs::write(dir.path().join(format!("ping{v}.dat")), format!("message=Module.V{v}\n")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("ping{v}.dat")),
+            format!("message=Module.V{v}\n"),
+        )
+        .unwrap();
     }
     let cli = |args: Vec<&'static str>| {
         let env = &env;
@@ -171,10 +221,28 @@ async fn the_module_walkthrough() {
     };
 
     // Create the module (without --datastore: module-semantics §0 row 1). Our instance_count is real.
-    let out = cli(vec!["module-create", "mymod", "ping", "ping1.dat", "--live_update"]).await;
+    let out = cli(vec![
+        "module-create",
+        "mymod",
+        "ping",
+        "ping1.dat",
+        "--live_update",
+    ])
+    .await;
     assert_table(&out, &module_table(V1, Some(0)));
 
-    let out = cli(vec!["create", "myinst", "15", "--size", "1", "--module", "mymod", "--datastore", "mysql"]).await;
+    let out = cli(vec![
+        "create",
+        "myinst",
+        "15",
+        "--size",
+        "1",
+        "--module",
+        "mymod",
+        "--datastore",
+        "mysql",
+    ])
+    .await;
     assert_table(&out, &create_table("myinst", "mysql", "5.6"));
     wait_active(&env, "myinst").await;
 
@@ -220,7 +288,9 @@ async fn the_module_walkthrough() {
         "--instance=flavor=15,volume=1,module=mymod",
     ])
     .await;
-    assert_table(&out, "
+    assert_table(
+        &out,
+        "
    +-------------------+--------------------------------------+
    | Property          | Value                                |
    +-------------------+--------------------------------------+
@@ -233,26 +303,47 @@ async fn the_module_walkthrough() {
    | task_description  | Building the initial cluster.        |
    | task_name         | BUILDING                             |
    | updated           | 2017-06-02T18:00:17                  |
-   +-------------------+--------------------------------------+");
+   +-------------------+--------------------------------------+",
+    );
 
     let out = cli(vec!["module-instance-count", "mymod"]).await;
     assert_table(&out, &count_table(&[&count_row(V1, false, 1)]));
-    let out = cli(vec!["module-instance-count", "mymod", "--include_clustered"]).await;
-    assert_table(&out, &count_table(&[&count_row(V1, false, 1), &count_row(V2, true, 3)]));
+    let out = cli(vec![
+        "module-instance-count",
+        "mymod",
+        "--include_clustered",
+    ])
+    .await;
+    assert_table(
+        &out,
+        &count_table(&[&count_row(V1, false, 1), &count_row(V2, true, 3)]),
+    );
 
     // Wait for the cluster to finish building (members ACTIVE) before touching members.
-    env.eventually(Duration::from_secs(90), "cluster members ACTIVE", || async {
-        let out = env.trove(ADMIN, &["cluster-instances", "myclust"]).await;
-        let r = rows(&out.stdout);
-        (r.len() == 3 && r.iter().all(|r| r[4] == "ACTIVE")).then_some(())
-    })
+    env.eventually(
+        Duration::from_secs(90),
+        "cluster members ACTIVE",
+        || async {
+            let out = env.trove(ADMIN, &["cluster-instances", "myclust"]).await;
+            let r = rows(&out.stdout);
+            (r.len() == 3 && r.iter().all(|r| r[4] == "ACTIVE")).then_some(())
+        },
+    )
     .await
     .unwrap();
 
     let out = cli(vec!["module-update", "mymod", "--file", "ping3.dat"]).await;
     assert_table(&out, &module_table(V3, None));
-    let out = cli(vec!["module-instance-count", "mymod", "--include_clustered"]).await;
-    assert_table(&out, &count_table(&[&count_row(V1, false, 1), &count_row(V2, false, 3)]));
+    let out = cli(vec![
+        "module-instance-count",
+        "mymod",
+        "--include_clustered",
+    ])
+    .await;
+    assert_table(
+        &out,
+        &count_table(&[&count_row(V1, false, 1), &count_row(V2, false, 3)]),
+    );
 
     let out = cli(vec!["cluster-instances", "myclust"]).await;
     let members = rows(ok(&out));
@@ -263,28 +354,51 @@ async fn the_module_walkthrough() {
         s
     };
     assert_eq!(ids, sorted, "cluster-instances is sorted by ID");
-    assert_table(&out, "
+    assert_table(
+        &out,
+        "
    +--------------------------------------+------------------+-----------+------+--------+
    | ID                                   | Name             | Flavor ID | Size | Status |
    +--------------------------------------+------------------+-----------+------+--------+
    | 393462d5-906d-4214-af0d-538b7f618b2d | myclust-member-2 | 15        |    1 | ACTIVE |
    | a3fc5326-e1b6-456a-a8b1-08ad6bbb2278 | myclust-member-2 | 15        |    1 | ACTIVE |
    | cba31d4b-d038-42c2-ab03-56c6c176b49d | myclust-member-2 | 15        |    1 | ACTIVE |
-   +--------------------------------------+------------------+-----------+------+--------+");
+   +--------------------------------------+------------------+-----------+------+--------+",
+    );
     let member = ids.remove(0);
 
-    let out = env.trove_in(ADMIN, &["module-apply", &member, "mymod"], Some(dir.path())).await;
-    assert_table(&out, "
+    let out = env
+        .trove_in(ADMIN, &["module-apply", &member, "mymod"], Some(dir.path()))
+        .await;
+    assert_table(
+        &out,
+        "
    +-------+------+-----------+---------+--------+-----------+
    | Name  | Type | Datastore | Version | Status | Message   |
    +-------+------+-----------+---------+--------+-----------+
    | mymod | ping | all       | all     | OK     | Module.V3 |
-   +-------+------+-----------+---------+--------+-----------+");
-    let out = cli(vec!["module-instance-count", "mymod", "--include_clustered"]).await;
-    assert_table(&out, &count_table(&[&count_row(V1, false, 1), &count_row(V2, false, 2), &count_row(V3, true, 1)]));
+   +-------+------+-----------+---------+--------+-----------+",
+    );
+    let out = cli(vec![
+        "module-instance-count",
+        "mymod",
+        "--include_clustered",
+    ])
+    .await;
+    assert_table(
+        &out,
+        &count_table(&[
+            &count_row(V1, false, 1),
+            &count_row(V2, false, 2),
+            &count_row(V3, true, 1),
+        ]),
+    );
 
     // --- The rest of the walkthrough: a second instance, V4, and the three reapplies.
-    let out = cli(vec!["create", "myinst_2", "15", "--size", "1", "--module", "mymod"]).await;
+    let out = cli(vec![
+        "create", "myinst_2", "15", "--size", "1", "--module", "mymod",
+    ])
+    .await;
     assert_table(&out, &create_table("myinst_2", "redis", "3.2.6"));
     wait_active(&env, "myinst_2").await;
     let out = cli(vec!["module-update", "mymod", "--file", "ping4.dat"]).await;
@@ -307,39 +421,123 @@ async fn the_module_walkthrough() {
     exp[3..5].sort();
     assert_eq!(lines, exp);
 
-    let out = cli(vec!["module-instance-count", "mymod", "--include_clustered"]).await;
-    assert_table(&out, &count_table(&[&count_row(V1, false, 1), &count_row(V2, false, 2), &count_row(V3, false, 2)]));
+    let out = cli(vec![
+        "module-instance-count",
+        "mymod",
+        "--include_clustered",
+    ])
+    .await;
+    assert_table(
+        &out,
+        &count_table(&[
+            &count_row(V1, false, 1),
+            &count_row(V2, false, 2),
+            &count_row(V3, false, 2),
+        ]),
+    );
 
     let mid = module_id(&env).await;
-    let out = cli(vec!["module-reapply", "mymod", "--md5=869744bdd18e306a96c145df562065ab", "--include_clustered"]).await;
+    let out = cli(vec![
+        "module-reapply",
+        "mymod",
+        "--md5=869744bdd18e306a96c145df562065ab",
+        "--include_clustered",
+    ])
+    .await;
     assert_eq!(ok(&out), "");
     let job = wait_reapply(&env, &mid).await;
-    assert_eq!((job["total"].as_i64(), job["applied"].as_i64(), job["failed"].as_i64()), (Some(2), Some(2), Some(0)));
-    let out = cli(vec!["module-instance-count", "mymod", "--include_clustered"]).await;
-    assert_table(&out, &count_table(&[&count_row(V1, false, 1), &count_row(V2, false, 2), &count_row(V4, true, 2)]));
+    assert_eq!(
+        (
+            job["total"].as_i64(),
+            job["applied"].as_i64(),
+            job["failed"].as_i64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
+    let out = cli(vec![
+        "module-instance-count",
+        "mymod",
+        "--include_clustered",
+    ])
+    .await;
+    assert_table(
+        &out,
+        &count_table(&[
+            &count_row(V1, false, 1),
+            &count_row(V2, false, 2),
+            &count_row(V4, true, 2),
+        ]),
+    );
     let before_force = count_dates(&out.stdout);
 
     tokio::time::sleep(Duration::from_millis(1100)).await; // let the second-resolution dates move
-    let out = cli(vec!["module-reapply", "mymod", "--md5=6e2c81c1547d640b4c6e7752ed0e33ab", "--include_clustered", "--force"]).await;
+    let out = cli(vec![
+        "module-reapply",
+        "mymod",
+        "--md5=6e2c81c1547d640b4c6e7752ed0e33ab",
+        "--include_clustered",
+        "--force",
+    ])
+    .await;
     assert_eq!(ok(&out), "");
     wait_reapply(&env, &mid).await;
-    let out = cli(vec!["module-instance-count", "mymod", "--include_clustered"]).await;
-    assert_table(&out, &count_table(&[&count_row(V1, false, 1), &count_row(V2, false, 2), &count_row(V4, true, 2)]));
+    let out = cli(vec![
+        "module-instance-count",
+        "mymod",
+        "--include_clustered",
+    ])
+    .await;
+    assert_table(
+        &out,
+        &count_table(&[
+            &count_row(V1, false, 1),
+            &count_row(V2, false, 2),
+            &count_row(V4, true, 2),
+        ]),
+    );
     let after_force = count_dates(&out.stdout);
     // Only the dates of the V4 row move.
     assert_eq!(before_force[..2], after_force[..2]);
-    assert_eq!((&before_force[2].2, &before_force[2].4), (&after_force[2].2, &after_force[2].4));
-    assert!(after_force[2].0 > before_force[2].0, "forced reapply moves the dates: {before_force:?} → {after_force:?}");
+    assert_eq!(
+        (&before_force[2].2, &before_force[2].4),
+        (&after_force[2].2, &after_force[2].4)
+    );
+    assert!(
+        after_force[2].0 > before_force[2].0,
+        "forced reapply moves the dates: {before_force:?} → {after_force:?}"
+    );
     let forced_min = after_force[2].0.clone();
 
-    let out = cli(vec!["module-reapply", "mymod", "--include_clustered", "--batch_size=1", "--delay=3"]).await;
+    let out = cli(vec![
+        "module-reapply",
+        "mymod",
+        "--include_clustered",
+        "--batch_size=1",
+        "--delay=3",
+    ])
+    .await;
     assert_eq!(ok(&out), "");
     let job = wait_reapply(&env, &mid).await;
-    assert_eq!((job["applied"].as_i64(), job["skipped"].as_i64(), job["failed"].as_i64()), (Some(3), Some(2), Some(0)));
-    let out = cli(vec!["module-instance-count", "mymod", "--include_clustered"]).await;
+    assert_eq!(
+        (
+            job["applied"].as_i64(),
+            job["skipped"].as_i64(),
+            job["failed"].as_i64()
+        ),
+        (Some(3), Some(2), Some(0))
+    );
+    let out = cli(vec![
+        "module-instance-count",
+        "mymod",
+        "--include_clustered",
+    ])
+    .await;
     assert_table(&out, &count_table(&[&count_row(V4, true, 5)]));
     let final_dates = count_dates(&out.stdout);
-    assert_eq!(final_dates[0].0, forced_min, "the minimum date stays at the forced reapply");
+    assert_eq!(
+        final_dates[0].0, forced_min,
+        "the minimum date stays at the forced reapply"
+    );
 
     // At least 3 s between consecutive applies of the batch_size=1 run.
     let times = env.query_strings(&format!(
@@ -351,6 +549,9 @@ async fn the_module_walkthrough() {
     let parse = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").unwrap();
     for w in times.windows(2) {
         let gap = parse(&w[1]) - parse(&w[0]);
-        assert!(gap >= chrono::Duration::milliseconds(2990), "applies only {gap} apart: {times:?}");
+        assert!(
+            gap >= chrono::Duration::milliseconds(2990),
+            "applies only {gap} apart: {times:?}"
+        );
     }
 }

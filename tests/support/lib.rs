@@ -25,12 +25,14 @@ use trove_common::db::Db;
 
 /// Where the test PostgreSQL server is (without a database name).
 pub fn database_server() -> String {
-    std::env::var("TROVE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".into())
+    std::env::var("TROVE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".into())
 }
 
 /// Where the test RabbitMQ is.
 pub fn transport_url() -> String {
-    std::env::var("TROVE_TEST_TRANSPORT_URL").unwrap_or_else(|_| "rabbit://guest:guest@127.0.0.1:5672/".into())
+    std::env::var("TROVE_TEST_TRANSPORT_URL")
+        .unwrap_or_else(|_| "rabbit://guest:guest@127.0.0.1:5672/".into())
 }
 
 /// `target/debug` (or wherever the test binary's profile directory is).
@@ -46,7 +48,11 @@ pub fn bin_dir() -> PathBuf {
 /// A built workspace binary; fails with a hint when it is missing.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        p.display()
+    );
     p
 }
 
@@ -76,15 +82,20 @@ fn template() -> anyhow::Result<String> {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let exists: Count = diesel::sql_query(format!("SELECT count(*) AS n FROM pg_database WHERE datname = '{name}'"))
-            .get_result(&mut admin)?;
+        let exists: Count = diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM pg_database WHERE datname = '{name}'"
+        ))
+        .get_result(&mut admin)?;
         if exists.n == 0 {
-            diesel::sql_query(format!("CREATE DATABASE {name}_build")).execute(&mut admin).ok();
+            diesel::sql_query(format!("CREATE DATABASE {name}_build"))
+                .execute(&mut admin)
+                .ok();
             let mut conn = PgConnection::establish(&format!("{}/{name}_build", database_server()))?;
             trove_migrations::run_pending(&mut conn)?;
             trove_migrations::manage::seed_walkthrough(&mut conn)?;
             drop(conn);
-            diesel::sql_query(format!("ALTER DATABASE {name}_build RENAME TO {name}")).execute(&mut admin)?;
+            diesel::sql_query(format!("ALTER DATABASE {name}_build RENAME TO {name}"))
+                .execute(&mut admin)?;
         }
         Ok(())
     })();
@@ -118,7 +129,10 @@ impl TestDb {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut admin = admin_conn()?;
         diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {tpl}")).execute(&mut admin)?;
-        Ok(Self { url: format!("{}/{name}", database_server()), name })
+        Ok(Self {
+            url: format!("{}/{name}", database_server()),
+            name,
+        })
     }
 
     /// A direct connection, for assertions on rows.
@@ -130,7 +144,11 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = admin_conn() {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
         }
     }
 }
@@ -202,19 +220,38 @@ impl TestEnv {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api_url = format!("http://{}", listener.local_addr()?);
         let mut services = Vec::new();
-        let (s, p, b, t) = (settings.clone(), pool.clone(), connect().await?, shutdown.clone());
+        let (s, p, b, t) = (
+            settings.clone(),
+            pool.clone(),
+            connect().await?,
+            shutdown.clone(),
+        );
         services.push(tokio::spawn(async move {
             if let Err(e) = trove_api::run(s, p, b, listener, t).await {
                 tracing::error!(error = ?e, "api stopped");
             }
         }));
-        let (s, p, b, t) = (settings.clone(), pool.clone(), connect().await?, shutdown.clone());
+        let (s, p, b, t) = (
+            settings.clone(),
+            pool.clone(),
+            connect().await?,
+            shutdown.clone(),
+        );
         services.push(tokio::spawn(async move {
             if let Err(e) = trove_conductor::run(s, p, b, t).await {
                 tracing::error!(error = ?e, "conductor stopped");
             }
         }));
-        let mut env = Self { db, settings, api_url, state_dir, pool, shutdown, services, tm: None };
+        let mut env = Self {
+            db,
+            settings,
+            api_url,
+            state_dir,
+            pool,
+            shutdown,
+            services,
+            tm: None,
+        };
         env.start_taskmanager().await?;
         Ok(env)
     }
@@ -262,7 +299,14 @@ impl TestEnv {
             .env("OS_TOKEN", token)
             .env("OS_PROJECT_ID", token)
             .env("TROVE_URL", &self.api_url)
-            .env("OS_ROLES", if token.starts_with("admin") { "admin" } else { "member" });
+            .env(
+                "OS_ROLES",
+                if token.starts_with("admin") {
+                    "admin"
+                } else {
+                    "member"
+                },
+            );
         if let Some(d) = cwd {
             cmd.current_dir(d);
         }
@@ -275,7 +319,12 @@ impl TestEnv {
     }
 
     /// Polls `check` until it returns `Some` or `timeout` passes.
-    pub async fn eventually<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+    pub async fn eventually<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: F,
+    ) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
@@ -299,7 +348,9 @@ impl TestEnv {
             #[diesel(sql_type = diesel::sql_types::Text)]
             v: String,
         }
-        let rows: Vec<Row> = diesel::sql_query(sql).load(&mut self.db.conn()).expect("query");
+        let rows: Vec<Row> = diesel::sql_query(sql)
+            .load(&mut self.db.conn())
+            .expect("query");
         rows.into_iter().map(|r| r.v).collect()
     }
 
@@ -308,7 +359,10 @@ impl TestEnv {
         if let Ok(entries) = std::fs::read_dir(self.state_dir.path()) {
             for e in entries.flatten() {
                 if let Ok(pid) = std::fs::read_to_string(e.path().join("guest.pid")) {
-                    let _ = std::process::Command::new("kill").arg("-9").arg(pid.trim()).status();
+                    let _ = std::process::Command::new("kill")
+                        .arg("-9")
+                        .arg(pid.trim())
+                        .status();
                 }
             }
         }

@@ -65,8 +65,11 @@ pub fn guest_security(keys: Option<&Keyring>) -> Security {
 /// The keyring for module contents at rest: the active GCM key, older GCM keys, and Trove's CBC key.
 pub fn module_keyring(settings: &Settings) -> Keyring {
     let d = &settings.default;
-    let mut ring = Keyring::new(d.module_contents_key_id, SecretKey::from_passphrase(d.module_contents_key.expose_secret()))
-        .with_legacy_cbc(SecretKey::trove_cbc(d.module_aes_cbc_key.expose_secret()));
+    let mut ring = Keyring::new(
+        d.module_contents_key_id,
+        SecretKey::from_passphrase(d.module_contents_key.expose_secret()),
+    )
+    .with_legacy_cbc(SecretKey::trove_cbc(d.module_aes_cbc_key.expose_secret()));
     for entry in &d.module_contents_old_keys {
         if let Some((id, key)) = crate::config::parse_key_entry(entry) {
             ring = ring.with_old_key(id, SecretKey::from_passphrase(key));

@@ -112,7 +112,11 @@ pub fn render_guest_conf(
     out.push_str("\n[amqp]\n");
     option(&mut out, "amqp.prefix", &a.prefix)?;
     option(&mut out, "amqp.prefetch", &a.prefetch.to_string())?;
-    option(&mut out, "amqp.queue_expires_ms", &a.queue_expires_ms.to_string())?;
+    option(
+        &mut out,
+        "amqp.queue_expires_ms",
+        &a.queue_expires_ms.to_string(),
+    )?;
     option(
         &mut out,
         "amqp.publish_timeout",

@@ -223,10 +223,19 @@ impl Module {
 
 impl Module {
     /// The detailed payload a guest receives for this module (names looked up), with `contents` as given.
-    pub fn guest_payload(&self, conn: &mut PgConnection, contents: Option<String>) -> QueryResult<crate::rpc::guest::ModulePayload> {
+    pub fn guest_payload(
+        &self,
+        conn: &mut PgConnection,
+        contents: Option<String>,
+    ) -> QueryResult<crate::rpc::guest::ModulePayload> {
         use crate::db::schema::{datastore_versions, datastores};
         let ds = match &self.datastore_id {
-            Some(id) => datastores::table.find(id).select(datastores::name).first::<String>(conn).optional()?.unwrap_or_else(|| id.clone()),
+            Some(id) => datastores::table
+                .find(id)
+                .select(datastores::name)
+                .first::<String>(conn)
+                .optional()?
+                .unwrap_or_else(|| id.clone()),
             None => "all".into(),
         };
         let ver = match &self.datastore_version_id {
