@@ -229,7 +229,7 @@ struct Snapshot {
 }
 
 fn load_snapshot(c: &mut PgConnection) -> Result<Snapshot, DbError> {
-    let instances = Instance::in_progress(c)?;
+    let instances = Instance::with_tasks(c, &[InstanceTask::Building, InstanceTask::Deleting])?;
     let clusters = Cluster::in_progress(c)?;
     let mut members = Vec::with_capacity(clusters.len());
     for cl in &clusters {

@@ -374,6 +374,17 @@ impl Instance {
         ))
         .execute(conn)
     }
+
+    /// Live instances whose task is one of `tasks` (the reconciler's builds and deletes; unlike
+    /// [`Instance::in_progress`] it leaves out instances parked in an error task).
+    pub fn with_tasks(conn: &mut PgConnection, tasks: &[InstanceTask]) -> QueryResult<Vec<Self>> {
+        let codes: Vec<i32> = tasks.iter().map(|t| t.code()).collect();
+        instances::table
+            .filter(instances::deleted.eq(false))
+            .filter(instances::task_id.eq_any(codes))
+            .select(Self::as_select())
+            .load(conn)
+    }
 }
 
 impl ServiceStatusRow {
