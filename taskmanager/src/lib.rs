@@ -150,9 +150,6 @@ pub async fn run_with_compute(
     let queue = broker.names().taskmanager();
     tracing::info!(queue = %queue, "taskmanager ready");
 
-    // Reapply jobs a previous taskmanager left unfinished (their state is in the database).
-    tokio::spawn(handlers::reapply::resume_all(ctx.clone()));
-
     let handler_ctx = ctx.clone();
     let consumer = async {
         let res = amqp::consume(

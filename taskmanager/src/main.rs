@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -11,7 +10,7 @@ use trove_common::db::Db;
 use trove_common::{config, shutdown, telemetry};
 
 /// How long start-up waits for PostgreSQL and RabbitMQ (systemd may start us first).
-const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
+const STARTUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The trove-rs taskmanager: builds and deletes instances and clusters, and drives module reapply.
 #[derive(Debug, Parser)]
