@@ -23,16 +23,30 @@ pub use agent::{Agent, Transport};
 /// budget), declares and consumes `guestagent.<guest_id>`, and heartbeats the service status every
 /// `report_interval` seconds. On the way out it stops consuming, lets the messages in flight finish
 /// and be acked, stops the heartbeats and closes the connection.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_settings(&settings)?;
+    settings.default.transport_url = guest_transport_url(&settings.default.transport_url);
     let deadline = Duration::from_secs(settings.default.usage_timeout);
     let broker = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         broker = Broker::connect(&settings, deadline) => broker.context("connecting to the broker")?,
     };
+    let served = serve(&settings, broker.clone(), &shutdown).await;
+    broker.close().await;
+    served?;
+    tracing::info!("guest agent stopped");
+    Ok(())
+}
+
+/// Everything between connecting and closing the connection (which [`run`] does on every path).
+async fn serve(
+    settings: &Settings,
+    broker: Arc<Broker>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     // Cancelled by the process's shutdown, or by `delete_queue` without touching the caller's token.
     let stop = shutdown.child_token();
-    let agent = Arc::new(Agent::new(&settings, broker.clone(), stop.clone())?);
+    let agent = Arc::new(Agent::new(settings, broker.clone(), stop.clone())?);
     // The taskmanager declares it too before casting `prepare`; declaring is idempotent.
     broker
         .declare_topic_queue(&agent.topic)
@@ -50,7 +64,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let heartbeats = tokio::spawn(agent::run_heartbeats(agent.clone(), interval, stop.clone()));
     let handler_agent = agent.clone();
     let consumed = amqp::consume(
-        broker.clone(),
+        broker,
         agent.topic.clone(),
         settings.amqp.prefetch.max(1),
         move |delivery| {
@@ -64,10 +78,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     if let Err(e) = heartbeats.await {
         tracing::warn!(error = %e, "heartbeat task ended abnormally");
     }
-    broker.close().await;
-    consumed.context("consuming the guest queue")?;
-    tracing::info!("guest agent stopped");
-    Ok(())
+    consumed.context("consuming the guest queue")
 }
 
 /// The `[guest]` options a guest cannot run without, checked before connecting.
@@ -82,6 +93,24 @@ fn check_settings(settings: &Settings) -> anyhow::Result<()> {
         "invalid value for option guest.state_dir: must be set"
     );
     Ok(())
+}
+
+/// The largest AMQP frame a guest negotiates, unless `transport_url` sets `frame_max` itself.
+///
+/// lapin keeps two buffers of 32 frames each per connection and fills them, so RabbitMQ's default
+/// frame_max (128 KiB) costs 8 MiB of resident memory per guest; 8 KiB costs 512 KiB. Bigger messages
+/// (module payloads) are simply split into more body frames.
+pub const GUEST_FRAME_MAX: u32 = 8192;
+
+/// `transport_url` as the `amqp://` URI the broker layer connects to, with `frame_max` set to
+/// [`GUEST_FRAME_MAX`] when the operator did not choose one.
+pub fn guest_transport_url(transport_url: &str) -> String {
+    let uri = amqp::amqp_uri(transport_url);
+    if uri.contains("frame_max=") {
+        return uri;
+    }
+    let separator = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{separator}frame_max={GUEST_FRAME_MAX}")
 }
 
 /// `report_interval` as a period; a value tokio cannot use falls back to Trove's 30 s.
@@ -102,6 +131,32 @@ mod tests {
         assert_eq!(heartbeat_interval(0.0), Duration::from_secs(30));
         assert_eq!(heartbeat_interval(-1.0), Duration::from_secs(30));
         assert_eq!(heartbeat_interval(f64::NAN), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn guests_negotiate_small_frames() {
+        assert_eq!(
+            guest_transport_url("rabbit://guest:guest@127.0.0.1:5672/"),
+            "amqp://guest:guest@127.0.0.1:5672?frame_max=8192"
+        );
+        assert_eq!(
+            guest_transport_url("amqp://u:p@h:5672/vh"),
+            "amqp://u:p@h:5672/vh?frame_max=8192"
+        );
+        assert_eq!(
+            guest_transport_url("amqp://u:p@h/vh?heartbeat=10"),
+            "amqp://u:p@h/vh?heartbeat=10&frame_max=8192"
+        );
+        assert_eq!(
+            guest_transport_url("amqp://h/vh?frame_max=65536"),
+            "amqp://h/vh?frame_max=65536"
+        );
+        // The default vhost stays the default vhost (an empty path), and the URI still parses.
+        let uri: lapin::uri::AMQPUri = guest_transport_url("rabbit://guest:guest@127.0.0.1:5672/")
+            .parse()
+            .unwrap();
+        assert_eq!(uri.vhost, "/");
+        assert_eq!(uri.query.frame_max, Some(8192));
     }
 
     #[test]

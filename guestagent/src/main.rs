@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
     // file writes) keep each process at a few megabytes.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(4)
+        .max_blocking_threads(8)
         .build()?;
     runtime.block_on(async { trove_guestagent::run(settings, shutdown::on_signal()).await })
 }
