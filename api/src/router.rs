@@ -1,7 +1,7 @@
 //! Every route of the API.
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
@@ -103,5 +103,3 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[allow(unused_imports)]
-use post as _;
