@@ -230,8 +230,11 @@ pub fn api_status(i: &StatusInputs<'_>) -> &'static str {
     if svc == New {
         return "BUILD";
     }
+    // A guest the conductor already marked SHUTDOWN for missing heartbeats keeps its old `updated_at`
+    // (so its silence stays visible): it must show SHUTDOWN, not ERROR.
     if i.task_id == InstanceTask::None.code()
         && svc != RestartRequired
+        && svc != Shutdown
         && i.status_age_secs
             .is_some_and(|age| age >= i.heartbeat_expiry_secs)
     {
@@ -295,6 +298,16 @@ mod tests {
         assert_eq!(
             api_status(&inputs(InstanceTask::None, Shutdown, 1.0)),
             "SHUTDOWN"
+        );
+        // The conductor's heartbeat sweep leaves `updated_at` old: still SHUTDOWN, not ERROR.
+        assert_eq!(
+            api_status(&inputs(InstanceTask::None, Shutdown, 91.0)),
+            "SHUTDOWN"
+        );
+        // Other statuses still go stale.
+        assert_eq!(
+            api_status(&inputs(InstanceTask::None, Crashed, 91.0)),
+            "ERROR"
         );
     }
 }

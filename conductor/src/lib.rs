@@ -2,6 +2,7 @@
 
 pub mod dispatch;
 pub mod handlers;
+pub mod sweep;
 
 use std::sync::Arc;
 
@@ -13,12 +14,13 @@ use trove_common::db::Db;
 
 pub use dispatch::Dispatcher;
 
-/// Serves the conductor queue until `shutdown` is cancelled.
+/// Serves the conductor queue and runs the heartbeat sweep until `shutdown` is cancelled.
 ///
 /// Declares and consumes `broker.names().conductor()` with at most `[amqp] prefetch` messages in
-/// flight, each acked only after its transaction commits. On cancel it stops taking deliveries, lets
-/// the ones in flight finish and be acked, closes its channel and returns. The broker connection
-/// belongs to the caller, who closes it.
+/// flight, each acked only after its transaction commits. Beside it, [`sweep::run`] marks guests whose
+/// heartbeats stopped SHUTDOWN every `agent_heartbeat_time` seconds. On cancel it stops taking
+/// deliveries, lets the ones in flight finish and be acked, closes its channel, stops the sweep and
+/// returns. The broker connection belongs to the caller, who closes it.
 pub async fn run(
     settings: Arc<Settings>,
     db: Db,
@@ -27,20 +29,27 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let queue = broker.names().conductor();
     let prefetch = settings.amqp.prefetch.max(1);
-    let dispatcher = Arc::new(Dispatcher::new(settings, db));
+    let dispatcher = Arc::new(Dispatcher::new(settings.clone(), db.clone()));
     tracing::info!(queue = %queue, prefetch, "conductor consuming");
-    amqp::consume(
-        broker,
-        queue.clone(),
-        prefetch,
-        move |delivery| {
-            let dispatcher = dispatcher.clone();
-            async move { dispatcher.dispatch(&delivery.data).await }
-        },
-        shutdown,
-    )
-    .await
-    .with_context(|| format!("consuming queue {queue}"))?;
+    // The sweep also stops if consuming ever ends on its own, so `run` never returns half-running.
+    let sweep_stop = shutdown.child_token();
+    let consuming = async {
+        let consumed = amqp::consume(
+            broker,
+            queue.clone(),
+            prefetch,
+            move |delivery| {
+                let dispatcher = dispatcher.clone();
+                async move { dispatcher.dispatch(&delivery.data).await }
+            },
+            shutdown,
+        )
+        .await;
+        sweep_stop.cancel();
+        consumed
+    };
+    let (consumed, ()) = tokio::join!(consuming, sweep::run(settings, db, sweep_stop.clone()));
+    consumed.with_context(|| format!("consuming queue {queue}"))?;
     tracing::info!("conductor stopped");
     Ok(())
 }

@@ -399,3 +399,38 @@ impl ServiceStatusRow {
             .load(conn)
     }
 }
+
+/// The conductor's heartbeat sweep.
+impl ServiceStatusRow {
+    /// Marks SHUTDOWN every guest whose heartbeats stopped: live instances with task NONE whose status
+    /// is RUNNING or HEALTHY and was last updated before `cutoff` (now minus `agent_heartbeat_expiry`).
+    ///
+    /// `updated_at` is left alone, so the age of the last heartbeat stays visible. It is one statement:
+    /// PostgreSQL re-checks the conditions on a row after waiting for its lock, so a heartbeat that
+    /// commits meanwhile wins and its instance is not touched. The next heartbeat sets RUNNING again.
+    /// Returns the ids of the instances changed.
+    pub fn shut_down_silent(
+        conn: &mut PgConnection,
+        cutoff: NaiveDateTime,
+    ) -> QueryResult<Vec<String>> {
+        let quiet_instances = instances::table
+            .filter(instances::deleted.eq(false))
+            .filter(instances::task_id.eq(InstanceTask::None.code()))
+            .select(instances::id);
+        diesel::update(
+            service_statuses::table
+                .filter(service_statuses::instance_id.eq_any(quiet_instances))
+                .filter(
+                    service_statuses::status_id
+                        .eq_any([ServiceStatus::Running.code(), ServiceStatus::Healthy.code()]),
+                )
+                .filter(service_statuses::updated_at.lt(cutoff)),
+        )
+        .set((
+            service_statuses::status_id.eq(ServiceStatus::Shutdown.code()),
+            service_statuses::status_description.eq(ServiceStatus::Shutdown.description()),
+        ))
+        .returning(service_statuses::instance_id)
+        .get_results(conn)
+    }
+}

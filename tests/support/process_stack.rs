@@ -1,0 +1,380 @@
+//! [`ProcessStack`]: the real `trove-api`, `trove-taskmanager` and `trove-conductor` binaries as child
+//! processes, configured through a `--config-file` exactly as an operator would, with a database, an
+//! exchange/queue prefix, a port and a guest state directory of their own.
+//!
+//! Where [`crate::TestEnv`] runs the services in-process (fast, and easy to stop gracefully),
+//! a `ProcessStack` proves the shipped binaries work end to end, and lets a test SIGKILL one of them
+//! ([`ProcessStack::kill_taskmanager`]) and start it again ([`ProcessStack::restart_taskmanager`]).
+//! Each child logs to `<tempdir>/logs/<binary>.log`; when a test panics, the ends of those logs are
+//! printed. Dropping the stack kills the children and every guest they started.
+//!
+//! Like [`crate::TestEnv`], the stack uses `auth_strategy = noauth`: the token is the user and the
+//! project, and a token starting with `admin` is admin.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::{bin, transport_url, CliOutput, TestDb};
+
+/// How long the api gets to answer `GET /` after start.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How much of each log a failing test prints.
+const LOG_TAIL_LINES: usize = 40;
+
+/// The service binaries, in start order.
+const API: &str = "trove-api";
+const TASKMANAGER: &str = "trove-taskmanager";
+const CONDUCTOR: &str = "trove-conductor";
+
+/// Runs the built `trove` CLI against `api_url` as `token` (noauth: the token is the user and project;
+/// `admin...` is admin), in `cwd` when given. The environment is exactly what a user would export.
+pub async fn trove_cli(api_url: &str, token: &str, args: &[&str], cwd: Option<&Path>) -> CliOutput {
+    let mut cmd = tokio::process::Command::new(bin("trove"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OS_AUTH_TYPE", "noauth")
+        .env("OS_TOKEN", token)
+        .env("OS_PROJECT_ID", token)
+        .env("TROVE_URL", api_url)
+        .env(
+            "OS_ROLES",
+            if token.starts_with("admin") {
+                "admin"
+            } else {
+                "member"
+            },
+        );
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().await.expect("running trove");
+    CliOutput {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The value of `name` in a `Property | Value` table the CLI printed (`trove show`, `trove create`).
+pub fn property(table: &str, name: &str) -> Option<String> {
+    table.lines().find_map(|line| {
+        let mut cells = line.trim().strip_prefix('|')?.strip_suffix('|')?.split('|');
+        let key = cells.next()?.trim();
+        (key == name).then(|| cells.next().unwrap_or_default().trim().to_owned())
+    })
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The pid a guest's `guest.pid` names, under a taskmanager's `[compute] state_path`.
+pub fn guest_pid(state_path: &Path, instance_id: &str) -> Option<u32> {
+    fs::read_to_string(state_path.join(instance_id).join("guest.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// True while `/proc/<pid>` exists and the process is not a zombie (a killed child not yet reaped).
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Kills (SIGKILL) every guest whose pid file is under `state_path`.
+pub fn kill_guests_under(state_path: &Path) {
+    for e in fs::read_dir(state_path).into_iter().flatten().flatten() {
+        if let Some(pid) = fs::read_to_string(e.path().join("guest.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The real service binaries for one test.
+pub struct ProcessStack {
+    /// The stack's own database.
+    pub db: TestDb,
+    /// `[amqp] prefix`.
+    pub prefix: String,
+    /// The main configuration file (and an optional override after it).
+    config_files: Vec<PathBuf>,
+    api_url: String,
+    /// Holds `trove.conf`, `logs/` and `guests/` (`[compute] state_path`).
+    dir: tempfile::TempDir,
+    /// Running children by binary name.
+    children: Vec<(&'static str, Child)>,
+}
+
+impl ProcessStack {
+    /// Starts api, taskmanager and conductor with the test defaults (fast timers, `default_datastore =
+    /// redis`) and waits for the api to answer.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with("").await
+    }
+
+    /// Like [`ProcessStack::start`], with `overrides` (INI text, e.g. `"[DEFAULT]\nreport_interval =
+    /// 2\n"`) in a second `--config-file` that wins over the first.
+    pub async fn start_with(overrides: &str) -> anyhow::Result<Self> {
+        let db = TestDb::create()?;
+        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let dir = tempfile::tempdir()?;
+        fs::create_dir_all(dir.path().join("logs"))?;
+        let state = dir.path().join("guests");
+        fs::create_dir_all(&state)?;
+        // A free port: bind port 0, read it, let it go. The api binds it again a moment later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let conf = format!(
+            "# Written by trove_tests::ProcessStack.\n\
+             [DEFAULT]\n\
+             bind_host = 127.0.0.1\n\
+             bind_port = {port}\n\
+             auth_strategy = noauth\n\
+             allow_noauth = true\n\
+             transport_url = {transport}\n\
+             default_datastore = redis\n\
+             report_interval = 1\n\
+             usage_sleep_time = 0.2\n\
+             agent_call_high_timeout = 20\n\
+             agent_call_low_timeout = 5\n\
+             module_reapply_instance_timeout = 10\n\
+             \n\
+             [database]\n\
+             connection = {db_url}\n\
+             max_pool_size = 8\n\
+             \n\
+             [amqp]\n\
+             prefix = {prefix}\n\
+             queue_expires_ms = 1800000\n\
+             reconnect_delay = 0.2\n\
+             \n\
+             [api]\n\
+             outbox_poll_interval = 0.2\n\
+             \n\
+             [compute]\n\
+             state_path = {state}\n\
+             guestagent_path = {guest}\n",
+            transport = transport_url(),
+            db_url = db.url,
+            state = state.display(),
+            guest = bin("trove-guestagent").display(),
+        );
+        let main_conf = dir.path().join("trove.conf");
+        fs::write(&main_conf, conf)?;
+        let mut config_files = vec![main_conf];
+        if !overrides.trim().is_empty() {
+            let extra = dir.path().join("override.conf");
+            fs::write(&extra, overrides)?;
+            config_files.push(extra);
+        }
+        let mut stack = Self {
+            db,
+            prefix,
+            config_files,
+            api_url: format!("http://127.0.0.1:{port}"),
+            dir,
+            children: Vec::new(),
+        };
+        for name in [API, TASKMANAGER, CONDUCTOR] {
+            stack.spawn(name)?;
+        }
+        stack.wait_api().await?;
+        Ok(stack)
+    }
+
+    /// Starts one service binary with our configuration, appending to its log.
+    fn spawn(&mut self, name: &'static str) -> anyhow::Result<()> {
+        let log_path = self.log_path(name);
+        let log = File::options().create(true).append(true).open(&log_path)?;
+        let mut cmd = Command::new(bin(name));
+        for f in &self.config_files {
+            cmd.arg("--config-file").arg(f);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // An error that stops a service ends its log with its message, not a long backtrace (panics
+            // still print theirs).
+            .env("RUST_LIB_BACKTRACE", "0");
+        // The configuration file is the whole configuration: no TROVE__* override of ours leaks in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TROVE__") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin(name).display()))?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Waits until `GET /` answers, failing early (with the logs) when a service exits.
+    async fn wait_api(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        loop {
+            for (name, child) in &mut self.children {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "{name} exited at start ({status}):\n{}",
+                        tail(&self.dir.path().join("logs").join(format!("{name}.log")))
+                    );
+                }
+            }
+            if let Ok(resp) = client.get(&self.api_url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{API} did not answer GET {} within {START_DEADLINE:?}:\n{}",
+                    self.api_url,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// The API base for a tenant: `<url>/v1.0/<tenant>`.
+    pub fn base(&self, tenant: &str) -> String {
+        format!("{}/v1.0/{tenant}", self.api_url)
+    }
+
+    /// `[compute] state_path`: each guest's `<id>/guest.conf`, `guest.pid` and `guest.log`.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path().join("guests")
+    }
+
+    /// The configuration files every service was started with, in order.
+    pub fn config_files(&self) -> &[PathBuf] {
+        &self.config_files
+    }
+
+    /// Runs the built `trove` CLI against this stack as `token`.
+    pub async fn trove(&self, token: &str, args: &[&str]) -> CliOutput {
+        trove_cli(&self.api_url, token, args, None).await
+    }
+
+    /// [`ProcessStack::trove`] in a working directory (for payload files).
+    pub async fn trove_in(&self, token: &str, args: &[&str], cwd: &Path) -> CliOutput {
+        trove_cli(&self.api_url, token, args, Some(cwd)).await
+    }
+
+    /// Polls `check` until it returns `Some` or `timeout` passes.
+    pub async fn eventually<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        eventually(timeout, what, check).await
+    }
+
+    /// The pid in an instance's `guest.pid`.
+    pub fn guest_pid(&self, instance_id: &str) -> Option<u32> {
+        guest_pid(&self.state_path(), instance_id)
+    }
+
+    /// SIGKILLs the taskmanager (no graceful shutdown: deliveries in flight stay unacked) and reaps it.
+    /// Its guests run on, in their own process groups.
+    pub fn kill_taskmanager(&mut self) {
+        self.children.retain_mut(|(name, child)| {
+            if *name != TASKMANAGER {
+                return true;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            false
+        });
+    }
+
+    /// Starts the taskmanager again (after [`ProcessStack::kill_taskmanager`]); it finds its guests
+    /// through their pid files and resumes unfinished work.
+    pub fn restart_taskmanager(&mut self) -> anyhow::Result<()> {
+        self.kill_taskmanager();
+        self.spawn(TASKMANAGER)
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{name}.log"))
+    }
+
+    /// The last lines of every service's log, for failure messages.
+    pub fn logs(&self) -> String {
+        [API, TASKMANAGER, CONDUCTOR]
+            .iter()
+            .map(|n| format!("--- {n} ---\n{}", tail(&self.log_path(n))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ProcessStack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "ProcessStack logs ({}):\n{}",
+                self.dir.path().display(),
+                self.logs()
+            );
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_guests_under(&self.state_path());
+    }
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of a file.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
