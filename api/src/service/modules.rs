@@ -61,10 +61,10 @@ fn check_body(m: &Map<String, Value>, create: bool) -> ApiResult<()> {
             c.name_like(v, &p(k), 255);
         }
     }
+    // Trove's schema has no null for these: `description` is a non-empty string, the all_* flags
+    // integers (rest-api.md, Modules).
     if let Some(v) = m.get("description") {
-        if !v.is_null() {
-            c.name_like(v, &p("description"), 255);
-        }
+        c.name_like(v, &p("description"), 255);
     }
     if let Some(v) = m.get("contents") {
         c.non_empty_string(v, &p("contents"));
@@ -78,16 +78,13 @@ fn check_body(m: &Map<String, Value>, create: bool) -> ApiResult<()> {
             }
         }
     }
-    for k in FLAGS {
+    for k in FLAGS
+        .iter()
+        .copied()
+        .chain(["all_datastores", "all_datastore_versions"])
+    {
         if let Some(v) = m.get(k) {
             c.int_range(v, &p(k), 0, 1);
-        }
-    }
-    for k in ["all_datastores", "all_datastore_versions"] {
-        if let Some(v) = m.get(k) {
-            if !v.is_null() {
-                c.int_range(v, &p(k), 0, 1);
-            }
         }
     }
     if let Some(v) = m.get("apply_order") {
@@ -348,43 +345,33 @@ pub fn update(
         if let Some(fa) = full_access {
             module.is_admin = fa == 0;
         }
-        // Datastore: fields not sent keep their stored ids.
+        // Datastore (§5 step 5): the values sent, else the stored ids, resolved again exactly as on
+        // create, so a stored version must belong to a newly sent datastore and must still be active.
         let cat = Catalog::load(conn)?;
-        if m.contains_key("all_datastores") {
-            module.datastore_id = None;
-        }
-        if m.contains_key("all_datastore_versions") {
-            module.datastore_version_id = None;
-        }
-        if let Some(t) = ds_type {
-            module.datastore_id = Some(cat.find_datastore(t)?.id.clone());
-        }
-        match (module.datastore_id.clone(), ds_ver) {
-            (None, Some(v)) => return Err(ApiError::bad(format!("Datastore 'None' has no version '{v}'."))),
-            (Some(d), Some(v)) => {
-                let ds = cat.find_datastore(&d)?;
-                let ver = cat.find_version(ds, v)?;
-                if !ver.active {
-                    return Err(ApiError::bad(format!("Datastore version '{}' is not active.", ver.name)));
-                }
-                module.datastore_version_id = Some(ver.id.clone());
-            }
-            (None, None) => {
-                if let Some(v) = &module.datastore_version_id {
-                    return Err(ApiError::bad(format!("Datastore 'None' has no version '{v}'.")));
-                }
-            }
-            (Some(d), None) => {
-                if let Some(v) = &module.datastore_version_id {
-                    if cat.version(v).is_none_or(|ver| ver.datastore_id != d) {
-                        return Err(ApiError::not_found("DBDatastoreVersion Not Found"));
-                    }
-                }
-            }
-        }
+        let ds_value = match ds_type {
+            Some(t) => Some(t.to_owned()),
+            None if m.contains_key("all_datastores") => None,
+            None => original.datastore_id.clone(),
+        };
+        let ver_value = match ds_ver {
+            Some(v) => Some(v.to_owned()),
+            None if m.contains_key("all_datastore_versions") => None,
+            None => original.datastore_version_id.clone(),
+        };
+        let (datastore_id, datastore_version_id) =
+            cat.resolve_for_module(ds_value.as_deref(), ver_value.as_deref())?;
+        module.datastore_id = datastore_id;
+        module.datastore_version_id = datastore_version_id;
         if let Some(contents) = m.get("contents").and_then(Value::as_str) {
-            let stored = req.keys.decrypt_string(&original.contents).ok();
-            if stored.as_deref() != Some(contents) {
+            // A stored value that does not decrypt (altered, or written under a key we no longer hold) is
+            // an integrity failure to surface, never a reason to treat the contents as changed.
+            let stored = req.keys.decrypt_string(&original.contents).map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "module {} contents could not be decrypted: {e}",
+                    original.id
+                ))
+            })?;
+            if stored != contents {
                 module.md5 = contents_md5(contents);
                 module.contents = req.keys.encrypt(contents.as_bytes());
             }
