@@ -151,16 +151,23 @@ pub async fn handle_heartbeat(
 
 /// How a reapply job item is answered, from one guest report. Pure.
 ///
-/// `OK` when the whole apply worked (`error` is None) and every result for the job's module is `OK`;
-/// otherwise `ERROR`. The message is the error, else the first failing result's message, else the
-/// result's own message. With `module_id` None (the job row is gone) every result counts.
+/// - `FAILED` when the guest's `module_apply` failed as a whole (`error` is set: a check refused the
+///   payload before any driver ran), or when the report holds no result for the job's module. The
+///   guest did not take the module, so the taskmanager does not record it (Trove's call would have
+///   raised before `record()`).
+/// - `ERROR` when a driver ran and some result for the module is not `OK`. Trove records these (the
+///   call returned), and so does the taskmanager.
+/// - `OK` when every result for the module is `OK`.
+///
+/// The message is the error, else the first failing result's message, else the result's own
+/// message. With `module_id` None (the job row is gone) every result counts.
 pub fn job_verdict(
     module_id: Option<&str>,
     results: &[ModuleResult],
     error: Option<&str>,
 ) -> (&'static str, Option<String>) {
     if let Some(e) = error {
-        return ("ERROR", Some(e.to_owned()));
+        return ("FAILED", Some(e.to_owned()));
     }
     let relevant: Vec<&ModuleResult> = results
         .iter()
@@ -171,7 +178,7 @@ pub fn job_verdict(
             .map(|m| format!("module {m}"))
             .unwrap_or_else(|| "any module".into());
         return (
-            "ERROR",
+            "FAILED",
             Some(format!("the guest reported no result for {what}")),
         );
     }
@@ -432,15 +439,21 @@ mod tests {
     }
 
     #[test]
-    fn verdict_error_wins_and_missing_results_fail() {
+    fn verdict_a_failed_call_or_missing_result_is_failed_not_error() {
+        // FAILED (not recorded by the taskmanager) must stay apart from a driver's ERROR (recorded).
         let ok = result("m1", Some("OK"), None);
         assert_eq!(
-            job_verdict(Some("m1"), &[ok], Some("check failed")),
-            ("ERROR", Some("check failed".into()))
+            job_verdict(Some("m1"), std::slice::from_ref(&ok), Some("check failed")),
+            ("FAILED", Some("check failed".into()))
         );
         let (status, message) = job_verdict(Some("m1"), &[], None);
-        assert_eq!(status, "ERROR");
+        assert_eq!(status, "FAILED");
         assert!(message.unwrap().contains("m1"));
+        // Results for other modules only: nothing was applied for this one.
+        let (status, _) = job_verdict(Some("m2"), &[ok], None);
+        assert_eq!(status, "FAILED");
+        let driver_error = result("m1", Some("ERROR"), Some("bad licence"));
+        assert_eq!(job_verdict(Some("m1"), &[driver_error], None).0, "ERROR");
     }
 
     #[test]

@@ -411,7 +411,7 @@ async fn module_results_are_stored_and_answer_job_items_once() {
     let rows = t.run(move |c| GuestModuleResult::for_instance(c, &i)).await;
     assert_eq!(rows[0].message.as_deref(), Some("reapplied"));
 
-    // A failed apply answers ERROR with the error.
+    // An apply that failed as a whole answers FAILED with the error (the taskmanager does not record it).
     let i = id.clone();
     t.run(move |c| seed_job(c, "job2", &i)).await;
     let out = handlers::handle_module_results(
@@ -439,7 +439,7 @@ async fn module_results_are_stored_and_answer_job_items_once() {
         .unwrap();
     assert_eq!(
         (item.status.as_deref(), item.message.as_deref()),
-        (Some("ERROR"), Some("datastore not ready"))
+        (Some("FAILED"), Some("datastore not ready"))
     );
 
     // The conductor never writes instance_modules.
@@ -635,4 +635,102 @@ async fn run_serves_the_queue_dead_letters_garbage_and_stops_on_cancel() {
             .await;
     }
     broker.close().await;
+}
+
+/// Another live instance like `template` (same datastore version), with `status` last updated
+/// `age_secs` ago, in `task`, deleted or not. Returns its id.
+fn instance_with(
+    conn: &mut PgConnection,
+    template: &str,
+    task: InstanceTask,
+    status: ServiceStatus,
+    age_secs: i64,
+    deleted: bool,
+) -> QueryResult<String> {
+    let mut inst = Instance::find_any(conn, template)?.expect("template instance");
+    inst.id = uuid::Uuid::new_v4().to_string();
+    inst.task_id = task.code();
+    inst.task_description = task.description().into();
+    inst.deleted = deleted;
+    Instance::insert(conn, &inst)?;
+    diesel::update(service_statuses::table.filter(service_statuses::instance_id.eq(&inst.id)))
+        .set((
+            service_statuses::status_id.eq(status.code()),
+            service_statuses::status_description.eq(status.description()),
+            service_statuses::updated_at
+                .eq(trove_common::db::now() - chrono::Duration::seconds(age_secs)),
+        ))
+        .execute(conn)?;
+    Ok(inst.id)
+}
+
+#[tokio::test]
+async fn the_sweep_shuts_down_only_silent_running_guests() {
+    use ServiceStatus::*;
+    let t = TestDb::new().await;
+    let settings = Settings::default();
+    let template = t.run(move |c| seed(c, &settings)).await;
+    // (task, status, seconds since the last heartbeat, deleted) → the status after one sweep.
+    let cases = [
+        (InstanceTask::None, Running, 120, false, Shutdown),
+        (InstanceTask::None, Healthy, 120, false, Shutdown),
+        (InstanceTask::None, Running, 5, false, Running),
+        (InstanceTask::Building, Running, 120, false, Running),
+        (InstanceTask::Deleting, Running, 120, false, Running),
+        (
+            InstanceTask::None,
+            RestartRequired,
+            120,
+            false,
+            RestartRequired,
+        ),
+        (InstanceTask::None, Blocked, 120, false, Blocked),
+        (InstanceTask::None, Running, 120, true, Running),
+    ];
+    let mut ids = Vec::new();
+    for (task, status, age, deleted, _) in cases {
+        let tpl = template.clone();
+        ids.push(
+            t.run(move |c| instance_with(c, &tpl, task, status, age, deleted))
+                .await,
+        );
+    }
+    let before: Vec<ServiceStatusRow> = {
+        let ids = ids.clone();
+        t.run(move |c| ids.iter().map(|id| status_of(c, id)).collect())
+            .await
+    };
+
+    let mut swept = trove_conductor::sweep::sweep_once(&t.db, Duration::from_secs(90))
+        .await
+        .unwrap();
+    swept.sort();
+    let mut want = vec![ids[0].clone(), ids[1].clone()];
+    want.sort();
+    assert_eq!(swept, want);
+    for (i, (_, _, _, _, expected)) in cases.iter().enumerate() {
+        let id = ids[i].clone();
+        let row = t.run(move |c| status_of(c, &id)).await;
+        assert_eq!(row.status(), Some(*expected), "case {i}");
+        // The sweep never moves `updated_at`: the silence stays visible.
+        assert_eq!(row.updated_at, before[i].updated_at, "case {i}");
+    }
+    // A second pass finds nothing new.
+    assert!(
+        trove_conductor::sweep::sweep_once(&t.db, Duration::from_secs(90))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Heartbeats returning make it RUNNING again.
+    assert_eq!(
+        heartbeat(&t, &ids[0], "running", 10.0).await,
+        HeartbeatOutcome::Applied(Running)
+    );
+    let id = ids[0].clone();
+    assert_eq!(
+        t.run(move |c| status_of(c, &id)).await.status(),
+        Some(Running)
+    );
 }

@@ -3,15 +3,20 @@
 //! The api writes a `reapply_jobs` row and casts `reapply_module` in one transaction. Here:
 //! 1. **Select** (one transaction, then the message is acked): the candidates of §12 become
 //!    `reapply_job_items` in `created, id` order; the ones Trove would skip are counted as skipped.
-//! 2. **Drive** (a task per job, outside any delivery, so nothing stays unacked for long): send the next
-//!    `batch_size` pending items `module_apply` **concurrently** as casts carrying the job id; each guest
-//!    reports to the conductor, which marks its item answered; when every item of the batch is answered
-//!    or has timed out, `record()` the answered instances (§11) in one transaction, wait `batch_delay`,
-//!    and go on.
+//! 2. **Drive** (a task per job, outside any delivery, so nothing stays unacked for long): claim the
+//!    next `batch_size` pending items (`sent`, with no `sent_at` yet), cast them `module_apply`
+//!    **concurrently** with the job id, then stamp `sent_at` once the broker has confirmed the casts;
+//!    each guest reports to the conductor, which marks its item answered; when every item of the batch
+//!    is answered or has timed out (`module_reapply_instance_timeout` after `sent_at`), `record()` the
+//!    answered instances (§11) in one transaction, wait `batch_delay`, and go on.
 //!
 //! Every step reads and writes the item states, so a taskmanager killed at any point resumes the job
-//! on start ([`resume_all`]): items already recorded are never sent again, items sent but unanswered are
-//! waited for, and no instance is skipped.
+//! on start ([`resume_all`]): items already recorded are never sent again, items sent and confirmed
+//! but unanswered are waited for, pending ones are sent, and no instance is skipped. The one
+//! uncertain case is an item claimed but never stamped (killed between the claim and the confirms):
+//! its cast may or may not have gone out, so it is cast again. It is still unanswered, so this never
+//! re-sends a recorded result; at worst its guest applies the same md5 twice, which is harmless, and
+//! the conductor counts only the first answer.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,6 +24,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use tracing::Instrument as _;
 use trove_common::db::models::instance::Scope;
 use trove_common::db::models::module::Caller;
 use trove_common::db::models::{Instance, InstanceModule, Module, ReapplyItem, ReapplyJob};
@@ -33,9 +39,13 @@ use trove_common::rpc::RpcContext;
 use super::ReapplyArgs;
 use crate::Ctx;
 
-/// Jobs driven by this process (a redelivered cast or a resume must not start a second driver).
-fn running() -> &'static Mutex<HashSet<String>> {
-    static RUNNING: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+/// Jobs driven in this process, by taskmanager context and job id: a redelivered cast or a resume
+/// must not start a second driver for the same taskmanager. The context's address is part of the key
+/// because tests restart a taskmanager in-process: the stopped one's driver may still be finishing a
+/// step when the new one resumes the job, and must not keep the new one from driving it. (A `Ctx` is
+/// alive while its drivers run, so its address is not reused meanwhile.)
+fn running() -> &'static Mutex<HashSet<(usize, String)>> {
+    static RUNNING: OnceLock<Mutex<HashSet<(usize, String)>>> = OnceLock::new();
     RUNNING.get_or_init(Mutex::default)
 }
 
@@ -273,34 +283,39 @@ pub async fn resume_all(ctx: Arc<Ctx>) {
 }
 
 fn spawn_driver(ctx: Arc<Ctx>, job_id: String) {
+    let key = (Arc::as_ptr(&ctx) as usize, job_id.clone());
     if !running()
         .lock()
         .expect("running jobs poisoned")
-        .insert(job_id.clone())
+        .insert(key.clone())
     {
         return;
     }
-    tokio::spawn(async move {
-        let span = tracing::info_span!("reapply", reapply.job = %job_id);
-        let _enter = span.enter();
-        loop {
-            match drive(&ctx, &job_id).await {
-                Ok(()) => break,
-                Err(e) if ctx.shutdown.is_cancelled() => {
-                    tracing::info!(error = %e, "reapply paused by shutdown; it resumes on restart");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reapply step failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+    let span = tracing::info_span!("reapply", reapply.job = %job_id);
+    tokio::spawn(
+        async move {
+            loop {
+                match drive(&ctx, &job_id).await {
+                    Ok(()) => break,
+                    Err(e) if ctx.shutdown.is_cancelled() => {
+                        tracing::info!(error = %e, "reapply paused by shutdown; it resumes on restart");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reapply step failed; retrying");
+                        if pause(&ctx, Duration::from_secs(1)).await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
+            running()
+                .lock()
+                .expect("running jobs poisoned")
+                .remove(&key);
         }
-        running()
-            .lock()
-            .expect("running jobs poisoned")
-            .remove(&job_id);
-    });
+        .instrument(span),
+    );
 }
 
 /// Sleeps, or returns an error when the service shuts down.
@@ -315,6 +330,36 @@ async fn pause(ctx: &Ctx, d: Duration) -> anyhow::Result<()> {
 async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
     let timeout =
         chrono::Duration::seconds(ctx.settings.default.module_reapply_instance_timeout as i64);
+    // Items claimed by a driver that stopped before the broker confirmed their casts (see the module
+    // docs): cast them again before waiting for the batch.
+    let id = job_id.to_owned();
+    let job = ctx
+        .db
+        .run(move |c| ReapplyJob::find(c, &id).map_err(DbError::from))
+        .await?;
+    if let Some(job) = job.filter(|j| j.state == "running") {
+        let id = job_id.to_owned();
+        let unconfirmed: Vec<String> = ctx
+            .db
+            .run(move |c| {
+                items::table
+                    .filter(items::job_id.eq(&id))
+                    .filter(items::state.eq("sent"))
+                    .filter(items::sent_at.is_null())
+                    .order(items::seq)
+                    .select(items::instance_id)
+                    .load(c)
+                    .map_err(DbError::from)
+            })
+            .await?;
+        if !unconfirmed.is_empty() {
+            tracing::info!(
+                count = unconfirmed.len(),
+                "casting again the items whose send was never confirmed"
+            );
+            cast_items(ctx, &job, unconfirmed).await?;
+        }
+    }
     loop {
         let id = job_id.to_owned();
         let Some(job) = ctx
@@ -341,6 +386,7 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
             })
             .await?;
         let n = now();
+        // No `sent_at` yet: the cast is in progress (a driver that died mid-send was handled above).
         let waiting = sent
             .iter()
             .any(|(_, at)| at.is_none_or(|t| n - t < timeout));
@@ -454,15 +500,10 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
     Ok(Settled::Next { at })
 }
 
-/// Marks the next batch sent and casts `module_apply` to each of its guests at once.
+/// Claims the next batch (`sent`, no `sent_at` yet) and casts `module_apply` to its guests at once.
 async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
-    let keys = module_keyring(&ctx.settings);
-    let (job_id, module_id, size) = (
-        job.id.clone(),
-        job.module_id.clone(),
-        i64::from(job.batch_size.max(1)),
-    );
-    let (targets, entry) = ctx
+    let (job_id, size) = (job.id.clone(), i64::from(job.batch_size.max(1)));
+    let batch = ctx
         .db
         .run(move |c| {
             c.transaction(|c| {
@@ -485,88 +526,124 @@ async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
                 )
                 .set((
                     items::state.eq("sent"),
-                    items::sent_at.eq(now()),
+                    items::sent_at.eq(None::<NaiveDateTime>),
                     items::batch.eq(batch_no.unwrap_or(-1) + 1),
                 ))
                 .execute(c)?;
-                let module = modules_row(c, &module_id)?;
-                let contents = module
-                    .as_ref()
-                    .map(|m| keys.decrypt_string(&m.contents))
-                    .transpose()
-                    .map_err(|e| anyhow::anyhow!("module {module_id} contents: {e}"))?;
-                let entry = match module {
-                    Some(m) => Some(ModuleEntry {
-                        module: m.guest_payload(c, contents)?,
-                    }),
-                    None => None,
-                };
-                let targets: Vec<(String, Option<String>)> =
-                    trove_common::db::schema::instances::table
-                        .filter(trove_common::db::schema::instances::id.eq_any(&batch))
-                        .select((
-                            trove_common::db::schema::instances::id,
-                            trove_common::db::schema::instances::encrypted_key,
-                        ))
-                        .load(c)?;
-                Ok::<_, anyhow::Error>((targets, entry))
+                Ok::<_, DbError>(batch)
             })
         })
         .await?;
-    let Some(entry) = entry else { return Ok(()) };
-    let rpc = RpcContext {
-        request_id: job.request_id.clone(),
-        ..RpcContext::service()
-    };
-    let sends = targets.iter().map(|(instance_id, sealed)| {
-        let msg = GuestMsg::ModuleApply {
-            modules: vec![entry.clone()],
-            job_id: Some(job.id.clone()),
-        };
-        let rpc = rpc.clone();
-        async move {
-            let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
-                .ok()
-                .flatten();
-            let res = crate::guest::cast(
-                ctx,
-                instance_id,
-                crate::guest::keyring(keys.as_deref()).as_ref(),
-                &rpc,
-                &msg,
-            )
-            .await;
-            (instance_id.clone(), res)
-        }
-    });
-    let results = futures_util::future::join_all(sends).await;
-    let unreachable: Vec<String> = results
-        .into_iter()
-        .filter_map(|(id, r)| {
-            r.err().map(|e| {
-                tracing::warn!(instance.id = %id, error = %e, "guest unreachable for reapply");
-                id
-            })
+    cast_items(ctx, job, batch).await
+}
+
+/// Casts `module_apply` (the module as it is now, with the job id) to the guests of `instance_ids`
+/// at once, then stamps the items' `sent_at`, which starts their timeout. An item whose guest queue
+/// is gone fails at once; if the module itself is gone, every item fails.
+async fn cast_items(ctx: &Ctx, job: &ReapplyJob, instance_ids: Vec<String>) -> anyhow::Result<()> {
+    if instance_ids.is_empty() {
+        return Ok(());
+    }
+    let keys = module_keyring(&ctx.settings);
+    let module_id = job.module_id.clone();
+    let job_id = job.id.clone();
+    let ids = instance_ids.clone();
+    let (targets, entry) = ctx
+        .db
+        .run(move |c| {
+            let module = modules_row(c, &module_id)?;
+            // Guests get the module as it is now; record what they got, even if the module was
+            // updated since the job started (settle() records `current_md5`).
+            if let Some(m) = &module {
+                diesel::update(jobs::table.find(&job_id))
+                    .set(jobs::current_md5.eq(&m.md5))
+                    .execute(c)?;
+            }
+            let contents = module
+                .as_ref()
+                .map(|m| keys.decrypt_string(&m.contents))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("module {module_id} contents: {e}"))?;
+            let entry = match module {
+                Some(m) => Some(ModuleEntry {
+                    module: m.guest_payload(c, contents)?,
+                }),
+                None => None,
+            };
+            let targets: Vec<(String, Option<String>)> = trove_common::db::schema::instances::table
+                .filter(trove_common::db::schema::instances::id.eq_any(&ids))
+                .select((
+                    trove_common::db::schema::instances::id,
+                    trove_common::db::schema::instances::encrypted_key,
+                ))
+                .load(c)?;
+            Ok::<_, anyhow::Error>((targets, entry))
         })
-        .collect();
-    if !unreachable.is_empty() {
-        let job_id = job.id.clone();
-        ctx.db
-            .run(move |c| {
+        .await?;
+    let mut failed: Vec<(String, &'static str)> = Vec::new();
+    if let Some(entry) = entry {
+        let rpc = RpcContext {
+            request_id: job.request_id.clone(),
+            ..RpcContext::service()
+        };
+        let sends = targets.iter().map(|(instance_id, sealed)| {
+            let msg = GuestMsg::ModuleApply {
+                modules: vec![entry.clone()],
+                job_id: Some(job.id.clone()),
+            };
+            let rpc = rpc.clone();
+            async move {
+                let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
+                    .ok()
+                    .flatten();
+                let res = crate::guest::cast(
+                    ctx,
+                    instance_id,
+                    crate::guest::keyring(keys.as_deref()).as_ref(),
+                    &rpc,
+                    &msg,
+                )
+                .await;
+                (instance_id.clone(), res)
+            }
+        });
+        for (id, res) in futures_util::future::join_all(sends).await {
+            if let Err(e) = res {
+                tracing::warn!(instance.id = %id, error = %e, "guest unreachable for reapply");
+                failed.push((id, "the guest's queue is gone"));
+            }
+        }
+    } else {
+        tracing::warn!(module.id = %job.module_id, "the module was deleted during its reapply");
+        failed.extend(
+            instance_ids
+                .iter()
+                .map(|id| (id.clone(), "the module was deleted")),
+        );
+    }
+    let job_id = job.id.clone();
+    ctx.db
+        .run(move |c| {
+            c.transaction(|c| {
+                for (id, message) in &failed {
+                    diesel::update(items::table.find((&job_id, id)))
+                        .filter(items::state.eq("sent"))
+                        .set((items::state.eq("failed"), items::message.eq(*message)))
+                        .execute(c)?;
+                }
+                // Answered ones too: `sent_at` says when the cast went out, whatever came back.
                 diesel::update(
                     items::table
                         .filter(items::job_id.eq(&job_id))
-                        .filter(items::instance_id.eq_any(&unreachable)),
+                        .filter(items::instance_id.eq_any(&instance_ids))
+                        .filter(items::sent_at.is_null()),
                 )
-                .set((
-                    items::state.eq("failed"),
-                    items::message.eq("the guest's queue is gone"),
-                ))
-                .execute(c)
-                .map_err(DbError::from)
+                .set(items::sent_at.eq(now()))
+                .execute(c)?;
+                Ok::<_, DbError>(())
             })
-            .await?;
-    }
+        })
+        .await?;
     Ok(())
 }
 

@@ -1,0 +1,825 @@
+//! Fleet-wide reapply (issue 5): a job survives a SIGKILLed taskmanager, guests that are down fail
+//! without holding the job up, and non-admins are clamped to the configured limits.
+//!
+//! The first test runs the real binaries ([`ProcessStack`]) because an in-process taskmanager cannot
+//! be SIGKILLed; the others run in-process ([`TestEnv`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chrono::NaiveDateTime;
+use diesel::{PgConnection, RunQueryDsl};
+use regex::Regex;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use trove_tests::{process_alive, CliOutput, ProcessStack, TestEnv};
+
+/// A 32-character project id whose token is admin.
+const ADMIN: &str = "admin00e46e5f7840e39012aff46a920";
+/// A 32-character project id of an ordinary tenant.
+const TENANT: &str = "eac1e46e5f7840e39012aff46a92073a";
+
+/// The md5 (over the base64 text, module-semantics §4) of `message=<text>\n`.
+fn md5_of(text: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("message={text}\n"));
+    trove_common::module::contents_md5(&b64)
+}
+
+/// A small HTTP client for one tenant of the API.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(base: String, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base,
+            token: token.to_owned(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-Auth-Token", &self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a live-update `ping` module with `message=<text>`; returns its id.
+    async fn create_module(&self, name: &str, text: &str) -> String {
+        let contents =
+            base64::engine::general_purpose::STANDARD.encode(format!("message={text}\n"));
+        let body = json!({"module": {"name": name, "module_type": "ping", "contents": contents,
+                                     "live_update": 1}});
+        let (status, v) = self
+            .send(reqwest::Method::POST, "/modules", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "module create: {v}");
+        v["module"]["id"].as_str().expect("module id").to_owned()
+    }
+
+    async fn update_module(&self, id: &str, text: &str) {
+        let contents =
+            base64::engine::general_purpose::STANDARD.encode(format!("message={text}\n"));
+        let body = json!({"module": {"contents": contents}});
+        let (status, v) = self
+            .send(reqwest::Method::PUT, &format!("/modules/{id}"), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "module update: {v}");
+        assert_eq!(v["module"]["md5"], md5_of(text));
+    }
+
+    /// Creates a redis instance (the default datastore) with the module; returns its id.
+    async fn create_instance(&self, name: &str, module: &str) -> String {
+        let body = json!({"instance": {"name": name, "flavorRef": "15", "volume": {"size": 1},
+                                       "modules": [{"id": module}]}});
+        let (status, v) = self
+            .send(reqwest::Method::POST, "/instances", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "instance create: {v}");
+        v["instance"]["id"]
+            .as_str()
+            .expect("instance id")
+            .to_owned()
+    }
+
+    /// `PUT /modules/{id}/instances` with `{"reapply": body}`; must be accepted.
+    async fn reapply(&self, module: &str, body: Value) {
+        let (status, v) = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/modules/{module}/instances"),
+                Some(json!({ "reapply": body })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "reapply: {v}");
+    }
+
+    /// The module's reapply jobs, newest first.
+    async fn jobs(&self, module: &str) -> Vec<Value> {
+        let (status, v) = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/modules/{module}/reapply"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "reapply jobs: {v}");
+        v["reapply_jobs"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `module-instance-count` as data: md5 → (current, count).
+    async fn count_only(&self, module: &str) -> BTreeMap<String, (bool, i64)> {
+        let (status, v) = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/modules/{module}/instances?count_only=true"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "count_only: {v}");
+        v["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["module_md5"].as_str().unwrap_or_default().to_owned(),
+                    (
+                        r["current"].as_bool().unwrap_or(false),
+                        r["instance_count"].as_i64().unwrap_or(-1),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// Statuses of the tenant's instances (one page: tests keep it under the page size).
+    async fn statuses(&self) -> BTreeMap<String, String> {
+        let (status, v) = self.send(reqwest::Method::GET, "/instances", None).await;
+        assert_eq!(status, StatusCode::OK, "instance list: {v}");
+        v["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap_or_default().to_owned(),
+                    i["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs SQL returning one text column `v`.
+fn strings(conn: &mut PgConnection, sql: &str) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    diesel::sql_query(sql)
+        .load::<Row>(conn)
+        .expect("query")
+        .into_iter()
+        .map(|r| r.v)
+        .collect()
+}
+
+fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    strings(conn, &format!("SELECT ({sql})::text AS v"))[0]
+        .parse()
+        .expect("a count")
+}
+
+/// Polls until every instance in `ids` is ACTIVE; fails fast on an error status.
+async fn wait_active(api: &Api, ids: &[String], timeout: Duration) {
+    trove_tests::eventually(timeout, "every instance ACTIVE", || async {
+        let statuses = api.statuses().await;
+        for id in ids {
+            let s = statuses.get(id).map(String::as_str).unwrap_or("missing");
+            assert!(
+                !s.contains("ERROR") && s != "FAILED",
+                "instance {id} is {s}"
+            );
+        }
+        ids.iter()
+            .all(|id| statuses.get(id).is_some_and(|s| s == "ACTIVE"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Polls until the guest of every instance has reported module `module` at `md5` as OK.
+async fn wait_guest_results(db_url: &str, module: &str, md5: &str, n: i64, timeout: Duration) {
+    let sql = format!(
+        "SELECT count(*) FROM guest_module_results WHERE module_id = '{module}' AND md5 = '{md5}' \
+         AND status = 'OK'"
+    );
+    trove_tests::eventually(timeout, "the guests' module results", || async {
+        let mut conn = <PgConnection as diesel::Connection>::establish(db_url).ok()?;
+        (count(&mut conn, &sql) == n).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The guest's own record of the module (`modules/ping/<id>/result.json` in its state directory).
+fn guest_result(state_path: &Path, instance: &str, module: &str) -> Value {
+    let file = state_path
+        .join(instance)
+        .join("modules/ping")
+        .join(module)
+        .join("result.json");
+    serde_json::from_slice(
+        &std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
+    )
+    .expect("result.json")
+}
+
+fn ok(out: &CliOutput) -> &str {
+    assert_eq!(
+        out.status, 0,
+        "trove failed: stdout={} stderr={}",
+        out.stdout, out.stderr
+    );
+    &out.stdout
+}
+
+/// The cells of a CLI table's data rows.
+fn table_rows(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+const FLEET: usize = 50;
+
+/// Issue 5, "Must show": SIGKILL the taskmanager in the middle of a reapply over 50 instances, start
+/// it again, and the job finishes: every instance current, one live `instance_modules` row each, and
+/// no instance re-sent after its result was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkilled_taskmanager_resumes_the_reapply_job() {
+    let t0 = Instant::now();
+    // One page holds the whole fleet.
+    let mut stack = ProcessStack::start_with("[DEFAULT]\ninstances_page_size = 100\n")
+        .await
+        .unwrap();
+    let api = Api::new(stack.base(ADMIN), ADMIN);
+    let (v1, v2) = (md5_of("Fleet.V1"), md5_of("Fleet.V2"));
+    let module = api.create_module("fleetmod", "Fleet.V1").await;
+
+    // 50 instances at once: 50 real guest processes.
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..FLEET {
+        let (base, module) = (stack.base(ADMIN), module.clone());
+        creates.spawn(async move {
+            Api::new(base, ADMIN)
+                .create_instance(&format!("fleet-{i:02}"), &module)
+                .await
+        });
+    }
+    let ids: Vec<String> = creates.join_all().await;
+    wait_active(&api, &ids, Duration::from_secs(300)).await;
+    // The guests apply the module of prepare right after they report ACTIVE: wait for that, so the
+    // reapply below is the only apply left to come.
+    wait_guest_results(
+        &stack.db.url,
+        &module,
+        &v1,
+        FLEET as i64,
+        Duration::from_secs(120),
+    )
+    .await;
+    let built = t0.elapsed();
+
+    api.update_module(&module, "Fleet.V2").await;
+    let t_reapply = Instant::now();
+    api.reapply(&module, json!({"batch_size": 5, "batch_delay": 1}))
+        .await;
+    // Kill once at least one batch is recorded, preferably while a batch is in flight (items sent or
+    // answered but not recorded yet); if no poll catches one, kill during a delay before the end.
+    let db_url = stack.db.url.clone();
+    let (at_kill, in_flight) = stack
+        .eventually(
+            Duration::from_secs(60),
+            "some but not all applied",
+            || async {
+                let job = api.jobs(&module).await.first().cloned()?;
+                let applied = job["applied"].as_i64()?;
+                let mut conn = <PgConnection as diesel::Connection>::establish(&db_url).ok()?;
+                let in_flight = count(
+                    &mut conn,
+                    &format!(
+                        "SELECT count(*) FROM reapply_job_items WHERE job_id = '{}' \
+                         AND state IN ('sent', 'answered')",
+                        job["id"].as_str()?
+                    ),
+                );
+                let mid_way = (5..FLEET as i64).contains(&applied);
+                (mid_way && (in_flight > 0 || applied >= 35)).then_some((job, in_flight))
+            },
+        )
+        .await
+        .unwrap();
+    stack.kill_taskmanager();
+    let job_id = at_kill["id"].as_str().unwrap().to_owned();
+
+    // With the taskmanager dead nothing moves: the job is mid-way, with items still to send.
+    let mut conn = stack.db.conn();
+    let state = strings(
+        &mut conn,
+        &format!("SELECT state AS v FROM reapply_jobs WHERE id = '{job_id}'"),
+    );
+    assert_eq!(state, ["running"]);
+    let pending_at_kill = count(
+        &mut conn,
+        &format!("SELECT count(*) FROM reapply_job_items WHERE job_id = '{job_id}' AND state = 'pending'"),
+    );
+    assert!(
+        pending_at_kill > 0,
+        "the kill came too late: nothing left to send"
+    );
+    // Items claimed but not confirmed sent when the process died (rare: a few ms per batch). The
+    // restarted driver casts these again, so their guests may apply twice; every other guest must
+    // apply exactly once.
+    let unconfirmed: BTreeSet<String> = strings(
+        &mut conn,
+        &format!(
+            "SELECT instance_id AS v FROM reapply_job_items WHERE job_id = '{job_id}' \
+             AND state = 'sent' AND sent_at IS NULL"
+        ),
+    )
+    .into_iter()
+    .collect();
+
+    stack.restart_taskmanager().unwrap();
+    let job = stack
+        .eventually(Duration::from_secs(180), "the job finished", || async {
+            let job = api.jobs(&module).await.first().cloned()?;
+            (job["state"] == "finished").then_some(job)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let reapply_time = t_reapply.elapsed();
+    assert_eq!(job["id"], job_id.as_str());
+    assert_eq!(
+        (
+            &job["total"],
+            &job["applied"],
+            &job["skipped"],
+            &job["failed"]
+        ),
+        (&json!(FLEET), &json!(FLEET), &json!(0), &json!(0)),
+        "{job}"
+    );
+
+    // module-instance-count: one row, current, all 50.
+    let counts = api.count_only(&module).await;
+    assert_eq!(counts, BTreeMap::from([(v2.clone(), (true, FLEET as i64))]));
+
+    // Exactly one live instance_modules row per instance, at V2 (no duplicate from a resumed record).
+    let per_instance = strings(
+        &mut conn,
+        &format!(
+            "SELECT i.id || ' ' || count(im.id) || ' ' || coalesce(string_agg(im.md5, ','), '') AS v \
+             FROM instances i LEFT JOIN instance_modules im ON im.instance_id = i.id \
+             AND im.module_id = '{module}' AND NOT im.deleted \
+             WHERE NOT i.deleted GROUP BY i.id ORDER BY i.id"
+        ),
+    );
+    assert_eq!(per_instance.len(), FLEET);
+    for row in &per_instance {
+        assert!(
+            row.ends_with(&format!(" 1 {v2}")),
+            "instance_modules: {row}"
+        );
+    }
+
+    // Every item applied, in batches of at most 5, at least 1 s apart (the delay is kept across the
+    // restart: `next_batch_at` is in the job row).
+    let batches = strings(
+        &mut conn,
+        &format!(
+            "WITH b AS (SELECT batch, count(*) AS n, bool_and(state = 'applied') AS ok, \
+                        min(sent_at) AS s, max(answered_at) AS a \
+                        FROM reapply_job_items WHERE job_id = '{job_id}' GROUP BY batch) \
+             SELECT batch || ' ' || n || ' ' || ok || ' ' || \
+                    coalesce(extract(epoch FROM s - lag(a) OVER (ORDER BY batch))::text, '-') AS v \
+             FROM b ORDER BY batch"
+        ),
+    );
+    let mut items = 0;
+    for (k, row) in batches.iter().enumerate() {
+        let f: Vec<&str> = row.split(' ').collect();
+        assert_eq!(f[0], k.to_string(), "batches: {batches:?}");
+        let n: usize = f[1].parse().unwrap();
+        assert!(
+            (1..=5).contains(&n) && f[2] == "true",
+            "batches: {batches:?}"
+        );
+        if k > 0 {
+            let gap: f64 = f[3].parse().unwrap();
+            assert!(
+                gap >= 1.0,
+                "batch {k} was sent {gap} s after the previous answers: {batches:?}"
+            );
+        }
+        items += n;
+    }
+    assert_eq!(items, FLEET);
+
+    // None re-sent after its result was recorded. The observable: the guest's own `result.json`.
+    // Every module_apply the guest runs rewrites `updated` (its UTC clock, cut to 10 ms, written
+    // before it reports), and `record()` set the instance_modules row's `updated` when the taskmanager
+    // recorded the answer. A cast sent after that (a resumed driver re-sending a recorded item, or a
+    // selection run twice) would be applied after the recording, leaving the guest's `updated` later
+    // than the row's. Same host, same clock.
+    let recorded = strings(
+        &mut conn,
+        &format!(
+            "SELECT instance_id || ' ' || to_char(updated, 'YYYY-MM-DD HH24:MI:SS.US') AS v \
+             FROM instance_modules WHERE module_id = '{module}' AND NOT deleted"
+        ),
+    );
+    assert_eq!(recorded.len(), FLEET);
+    for row in &recorded {
+        let (instance, at) = row.split_once(' ').unwrap();
+        let recorded_at = NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+        let r = guest_result(&stack.state_path(), instance, &module);
+        assert_eq!(r["md5"], v2.as_str(), "{instance}: {r}");
+        assert_eq!(r["status"], "OK", "{instance}: {r}");
+        let updated = r["updated"].as_str().unwrap();
+        let guest_at = NaiveDateTime::parse_from_str(updated, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+        assert!(
+            guest_at <= recorded_at,
+            "{instance} applied the module at {guest_at} after its result was recorded at {recorded_at}"
+        );
+    }
+    // And no extra send at all: each guest logs one "module results reported" line per job apply
+    // (`guest.log`, appended across launches). A resumed driver that re-sent recorded items (and
+    // recorded them again, which the check above would not see) shows up here.
+    for id in &ids {
+        let log = std::fs::read_to_string(stack.state_path().join(id).join("guest.log")).unwrap();
+        let applies = log
+            .lines()
+            .filter(|l| l.contains("module results reported") && l.contains(&job_id))
+            .count();
+        let allowed = if unconfirmed.contains(id) {
+            1..=2
+        } else {
+            1..=1
+        };
+        assert!(
+            allowed.contains(&applies),
+            "{id} applied the job's module {applies} times (info logs needed)"
+        );
+    }
+    eprintln!(
+        "timings: fleet of {FLEET} built in {built:.1?}; reapply 202→finished in {reapply_time:.1?} \
+         (killed at applied={}, {in_flight} in flight, {pending_at_kill} pending, {} unconfirmed); \
+         test {:.1?}",
+        at_kill["applied"],
+        unconfirmed.len(),
+        t0.elapsed()
+    );
+}
+
+/// Issue 5, "Must show": guests that are down do not hold the job up; they are reported failed, the
+/// others end current, and the CLI shows the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
+    let t0 = Instant::now();
+    let env = TestEnv::start_with(|s| s.default.module_reapply_instance_timeout = 3)
+        .await
+        .unwrap();
+    let api = Api::new(env.base(ADMIN), ADMIN);
+    let (v1, v2) = (md5_of("Down.V1"), md5_of("Down.V2"));
+    let module = api.create_module("downmod", "Down.V1").await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(api.create_instance(&format!("down-{i}"), &module).await);
+    }
+    wait_active(&api, &ids, Duration::from_secs(120)).await;
+    wait_guest_results(&env.db.url, &module, &v1, 6, Duration::from_secs(60)).await;
+
+    // SIGKILL two guests (their queues stay: casts to them are accepted and never answered).
+    let down: BTreeSet<String> = [ids[1].clone(), ids[4].clone()].into();
+    for id in &down {
+        let pid = trove_tests::guest_pid(env.state_dir.path(), id).expect("guest pid");
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        env.eventually(Duration::from_secs(10), "guest gone", || async {
+            (!process_alive(pid)).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let built = t0.elapsed();
+
+    api.update_module(&module, "Down.V2").await;
+    let t_reapply = Instant::now();
+    let out = env
+        .trove(
+            ADMIN,
+            &[
+                "module-reapply",
+                "downmod",
+                "--batch_size",
+                "3",
+                "--delay",
+                "1",
+                "--wait",
+                "--wait_timeout",
+                "120",
+            ],
+        )
+        .await;
+    let reapply_time = t_reapply.elapsed();
+    // Not a terminal: no progress bar, one summary line on stdout.
+    let summary =
+        Regex::new(r"^Reapply [0-9a-f-]{36}: finished, 4 applied, 0 skipped, 2 failed of 6\n$")
+            .unwrap();
+    assert!(summary.is_match(ok(&out)), "summary: {:?}", out.stdout);
+    assert!(
+        !out.stderr.contains('#'),
+        "no progress bar off a terminal: {:?}",
+        out.stderr
+    );
+
+    let jobs = api.jobs(&module).await;
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(
+        (
+            &job["state"],
+            &job["total"],
+            &job["applied"],
+            &job["skipped"],
+            &job["failed"]
+        ),
+        (
+            &json!("finished"),
+            &json!(6),
+            &json!(4),
+            &json!(0),
+            &json!(2)
+        ),
+        "{job}"
+    );
+    assert!(out.stdout.contains(job["id"].as_str().unwrap()));
+
+    // The failed items are exactly the dead guests, failed by the timeout.
+    let mut conn = env.db.conn();
+    let failed: BTreeSet<String> = strings(
+        &mut conn,
+        &format!(
+            "SELECT instance_id || ' ' || coalesce(message, '') AS v FROM reapply_job_items \
+             WHERE job_id = '{}' AND state = 'failed'",
+            job["id"].as_str().unwrap()
+        ),
+    )
+    .into_iter()
+    .collect();
+    let expected: BTreeSet<String> = down
+        .iter()
+        .map(|id| format!("{id} no answer from the guest within the timeout"))
+        .collect();
+    assert_eq!(failed, expected);
+
+    // The four live ones are current; the two dead ones keep the old md5.
+    let counts = api.count_only(&module).await;
+    assert_eq!(
+        counts,
+        BTreeMap::from([(v1.clone(), (false, 2)), (v2.clone(), (true, 4))])
+    );
+    let at_v1: BTreeSet<String> = strings(
+        &mut conn,
+        &format!(
+            "SELECT instance_id AS v FROM instance_modules WHERE module_id = '{module}' \
+             AND NOT deleted AND md5 = '{v1}'"
+        ),
+    )
+    .into_iter()
+    .collect();
+    assert_eq!(at_v1, down);
+
+    // module-reapply-list shows the same counts.
+    let out = env.trove(ADMIN, &["module-reapply-list", "downmod"]).await;
+    let rows = table_rows(ok(&out));
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        ["ID", "State", "Total", "Applied", "Skipped", "Failed", "Started", "Finished"]
+    );
+    assert_eq!(rows.len(), 1, "{}", out.stdout);
+    assert_eq!(
+        rows[0][..6],
+        [job["id"].as_str().unwrap(), "finished", "6", "4", "0", "2"],
+        "{}",
+        out.stdout
+    );
+    eprintln!(
+        "timings: 6 instances built (2 guests killed) in {built:.1?}; module-reapply --wait took \
+         {reapply_time:.1?}; test {:.1?}",
+        t0.elapsed()
+    );
+}
+
+/// §12 step 1: a non-admin's batch size and delay are clamped to `module_reapply_max_batch_size` and
+/// `module_reapply_min_batch_delay`; an admin's are kept (0 still means the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn non_admin_reapply_is_clamped_and_admin_is_not() {
+    let t0 = Instant::now();
+    let env = TestEnv::start().await.unwrap();
+    let tenant = Api::new(env.base(TENANT), TENANT);
+    let admin = Api::new(env.base(ADMIN), ADMIN);
+    let theirs = tenant.create_module("tenantmod", "Clamp.T").await;
+    let ours = admin.create_module("adminmod", "Clamp.A").await;
+
+    tenant
+        .reapply(&theirs, json!({"batch_size": 500, "batch_delay": 0}))
+        .await;
+    tenant
+        .reapply(&theirs, json!({"batch_size": 10, "batch_delay": 7}))
+        .await;
+    admin
+        .reapply(&ours, json!({"batch_size": 500, "batch_delay": 0}))
+        .await;
+    admin
+        .reapply(&ours, json!({"batch_size": 500, "batch_delay": 1}))
+        .await;
+
+    // The taskmanager stores the effective values when it selects (the job leaves `queued`).
+    let sizes = |jobs: Vec<Value>| -> BTreeSet<(i64, i64)> {
+        jobs.iter()
+            .map(|j| {
+                (
+                    j["batch_size"].as_i64().unwrap(),
+                    j["batch_delay"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let theirs_jobs = selected(&env, &tenant, &theirs, 2).await;
+    assert_eq!(sizes(theirs_jobs), [(50, 2), (10, 7)].into());
+    let our_jobs = selected(&env, &admin, &ours, 2).await;
+    assert_eq!(sizes(our_jobs), [(500, 2), (500, 1)].into());
+
+    // The job rows themselves, as the driver reads them.
+    let mut conn = env.db.conn();
+    let rows: BTreeSet<String> = strings(
+        &mut conn,
+        "SELECT tenant_id || ' ' || is_admin || ' ' || batch_size || ' ' || batch_delay AS v \
+         FROM reapply_jobs",
+    )
+    .into_iter()
+    .collect();
+    assert_eq!(
+        rows,
+        [
+            format!("{TENANT} false 50 2"),
+            format!("{TENANT} false 10 7"),
+            format!("{ADMIN} true 500 2"),
+            format!("{ADMIN} true 500 1"),
+        ]
+        .into()
+    );
+    eprintln!("timings: test {:.1?}", t0.elapsed());
+}
+
+/// Waits until the module has `n` jobs and the taskmanager has selected them all (none `queued`).
+async fn selected(env: &TestEnv, api: &Api, module: &str, n: usize) -> Vec<Value> {
+    env.eventually(Duration::from_secs(30), "jobs selected", || async {
+        let jobs = api.jobs(module).await;
+        (jobs.len() == n && jobs.iter().all(|j| j["state"] != "queued")).then_some(jobs)
+    })
+    .await
+    .unwrap()
+}
+
+/// The one uncertain step of the driver: a taskmanager that died after claiming a batch (`sent`, no
+/// `sent_at`) but before the broker confirmed the casts. On resume those items are cast again (they
+/// are unanswered, so nothing recorded is re-sent) instead of waiting for an answer that may never
+/// come, and the job finishes with every instance applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
+    use trove_common::db::models::{ReapplyItem, ReapplyJob};
+    let t0 = Instant::now();
+    // A long instance timeout: a timed-out item would fail, not pass, and the test must not wait it out.
+    let mut env = TestEnv::start_with(|s| s.default.module_reapply_instance_timeout = 120)
+        .await
+        .unwrap();
+    let api = Api::new(env.base(ADMIN), ADMIN);
+    let (v1, v2) = (md5_of("Claim.V1"), md5_of("Claim.V2"));
+    let module = api.create_module("claimmod", "Claim.V1").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(api.create_instance(&format!("claim-{i}"), &module).await);
+    }
+    wait_active(&api, &ids, Duration::from_secs(60)).await;
+    wait_guest_results(&env.db.url, &module, &v1, 3, Duration::from_secs(60)).await;
+    api.update_module(&module, "Claim.V2").await;
+
+    // The state a SIGKILL between the claim and the casts leaves: batch 0 claimed, nothing sent.
+    env.stop_taskmanager().await;
+    let now = trove_common::db::now();
+    let job = ReapplyJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        module_id: module.clone(),
+        tenant_id: ADMIN.into(),
+        is_admin: true,
+        md5: None,
+        include_clustered: false,
+        force: false,
+        batch_size: 2,
+        batch_delay: 1,
+        state: "running".into(),
+        current_md5: Some(v2.clone()),
+        total: 3,
+        applied: 0,
+        skipped: 0,
+        failed: 0,
+        next_batch_at: None,
+        request_id: "req-claim".into(),
+        created: now,
+        started: Some(now),
+        finished: None,
+    };
+    let items: Vec<ReapplyItem> = ids
+        .iter()
+        .enumerate()
+        .map(|(seq, id)| ReapplyItem {
+            job_id: job.id.clone(),
+            instance_id: id.clone(),
+            seq: seq as i32,
+            state: if seq < 2 { "sent" } else { "pending" }.into(),
+            batch: (seq < 2).then_some(0),
+            sent_at: None,
+            answered_at: None,
+            status: None,
+            message: None,
+        })
+        .collect();
+    let mut conn = env.db.conn();
+    ReapplyJob::insert(&mut conn, &job).unwrap();
+    diesel::insert_into(trove_common::db::schema::reapply_job_items::table)
+        .values(&items)
+        .execute(&mut conn)
+        .unwrap();
+
+    env.start_taskmanager().await.unwrap();
+    let done = env
+        .eventually(
+            Duration::from_secs(30),
+            "the resumed job finished",
+            || async {
+                let job = api.jobs(&module).await.first().cloned()?;
+                (job["state"] == "finished").then_some(job)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (&done["applied"], &done["failed"]),
+        (&json!(3), &json!(0)),
+        "{done}"
+    );
+    assert_eq!(
+        api.count_only(&module).await,
+        BTreeMap::from([(v2.clone(), (true, 3))])
+    );
+    // The claimed batch kept its number; the pending item went out as the next one.
+    let batches = strings(
+        &mut conn,
+        &format!(
+            "SELECT instance_id || ' ' || batch || ' ' || state || ' ' || (sent_at IS NOT NULL) AS v \
+             FROM reapply_job_items WHERE job_id = '{}' ORDER BY seq",
+            job.id
+        ),
+    );
+    let expected: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(k, id)| format!("{id} {} applied true", usize::from(k >= 2)))
+        .collect();
+    assert_eq!(batches, expected);
+    eprintln!("timings: test {:.1?}", t0.elapsed());
+}
