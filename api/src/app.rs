@@ -8,6 +8,8 @@ use trove_common::config::Settings;
 use trove_common::crypto::Keyring;
 use trove_common::db::Db;
 
+use crate::auth::Authenticator;
+
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -20,6 +22,8 @@ pub struct AppState {
     pub module_keys: Arc<Keyring>,
     /// Wakes the outbox relay after a commit that queued messages.
     pub outbox: Arc<Notify>,
+    /// Turns `X-Auth-Token` into a user, project and roles (keystone or noauth), with its token cache.
+    pub auth: Arc<Authenticator>,
 }
 
 impl AppState {
@@ -28,6 +32,7 @@ impl AppState {
             module_keys: Arc::new(module_keyring(&settings)),
             rpc: Arc::new(RpcClient::new(broker.clone())),
             outbox: Arc::new(Notify::new()),
+            auth: Arc::new(Authenticator::from_settings(&settings)),
             db,
             settings,
             broker,

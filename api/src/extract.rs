@@ -1,4 +1,5 @@
-//! Request extractors: the caller's [`Context`] (auth) and a JSON body that fails the Trove way.
+//! Request extractors: the caller's [`Context`] (authenticated by [`crate::auth`]) and a JSON body that
+//! fails the Trove way.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -62,27 +63,22 @@ impl FromRequestParts<AppState> for Context {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("Authentication required.".into()))?
             .to_owned();
+        // The strategy (keystone or noauth) says who the token stands for; Trove's rules follow.
+        let identity = state.auth.authenticate(&token).await?;
         let settings = &state.settings.default;
-        // noauth: the token names the user and the project; "admin..." tokens carry the admin role.
-        if settings.auth_strategy != "noauth" || !settings.allow_noauth {
-            return Err(ApiError::Unauthorized(
-                "Authentication strategy is not available.".into(),
-            ));
-        }
-        let roles: Vec<String> = if token.starts_with("admin") {
-            vec!["admin".into(), "member".into()]
-        } else {
-            vec!["member".into()]
-        };
-        let is_admin = roles.iter().any(|r| settings.admin_roles.contains(r));
+        let is_admin = identity
+            .roles
+            .iter()
+            .any(|r| settings.admin_roles.contains(r));
         let Path(params): Path<std::collections::HashMap<String, String>> =
             Path::from_request_parts(parts, state)
                 .await
                 .map_err(|_| ApiError::not_found("The resource could not be found."))?;
         let tenant = params.get("tenant_id").cloned().unwrap_or_default();
-        if tenant != token {
+        if tenant != identity.project_id {
             return Err(ApiError::forbidden(format!(
-                "User with tenant id {token} cannot access this resource."
+                "User with tenant id {} cannot access this resource.",
+                identity.project_id
             )));
         }
         let request_id = parts
@@ -97,9 +93,9 @@ impl FromRequestParts<AppState> for Context {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("localhost");
         Ok(Self {
-            user_id: token.clone(),
-            project_id: token.clone(),
-            roles,
+            user_id: identity.user_id,
+            project_id: identity.project_id,
+            roles: identity.roles,
             is_admin,
             auth_token: token,
             request_id,

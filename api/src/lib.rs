@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod app;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod handlers;
@@ -29,6 +30,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = AppState::new(settings, db, broker.clone());
+    // A configuration that can authenticate nobody (noauth not allowed, keystone without credentials)
+    // stops the api here, naming the option, instead of answering 401 to everyone.
+    state.auth.check()?;
     let relay = tokio::spawn(outbox::relay(state.clone(), shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     let app = router::router(state);

@@ -1,17 +1,28 @@
 //! Who the CLI talks to and as whom: the endpoint, the token and the caller's roles.
 //!
-//! There is no Keystone yet, so a session is built from a token and an endpoint given directly
-//! (`OS_AUTH_TYPE=token_endpoint`), or with no token at all (`OS_AUTH_TYPE=noauth`). A Keystone
-//! password flow would add another [`AuthType`] and fill the same [`Session`] from the catalog.
+//! Three ways in, chosen by `OS_AUTH_TYPE` (unset: `token_endpoint` when a token is given, else
+//! `password` when `OS_AUTH_URL` is set):
+//! - `password` (Keystone v3, python-troveclient's usual way): log in with `POST /v3/auth/tokens`
+//!   from `OS_AUTH_URL`, `OS_USERNAME`, `OS_PASSWORD`, `OS_PROJECT_NAME` (or `OS_PROJECT_ID`),
+//!   `OS_USER_DOMAIN_NAME` and `OS_PROJECT_DOMAIN_NAME` (both default `Default`), then take the
+//!   `database` endpoint from the token's catalog (interface `OS_INTERFACE` / `OS_ENDPOINT_TYPE`,
+//!   default public; region `OS_REGION_NAME` when set) and the roles from the token. The token, its
+//!   roles and the endpoint are cached in `~/.cache/trove-rs/token-<hash>.json` (mode 0600) until
+//!   shortly before the token expires, so later invocations skip the login; see [`keystone`].
+//! - `token_endpoint`: a ready-made token and an endpoint given directly;
+//! - `noauth`: no token at all.
 //!
 //! Sources, first one set wins:
 //! - token: `--os-auth-token`, `OS_TOKEN`, `OS_AUTH_TOKEN`;
 //! - project (tenant): `--os-project-id`, `OS_PROJECT_ID`, `OS_TENANT_ID`;
 //! - endpoint: `--bypass-url` / `TROVE_BYPASS_URL` (already the `/v1.0/<tenant>` base), else
-//!   `--os-endpoint` / `OS_ENDPOINT` / `TROVE_URL` (the service root, e.g.
-//!   `http://127.0.0.1:8779`; a trailing `/v1.0` or `/v1.0/<tenant>` is understood);
-//! - roles: `OS_ROLES`, comma separated; `admin` among them shows the admin-only columns;
+//!   the catalog (password), else `--os-endpoint` / `OS_ENDPOINT` / `TROVE_URL` (the service root,
+//!   e.g. `http://127.0.0.1:8779`; a trailing `/v1.0` or `/v1.0/<tenant>` is understood);
+//! - roles: the token's (password), else `OS_ROLES`, comma separated; `admin` among them shows the
+//!   admin-only columns;
 //! - timeout: `TROVE_CLI_TIMEOUT`, seconds per HTTP request (default 60).
+
+pub mod keystone;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -63,8 +74,16 @@ pub struct AuthArgs {
     pub bypass_url: Option<String>,
     /// `--os-endpoint`.
     pub endpoint: Option<String>,
-    /// `--os-auth-url` (only used to explain that Keystone is not supported yet).
+    /// `--os-auth-url`.
     pub auth_url: Option<String>,
+    /// `--os-username`.
+    pub username: Option<String>,
+    /// `--os-password`.
+    pub password: Option<String>,
+    /// `--os-project-name`.
+    pub project_name: Option<String>,
+    /// `--os-region-name`.
+    pub region_name: Option<String>,
 }
 
 /// How requests are authenticated.
@@ -75,6 +94,8 @@ pub enum AuthType {
     /// No token required; the caller's project and roles are sent as `X-Project-Id` and
     /// `X-Roles` for an API running without authentication.
     NoAuth,
+    /// A Keystone v3 password login; the token, roles and endpoint come from Keystone.
+    Password,
 }
 
 /// Everything the HTTP client needs to reach the API.
@@ -92,6 +113,8 @@ pub struct Session {
     pub roles: Vec<String>,
     /// The limit on each HTTP request.
     pub timeout: Duration,
+    /// With [`AuthType::Password`]: how to log in again when the API rejects a cached token.
+    pub keystone: Option<keystone::Login>,
 }
 
 impl Session {
@@ -120,18 +143,31 @@ pub enum AuthError {
          or set OS_AUTH_TYPE=noauth."
     )]
     MissingToken,
-    /// An `OS_AUTH_TYPE` we cannot serve (Keystone password flows and the like).
+    /// An `OS_AUTH_TYPE` we cannot serve.
     #[error(
-        "OS_AUTH_TYPE '{0}' is not supported yet; use 'token_endpoint' (with a token and an \
-         endpoint) or 'noauth'."
+        "OS_AUTH_TYPE '{0}' is not supported; use 'password' (Keystone), 'token_endpoint' (with a \
+         token and an endpoint) or 'noauth'."
     )]
     UnsupportedAuthType(String),
-    /// Only `--os-auth-url` (Keystone) was given.
+    /// A Keystone login lacks one of its settings.
+    #[error("You must provide {0} for Keystone authentication.")]
+    MissingCredential(&'static str),
+    /// Keystone refused the login or could not be reached.
+    #[error("{0}")]
+    Keystone(String),
+    /// The token's catalog has no matching `database` endpoint.
     #[error(
-        "Keystone authentication (--os-auth-url) is not supported yet; use --os-auth-token with \
-         --bypass-url or OS_ENDPOINT."
+        "No '{service_type}' endpoint with interface '{interface}'{} in the service catalog.",
+        region.as_deref().map(|r| format!(" in region '{r}'")).unwrap_or_default()
     )]
-    KeystoneUnsupported,
+    NoEndpoint {
+        /// The service type looked for.
+        service_type: String,
+        /// The interface looked for.
+        interface: String,
+        /// The region looked for, if any.
+        region: Option<String>,
+    },
     /// The endpoint is not an http(s) URL.
     #[error("Invalid endpoint URL '{0}': it must start with http:// or https://.")]
     BadUrl(String),
@@ -159,13 +195,16 @@ pub fn resolve(args: &AuthArgs, env: &dyn Env) -> Result<Session, AuthError> {
     let auth_type = match env.var("OS_AUTH_TYPE").as_deref() {
         Some("token_endpoint") | Some("token") | Some("admin_token") => AuthType::TokenEndpoint,
         Some("noauth") | Some("none") => AuthType::NoAuth,
+        Some("password") | Some("v3password") => AuthType::Password,
         Some(other) => return Err(AuthError::UnsupportedAuthType(other.to_owned())),
         None if token.is_some() => AuthType::TokenEndpoint,
-        None if args.auth_url.is_some() || env.var("OS_AUTH_URL").is_some() => {
-            return Err(AuthError::KeystoneUnsupported)
-        }
+        None if args.auth_url.is_some() || env.var("OS_AUTH_URL").is_some() => AuthType::Password,
         None => return Err(AuthError::MissingToken),
     };
+    let timeout = timeout(env)?;
+    if auth_type == AuthType::Password {
+        return password_session(args, env, timeout);
+    }
     if auth_type == AuthType::TokenEndpoint && token.is_none() {
         return Err(AuthError::MissingToken);
     }
@@ -199,17 +238,6 @@ pub fn resolve(args: &AuthArgs, env: &dyn Env) -> Result<Session, AuthError> {
         })
         .unwrap_or_default();
 
-    let timeout = match env.var("TROVE_CLI_TIMEOUT") {
-        None => DEFAULT_TIMEOUT,
-        Some(raw) => raw
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or(AuthError::BadTimeout(raw))?,
-    };
-
     Ok(Session {
         auth_type,
         base_url,
@@ -217,6 +245,98 @@ pub fn resolve(args: &AuthArgs, env: &dyn Env) -> Result<Session, AuthError> {
         project_id,
         roles,
         timeout,
+        keystone: None,
+    })
+}
+
+/// `TROVE_CLI_TIMEOUT`, or the default.
+fn timeout(env: &dyn Env) -> Result<Duration, AuthError> {
+    match env.var("TROVE_CLI_TIMEOUT") {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(raw) => raw
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or(AuthError::BadTimeout(raw)),
+    }
+}
+
+/// A Keystone password session: a (cached) token, its roles, and the endpoint from its catalog
+/// unless `--bypass-url` names one.
+fn password_session(
+    args: &AuthArgs,
+    env: &dyn Env,
+    timeout: Duration,
+) -> Result<Session, AuthError> {
+    let flag = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let required =
+        |value: Option<String>, what: &'static str| value.ok_or(AuthError::MissingCredential(what));
+    let project_id =
+        flag(&args.project_id).or_else(|| env.first(&["OS_PROJECT_ID", "OS_TENANT_ID"]));
+    let project_name =
+        flag(&args.project_name).or_else(|| env.first(&["OS_PROJECT_NAME", "OS_TENANT_NAME"]));
+    if project_id.is_none() && project_name.is_none() {
+        return Err(AuthError::MissingCredential(
+            "a project via --os-project-name or env[OS_PROJECT_NAME] (or env[OS_PROJECT_ID])",
+        ));
+    }
+    let credentials = keystone::Credentials {
+        auth_url: check_url(&required(
+            flag(&args.auth_url).or_else(|| env.var("OS_AUTH_URL")),
+            "an auth url via --os-auth-url or env[OS_AUTH_URL]",
+        )?)?,
+        username: required(
+            flag(&args.username).or_else(|| env.var("OS_USERNAME")),
+            "a username via --os-username or env[OS_USERNAME]",
+        )?,
+        password: required(
+            flag(&args.password).or_else(|| env.var("OS_PASSWORD")),
+            "a password via --os-password or env[OS_PASSWORD]",
+        )?,
+        user_domain_name: env
+            .var("OS_USER_DOMAIN_NAME")
+            .unwrap_or_else(|| "Default".into()),
+        project_name,
+        project_id,
+        project_domain_name: env
+            .var("OS_PROJECT_DOMAIN_NAME")
+            .unwrap_or_else(|| "Default".into()),
+        region: flag(&args.region_name).or_else(|| env.var("OS_REGION_NAME")),
+        interface: keystone::interface(
+            env.first(&["OS_INTERFACE", "OS_ENDPOINT_TYPE", "TROVE_ENDPOINT_TYPE"])
+                .as_deref(),
+        ),
+        service_type: env
+            .var("OS_DATABASE_SERVICE_TYPE")
+            .unwrap_or_else(|| "database".into()),
+    };
+    let login = keystone::Login::new(credentials, keystone::cache_dir(env), timeout);
+    let grant = login.token(false)?;
+    let bypass = flag(&args.bypass_url).or_else(|| env.var("TROVE_BYPASS_URL"));
+    let base_url = match bypass {
+        Some(url) => check_url(url.trim_end_matches('/'))?,
+        None => {
+            let endpoint = grant
+                .endpoint
+                .clone()
+                .ok_or_else(|| AuthError::NoEndpoint {
+                    service_type: login.credentials().service_type.clone(),
+                    interface: login.credentials().interface.clone(),
+                    region: login.credentials().region.clone(),
+                })?;
+            base_from_root(&endpoint, Some(&grant.project_id))?
+        }
+    };
+    Ok(Session {
+        auth_type: AuthType::Password,
+        base_url,
+        token: Some(grant.token),
+        project_id: Some(grant.project_id),
+        roles: grant.roles,
+        timeout,
+        keystone: Some(login),
     })
 }
 
@@ -323,10 +443,18 @@ mod tests {
             resolve(&AuthArgs::default(), &no_token).err(),
             Some(AuthError::MissingToken)
         );
-        let password = env(&[("OS_AUTH_TYPE", "password")]);
+        let unknown = env(&[("OS_AUTH_TYPE", "v2password")]);
+        assert!(matches!(
+            resolve(&AuthArgs::default(), &unknown),
+            Err(AuthError::UnsupportedAuthType(_))
+        ));
+        let password = env(&[
+            ("OS_AUTH_URL", "http://127.0.0.1:1/v3"),
+            ("OS_USERNAME", "u"),
+        ]);
         assert!(matches!(
             resolve(&AuthArgs::default(), &password),
-            Err(AuthError::UnsupportedAuthType(_))
+            Err(AuthError::MissingCredential(m)) if m.contains("OS_PROJECT_NAME")
         ));
         let noauth = env(&[("OS_AUTH_TYPE", "noauth"), ("OS_PROJECT_ID", "t")]);
         assert_eq!(

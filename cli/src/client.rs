@@ -5,12 +5,17 @@
 //! JSON. A status of 400 or more becomes [`ApiError::Http`], whose message is the `message` of
 //! Trove's fault body `{"<faultName>": {"code": N, "message": "..."}}` and which displays as
 //! `<message> (HTTP <status>)`, as troveclient prints it.
+//!
+//! With a Keystone session, a 401 on a cached token (revoked, or Keystone reset) makes the client log
+//! in again once and repeat the request, as keystoneauth's session does.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::blocking::{Client as HttpClient, RequestBuilder};
 use reqwest::Method;
 
+use crate::auth::keystone::Login;
 use crate::auth::{AuthType, Session};
 use crate::json::Json;
 
@@ -80,6 +85,10 @@ pub struct Client {
     http: HttpClient,
     base_url: String,
     headers: Vec<(&'static str, String)>,
+    /// Sent as `X-Auth-Token`; replaced after a Keystone re-login.
+    token: Arc<Mutex<Option<String>>>,
+    /// How to log in again when the API rejects the token (Keystone sessions only).
+    relogin: Option<Login>,
     timeout: Duration,
     debug: bool,
 }
@@ -100,9 +109,6 @@ impl Client {
             .user_agent(concat!("python-troveclient-rs/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mut headers = vec![("Accept", "application/json".to_owned())];
-        if let Some(token) = &session.token {
-            headers.push(("X-Auth-Token", token.clone()));
-        }
         if session.auth_type == AuthType::NoAuth {
             if let Some(project) = &session.project_id {
                 headers.push(("X-Project-Id", project.clone()));
@@ -115,6 +121,8 @@ impl Client {
             http,
             base_url: session.base_url.clone(),
             headers,
+            token: Arc::new(Mutex::new(session.token.clone())),
+            relogin: session.keystone.clone(),
             timeout: session.timeout,
             debug,
         })
@@ -162,10 +170,45 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, ApiError> {
+        match self.send_once(method.clone(), path, body) {
+            Err(ApiError::Http { status: 401, .. }) if self.relogin.is_some() => {
+                self.login_again()?;
+                self.send_once(method, path, body)
+            }
+            other => other,
+        }
+    }
+
+    /// A fresh Keystone token, replacing the rejected (cached) one.
+    fn login_again(&self) -> Result<(), ApiError> {
+        let Some(login) = &self.relogin else {
+            return Ok(());
+        };
+        let grant = login.token(true).map_err(|e| ApiError::Http {
+            status: 401,
+            message: e.to_string(),
+        })?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(grant.token);
+        Ok(())
+    }
+
+    fn current_token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, ApiError> {
         let url = self.url(path);
         let mut request: RequestBuilder = self.http.request(method.clone(), &url);
         for (name, value) in &self.headers {
             request = request.header(*name, value);
+        }
+        if let Some(token) = self.current_token() {
+            request = request.header("X-Auth-Token", token);
         }
         let body_text = body.map(serde_json::Value::to_string);
         if let Some(text) = &body_text {
@@ -226,12 +269,10 @@ impl Client {
     fn log_request(&self, method: &Method, url: &str, body: Option<&str>) {
         let mut line = format!("REQ: curl -g -i -X {method} {url}");
         for (name, value) in &self.headers {
-            let shown = if *name == "X-Auth-Token" {
-                "<redacted>"
-            } else {
-                value
-            };
-            line.push_str(&format!(" -H \"{name}: {shown}\""));
+            line.push_str(&format!(" -H \"{name}: {value}\""));
+        }
+        if self.current_token().is_some() {
+            line.push_str(" -H \"X-Auth-Token: <redacted>\"");
         }
         if let Some(body) = body {
             let body = redact_contents(body);

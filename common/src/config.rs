@@ -44,6 +44,8 @@ pub struct Settings {
     pub api: ApiSection,
     pub compute: ComputeSection,
     pub guest: GuestSection,
+    /// Keystone, as keystonemiddleware's section names it (read by trove-api with `auth_strategy = keystone`).
+    pub keystone_authtoken: KeystoneAuthtokenSection,
 }
 
 /// `[DEFAULT]`: Trove's own option names and defaults.
@@ -67,7 +69,9 @@ pub struct DefaultSection {
     pub inst_rpc_key_encr_key: SecretString,
     pub agent_call_low_timeout: u64,
     pub agent_call_high_timeout: u64,
+    /// Seconds between the conductor's sweeps for guests whose heartbeats stopped.
     pub agent_heartbeat_time: u64,
+    /// Seconds without a heartbeat after which the conductor marks a running guest SHUTDOWN.
     pub agent_heartbeat_expiry: u64,
     /// Seconds between a guest's heartbeats.
     pub report_interval: f64,
@@ -101,11 +105,14 @@ pub struct DefaultSection {
     /// Seconds a reapply waits for one guest's answer before counting it failed (ours).
     pub module_reapply_instance_timeout: u64,
     pub max_accepted_volume_size: i32,
-    /// `noauth` (development) or `keystone`.
+    /// `keystone` (Trove's default: tokens are validated against `[keystone_authtoken]`) or `noauth`
+    /// (development only: the token names the user and the project).
     pub auth_strategy: String,
+    /// Roles that make a caller an admin.
     #[serde(deserialize_with = "comma_list")]
     pub admin_roles: Vec<String>,
-    /// Extra safety switch: `noauth` is refused unless this is set.
+    /// Safety switch: `auth_strategy = noauth` is refused unless this is set, so a copied development
+    /// config cannot silently open an API to everyone.
     pub allow_noauth: bool,
 }
 
@@ -145,9 +152,9 @@ impl Default for DefaultSection {
             module_reapply_min_batch_delay: 2,
             module_reapply_instance_timeout: 180,
             max_accepted_volume_size: 10,
-            auth_strategy: "noauth".into(),
+            auth_strategy: "keystone".into(),
             admin_roles: vec!["admin".into()],
-            allow_noauth: true,
+            allow_noauth: false,
         }
     }
 }
@@ -245,6 +252,122 @@ impl Default for ComputeSection {
     }
 }
 
+/// `[keystone_authtoken]`: how trove-api validates tokens, with keystonemiddleware's option names.
+///
+/// The api logs in as this service user (password credentials, project-scoped) and asks Keystone about
+/// each caller's token with `GET /v3/auth/tokens`. The service user needs the `service` or `admin` role.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct KeystoneAuthtokenSection {
+    /// Keystone's identity endpoint, e.g. `http://127.0.0.1:5000/v3` (a missing `/v3` is added).
+    pub auth_url: String,
+    /// Only `password` is supported.
+    pub auth_type: String,
+    pub username: String,
+    pub password: SecretString,
+    pub project_name: String,
+    pub user_domain_name: String,
+    pub project_domain_name: String,
+    /// Seconds a validated token is trusted without asking Keystone again (never past its expiry).
+    /// A revoked token keeps working for at most this long. `cache_seconds` is accepted too.
+    #[serde(alias = "cache_seconds")]
+    pub token_cache_time: u64,
+    /// Most validations kept in memory (ours).
+    pub token_cache_size: usize,
+    /// Seconds to wait for a connection to Keystone.
+    pub http_connect_timeout: f64,
+    /// Seconds to wait for Keystone's answer (ours; keystonemiddleware has no such bound).
+    pub http_request_timeout: f64,
+}
+
+impl Default for KeystoneAuthtokenSection {
+    fn default() -> Self {
+        Self {
+            auth_url: String::new(),
+            auth_type: "password".into(),
+            username: String::new(),
+            password: SecretString::from(String::new()),
+            project_name: String::new(),
+            user_domain_name: "Default".into(),
+            project_domain_name: "Default".into(),
+            token_cache_time: 300,
+            token_cache_size: 10_000,
+            http_connect_timeout: 5.0,
+            http_request_timeout: 10.0,
+        }
+    }
+}
+
+impl KeystoneAuthtokenSection {
+    /// Checks what trove-api needs to validate tokens; only called with `auth_strategy = keystone`,
+    /// because the other services never talk to Keystone.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        let url = self.auth_url.trim();
+        if url.is_empty() {
+            return invalid(
+                "keystone_authtoken.auth_url",
+                "must be set when auth_strategy = keystone",
+            );
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return invalid(
+                "keystone_authtoken.auth_url",
+                "must be an http:// or https:// URL",
+            );
+        }
+        if self.auth_type != "password" {
+            return invalid(
+                "keystone_authtoken.auth_type",
+                "only 'password' is supported",
+            );
+        }
+        for (name, v) in [
+            ("keystone_authtoken.username", &self.username),
+            ("keystone_authtoken.project_name", &self.project_name),
+            (
+                "keystone_authtoken.user_domain_name",
+                &self.user_domain_name,
+            ),
+            (
+                "keystone_authtoken.project_domain_name",
+                &self.project_domain_name,
+            ),
+        ] {
+            if v.trim().is_empty() {
+                return invalid(name, "must be set when auth_strategy = keystone");
+            }
+        }
+        if self.password.expose_secret().is_empty() {
+            return invalid(
+                "keystone_authtoken.password",
+                "must be set when auth_strategy = keystone",
+            );
+        }
+        if self.token_cache_size == 0 {
+            return invalid(
+                "keystone_authtoken.token_cache_size",
+                "must be greater than zero",
+            );
+        }
+        for (name, v) in [
+            (
+                "keystone_authtoken.http_connect_timeout",
+                self.http_connect_timeout,
+            ),
+            (
+                "keystone_authtoken.http_request_timeout",
+                self.http_request_timeout,
+            ),
+        ] {
+            if v.is_nan() || v <= 0.0 {
+                return invalid(name, "must be greater than zero");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[guest]`: the identity of one guest agent, written by the compute driver.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
@@ -303,8 +426,25 @@ impl Settings {
                 "timeouts must be greater than zero",
             );
         }
+        if d.agent_heartbeat_time == 0 {
+            return invalid("DEFAULT.agent_heartbeat_time", "must be greater than zero");
+        }
+        if d.agent_heartbeat_expiry == 0 {
+            return invalid(
+                "DEFAULT.agent_heartbeat_expiry",
+                "must be greater than zero",
+            );
+        }
         if !["noauth", "keystone"].contains(&d.auth_strategy.as_str()) {
             return invalid("DEFAULT.auth_strategy", "must be noauth or keystone");
+        }
+        // Every service reads this file, so refuse noauth here; the keystone settings are checked by
+        // trove-api alone (KeystoneAuthtokenSection::validate), the only process that needs them.
+        if d.auth_strategy == "noauth" && !d.allow_noauth {
+            return invalid(
+                "DEFAULT.allow_noauth",
+                "auth_strategy = noauth needs allow_noauth = true (development only: anyone can act as any project)",
+            );
         }
         for entry in &d.module_contents_old_keys {
             if parse_key_entry(entry).is_none() {
@@ -458,6 +598,27 @@ mod tests {
         let b = write("[DEFAULT]\ntransport_url = http://nope\n");
         let err = load(&[b.path().into()]).unwrap_err().to_string();
         assert!(err.contains("DEFAULT.transport_url"), "{err}");
+    }
+
+    #[test]
+    fn noauth_needs_the_switch_and_keystone_needs_credentials() {
+        let a = write("[DEFAULT]\nauth_strategy = noauth\n");
+        let err = load(&[a.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("DEFAULT.allow_noauth"), "{err}");
+        let b = write("[DEFAULT]\nauth_strategy = noauth\nallow_noauth = true\n");
+        load(&[b.path().into()]).unwrap();
+
+        let s = Settings::default();
+        assert_eq!(s.default.auth_strategy, "keystone");
+        let err = s.keystone_authtoken.validate().unwrap_err().to_string();
+        assert!(err.contains("keystone_authtoken.auth_url"), "{err}");
+        let c = write("[keystone_authtoken]\nauth_url = http://127.0.0.1:5000/v3\nusername = trove\npassword = pw\nproject_name = service\ncache_seconds = 7\n");
+        let s = load(&[c.path().into()]).unwrap();
+        let k = &s.keystone_authtoken;
+        assert_eq!(k.token_cache_time, 7);
+        assert_eq!(k.user_domain_name, "Default");
+        assert_eq!(k.password.expose_secret(), "pw");
+        k.validate().unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod datastore;
 pub mod dedup;
 pub mod dispatch;
+pub mod fleet;
 pub mod module;
 pub mod state;
 

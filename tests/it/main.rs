@@ -1,3 +1,11 @@
 //! End-to-end tests against the real PostgreSQL and RabbitMQ (see `trove_tests` for the harness).
 
+mod binaries;
+mod instance_modules;
+mod isolation;
+mod keystone;
+mod modules_api;
+mod modules_at_rest;
+mod reapply;
+mod resilience;
 mod walkthrough;

@@ -166,6 +166,10 @@ pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
     s.default.agent_call_low_timeout = 5;
     s.default.module_reapply_instance_timeout = 10;
     s.default.bind_host = "127.0.0.1".into();
+    // The harness's tokens are noauth tokens (user = project = token); Keystone tests switch to
+    // `keystone` in `TestEnv::start_with`.
+    s.default.auth_strategy = "noauth".into();
+    s.default.allow_noauth = true;
     s.amqp.prefix = prefix.into();
     s.amqp.queue_expires_ms = 30 * 60 * 1000;
     s.amqp.reconnect_delay = 0.2;
@@ -291,31 +295,7 @@ impl TestEnv {
 
     /// [`TestEnv::trove`] in a working directory (for payload files).
     pub async fn trove_in(&self, token: &str, args: &[&str], cwd: Option<&Path>) -> CliOutput {
-        let mut cmd = tokio::process::Command::new(bin("trove"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("OS_AUTH_TYPE", "noauth")
-            .env("OS_TOKEN", token)
-            .env("OS_PROJECT_ID", token)
-            .env("TROVE_URL", &self.api_url)
-            .env(
-                "OS_ROLES",
-                if token.starts_with("admin") {
-                    "admin"
-                } else {
-                    "member"
-                },
-            );
-        if let Some(d) = cwd {
-            cmd.current_dir(d);
-        }
-        let out = cmd.output().await.expect("running trove");
-        CliOutput {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        trove_cli(&self.api_url, token, args, cwd).await
     }
 
     /// Polls `check` until it returns `Some` or `timeout` passes.
@@ -381,3 +361,8 @@ impl Drop for TestEnv {
         self.kill_guests();
     }
 }
+
+mod process_stack;
+pub use process_stack::{
+    eventually, guest_pid, kill_guests_under, process_alive, property, trove_cli, ProcessStack,
+};

@@ -68,30 +68,20 @@ pub struct GlobalArgs {
     /// Print the HTTP requests and responses on stderr. Defaults to $TROVECLIENT_DEBUG.
     #[arg(long = "debug", global = true)]
     pub debug: bool,
-    /// Keystone URL (accepted for compatibility; Keystone is not supported yet).
-    #[arg(
-        long = "os-auth-url",
-        value_name = "auth-url",
-        global = true,
-        hide = true
-    )]
+    /// Keystone v3 URL. Defaults to $OS_AUTH_URL.
+    #[arg(long = "os-auth-url", value_name = "auth-url", global = true)]
     pub os_auth_url: Option<String>,
-    /// Keystone user name (accepted for compatibility, unused).
-    #[arg(long = "os-username", global = true, hide = true)]
+    /// Keystone user name. Defaults to $OS_USERNAME.
+    #[arg(long = "os-username", global = true)]
     pub os_username: Option<String>,
-    /// Keystone password (accepted for compatibility, unused).
-    #[arg(long = "os-password", global = true, hide = true)]
+    /// Keystone password. Defaults to $OS_PASSWORD.
+    #[arg(long = "os-password", global = true)]
     pub os_password: Option<String>,
-    /// Keystone project name (accepted for compatibility, unused).
-    #[arg(
-        long = "os-project-name",
-        alias = "os-tenant-name",
-        global = true,
-        hide = true
-    )]
+    /// Keystone project name. Defaults to $OS_PROJECT_NAME.
+    #[arg(long = "os-project-name", alias = "os-tenant-name", global = true)]
     pub os_project_name: Option<String>,
-    /// Region name (accepted for compatibility, unused).
-    #[arg(long = "os-region-name", global = true, hide = true)]
+    /// Region of the database endpoint in the catalog. Defaults to $OS_REGION_NAME.
+    #[arg(long = "os-region-name", global = true)]
     pub os_region_name: Option<String>,
 }
 
@@ -104,6 +94,10 @@ impl GlobalArgs {
             bypass_url: self.bypass_url.clone(),
             endpoint: self.os_endpoint.clone(),
             auth_url: self.os_auth_url.clone(),
+            username: self.os_username.clone(),
+            password: self.os_password.clone(),
+            project_name: self.os_project_name.clone(),
+            region_name: self.os_region_name.clone(),
         }
     }
 }
