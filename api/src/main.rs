@@ -20,6 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Arc::new(config::load(&args.config_file)?);
     telemetry::init("trove-api");
+    // Refuse a configuration that can authenticate nobody before waiting on the database and broker.
+    trove_api::auth::Authenticator::from_settings(&settings).check()?;
     let db = Db::new(&settings.database);
     db.wait_ready(Duration::from_secs(60)).await?;
     let broker = Broker::connect(&settings, Duration::from_secs(60)).await?;

@@ -91,6 +91,8 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
          bind_host = 127.0.0.1\n\
          bind_port = {port}\n\
          default_datastore = redis\n\
+         auth_strategy = noauth\n\
+         allow_noauth = true\n\
          report_interval = {report}\n\
          module_reapply_instance_timeout = 120\n\
          [database]\n\
@@ -280,7 +282,14 @@ async fn start_stack(args: &ReapplyArgs, state_root: Option<PathBuf>) -> anyhow:
         }
         for s in &mut services {
             if let Some(status) = s.child.try_wait()? {
-                bail!("{} exited at start ({status}); see {}", s.name, logs.display());
+                let log = std::fs::read_to_string(logs.join(format!("{}.log", s.name)))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                bail!(
+                    "{} exited at start ({status}):\n{}",
+                    s.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
         ensure!(start.elapsed() < Duration::from_secs(60), "the api did not come up");
@@ -361,9 +370,18 @@ pub async fn run(args: ReapplyArgs) -> anyhow::Result<()> {
     if state_root.is_some() {
         let _ = std::fs::remove_dir_all(&stack.state);
     }
-    let report = outcome?;
-    print!("{report}");
-    Ok(())
+    match outcome {
+        Ok(report) => {
+            print!("{report}");
+            Ok(())
+        }
+        Err(e) => {
+            // Keep the logs and the configuration for a look.
+            let kept = std::mem::replace(&mut stack._work, tempfile::tempdir()?).keep();
+            eprintln!("service logs kept in {}", kept.display());
+            Err(e)
+        }
+    }
 }
 
 type BenchResult = Result<(Guests, String), (Option<Guests>, anyhow::Error)>;

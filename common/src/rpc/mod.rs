@@ -425,7 +425,7 @@ mod tests {
 
     fn ctx() -> RpcContext {
         RpcContext {
-            project_id: Some("p1".into()),
+            project_id: Some("project-kept-secret".into()),
             is_admin: true,
             request_id: "req-1".into(),
             ..Default::default()
@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(outer["oslo.version"], "2.0");
         let inner: Value = serde_json::from_str(outer["oslo.message"].as_str().unwrap()).unwrap();
         assert_eq!(inner["method"], "reapply_module");
-        assert_eq!(inner["_context_project_id"], "p1");
+        assert_eq!(inner["_context_project_id"], "project-kept-secret");
         assert_eq!(inner["_reply_q"], "reply_x");
         let req = decode_request(&body, None).unwrap();
         assert_eq!(req.args["module_id"], "m1");
@@ -477,10 +477,13 @@ mod tests {
             &Security::Secure(keys.clone()),
         );
         assert!(!String::from_utf8_lossy(&body).contains("c2VjcmV0"));
-        assert!(!String::from_utf8_lossy(&body).contains("p1"));
+        assert!(!String::from_utf8_lossy(&body).contains("project-kept-secret"));
         let req = decode_request(&body, Some(&keys)).unwrap();
         assert_eq!(req.args["modules"][0]["module"]["contents"], "c2VjcmV0");
-        assert_eq!(req.context.project_id.as_deref(), Some("p1"));
+        assert_eq!(
+            req.context.project_id.as_deref(),
+            Some("project-kept-secret")
+        );
         // The wrong key is an error, never silently plain.
         assert!(decode_request(&body, Some(&rpc_keyring("other"))).is_err());
     }
