@@ -141,7 +141,8 @@ impl std::fmt::Display for Case {
 
 /// The SQL of a variant and case, with `$1` module id, `$2` module md5 and `$3` tenant.
 fn sql(query: Query, case: Case) -> String {
-    let head = "SELECT im.md5 AS module_md5, count(*) AS instance_count, (im.md5 = $2) AS current, \
+    let head =
+        "SELECT im.md5 AS module_md5, count(*) AS instance_count, (im.md5 = $2) AS current, \
                 min(im.updated) AS min_updated_date, max(im.updated) AS max_updated_date ";
     let tail = " GROUP BY im.md5 ORDER BY min(im.updated)";
     match (query, case.admin) {
@@ -361,12 +362,14 @@ pub async fn run(args: CountArgs) -> anyhow::Result<()> {
             )?;
             ensure!(
                 shipped.len() == rows.len()
-                    && shipped.iter().zip(&rows).all(|(s, r)| s.module_md5
-                        == r.module_md5
-                        && s.instance_count == r.instance_count
-                        && s.current == r.current
-                        && s.min_updated_date == r.min_updated_date
-                        && s.max_updated_date == r.max_updated_date),
+                    && shipped
+                        .iter()
+                        .zip(&rows)
+                        .all(|(s, r)| s.module_md5 == r.module_md5
+                            && s.instance_count == r.instance_count
+                            && s.current == r.current
+                            && s.min_updated_date == r.min_updated_date
+                            && s.max_updated_date == r.max_updated_date),
                 "{}: {case}: the rows differ from count_by_md5's",
                 variant.name
             );
@@ -381,7 +384,12 @@ pub async fn run(args: CountArgs) -> anyhow::Result<()> {
             let plan = run_sql(&mut conn, &text, &measured, &tenant, true)?
                 .err()
                 .unwrap_or_default();
-            writeln!(plans, "### {} — {case}\n\n```text\n{}\n```\n", variant.name, plan.join("\n"))?;
+            writeln!(
+                plans,
+                "### {} — {case}\n\n```text\n{}\n```\n",
+                variant.name,
+                plan.join("\n")
+            )?;
             let mut sql_ms = Vec::with_capacity(args.sql_runs);
             for _ in 0..args.sql_runs {
                 let t = Instant::now();
@@ -406,10 +414,7 @@ pub async fn run(args: CountArgs) -> anyhow::Result<()> {
             )?;
         }
         if let Some(index) = variant.index {
-            let name = index
-                .split_whitespace()
-                .nth(2)
-                .context("index name")?;
+            let name = index.split_whitespace().nth(2).context("index name")?;
             conn.batch_execute(&format!("DROP INDEX {name}"))?;
         }
     }
@@ -425,8 +430,7 @@ pub async fn run(args: CountArgs) -> anyhow::Result<()> {
     print!("{out}");
     match &args.plans {
         Some(path) => {
-            std::fs::write(path, &plans)
-                .with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(path, &plans).with_context(|| format!("writing {}", path.display()))?;
             println!("plans written to {}", path.display());
         }
         None => print!("{plans}"),
@@ -440,8 +444,10 @@ fn triple(s: &Summary) -> String {
 
 /// The plan's node names, outermost first, and its execution time.
 fn plan_digest(plan: &[String]) -> String {
-    let re = regex::Regex::new(r"^\s*(?:->\s*)?([A-Z][A-Za-z ]+?)(?: using (\S+))?(?: on (\S+)(?: \w+)?)?\s+\(cost")
-        .expect("valid regex");
+    let re = regex::Regex::new(
+        r"^\s*(?:->\s*)?([A-Z][A-Za-z ]+?)(?: using (\S+))?(?: on (\S+)(?: \w+)?)?\s+\(cost",
+    )
+    .expect("valid regex");
     let nodes: Vec<String> = plan
         .iter()
         .filter_map(|l| re.captures(l))
@@ -454,7 +460,12 @@ fn plan_digest(plan: &[String]) -> String {
             }
             s
         })
-        .filter(|n| !matches!(n.as_str(), "Sort" | "Gather Merge" | "Finalize GroupAggregate"))
+        .filter(|n| {
+            !matches!(
+                n.as_str(),
+                "Sort" | "Gather Merge" | "Finalize GroupAggregate"
+            )
+        })
         .collect();
     let exec = plan
         .iter()

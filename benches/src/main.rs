@@ -17,7 +17,10 @@ mod reapply;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "trove-bench", about = "trove-rs benchmarks (see BENCHMARKS.md)")]
+#[command(
+    name = "trove-bench",
+    about = "trove-rs benchmarks (see BENCHMARKS.md)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

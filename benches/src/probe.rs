@@ -182,10 +182,7 @@ impl CpuMeter {
         self.groups
             .iter()
             .map(|(label, pids)| {
-                let total = pids
-                    .iter()
-                    .filter_map(|p| cpu_seconds(*p, self.tck))
-                    .sum();
+                let total = pids.iter().filter_map(|p| cpu_seconds(*p, self.tck)).sum();
                 (label.clone(), total)
             })
             .collect()

@@ -209,7 +209,12 @@ impl Stack {
         format!("{}/v1.0/{}", self.api, self.admin)
     }
 
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base()))
@@ -218,7 +223,10 @@ impl Stack {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("{method} {path}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await?;
         let v = if bytes.is_empty() {
@@ -292,7 +300,10 @@ async fn start_stack(args: &ReapplyArgs, state_root: Option<PathBuf>) -> anyhow:
                 );
             }
         }
-        ensure!(start.elapsed() < Duration::from_secs(60), "the api did not come up");
+        ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "the api did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let admin = format!("admin{}", &uuid::Uuid::new_v4().simple().to_string()[..27]);
@@ -325,7 +336,10 @@ async fn create_module(stack: &Stack) -> anyhow::Result<(String, String)> {
     ensure!(status == 200, "module-create: {status} {v}");
     Ok((
         v["module"]["id"].as_str().context("module id")?.to_owned(),
-        v["module"]["md5"].as_str().context("module md5")?.to_owned(),
+        v["module"]["md5"]
+            .as_str()
+            .context("module md5")?
+            .to_owned(),
     ))
 }
 
@@ -637,7 +651,8 @@ async fn setup_fleet(
         .stderr(log)
         .kill_on_drop(true)
         .spawn();
-    let mut child = spawned.map_err(|e| (None, anyhow::Error::from(e).context("starting fleet-host")))?;
+    let mut child =
+        spawned.map_err(|e| (None, anyhow::Error::from(e).context("starting fleet-host")))?;
     let spawned_at = epoch_now();
     let t = Instant::now();
     let load = probe::load();
@@ -847,7 +862,9 @@ async fn measure(
             "job ended {job:?}"
         );
         let received = broker_after.received.saturating_sub(broker_before.received);
-        let delivered = broker_after.delivered.saturating_sub(broker_before.delivered);
+        let delivered = broker_after
+            .delivered
+            .saturating_sub(broker_before.delivered);
         let per = |x: u64| x as f64 / args.n as f64;
         let _ = writeln!(
             out,

@@ -229,9 +229,10 @@ async fn serve_fleet(
             own.guest.state_dir = guest.state_dir;
             own.guest.instance_rpc_encr_key = guest.instance_rpc_encr_key;
             let guest_stop = stop.child_token();
-            let agent = tokio::task::spawn_blocking(move || Agent::new(&own, transport, guest_stop))
-                .await
-                .context("the agent set-up task failed")??;
+            let agent =
+                tokio::task::spawn_blocking(move || Agent::new(&own, transport, guest_stop))
+                    .await
+                    .context("the agent set-up task failed")??;
             let agent = Arc::new(agent);
             broker
                 .declare_topic_queue(&agent.topic)
