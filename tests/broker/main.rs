@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use trove_tests::{property, CliOutput, TestEnv};
+use trove_tests::ok;
+use trove_tests::{property, TestEnv};
 
 /// A 32-character project id (an ordinary member, not admin).
 const TENANT: &str = "0b5e55ed5f60718293a4b5c6d7e8f90a";
@@ -62,15 +63,6 @@ impl Drop for Restore {
             ctl(&["start_app"]);
         }
     }
-}
-
-fn ok(out: &CliOutput) -> &str {
-    assert_eq!(
-        out.status, 0,
-        "trove failed: stdout={} stderr={}",
-        out.stdout, out.stderr
-    );
-    &out.stdout
 }
 
 async fn create(env: &TestEnv, name: &str) -> String {

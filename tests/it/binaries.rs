@@ -4,33 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use trove_tests::{process_alive, property, CliOutput, ProcessStack};
+use trove_tests::{ok, rows};
+use trove_tests::{process_alive, property, ProcessStack};
 
 /// A 32-character project id (an ordinary member, not admin).
 const TENANT: &str = "b1a2c3d4e5f60718293a4b5c6d7e8f90";
-
-fn ok(out: &CliOutput) -> &str {
-    assert_eq!(
-        out.status, 0,
-        "trove failed: stdout={} stderr={}",
-        out.stdout, out.stderr
-    );
-    &out.stdout
-}
-
-/// The rows of a list table as cells.
-fn rows(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .filter(|l| l.starts_with('|'))
-        .skip(1)
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_owned())
-                .collect()
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_binaries_create_show_list_delete() {

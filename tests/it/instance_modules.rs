@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 use serde_json::{json, Value};
+use trove_tests::{ok, rows};
 use trove_tests::{CliOutput, TestEnv};
 
 /// 32-character project ids (the walkthrough's width). A token starting with `admin` is admin.
@@ -41,15 +42,6 @@ impl Drop for Timer {
     }
 }
 
-fn ok(out: &CliOutput) -> &str {
-    assert_eq!(
-        out.status, 0,
-        "trove failed: stdout={} stderr={}",
-        out.stdout, out.stderr
-    );
-    &out.stdout
-}
-
 /// The stderr of a command that must fail with exit status 1.
 fn failed(out: &CliOutput) -> &str {
     assert_eq!(
@@ -58,20 +50,6 @@ fn failed(out: &CliOutput) -> &str {
         out.stdout, out.stderr
     );
     &out.stderr
-}
-
-/// The data rows of a table, as trimmed cells.
-fn rows(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .filter(|l| l.starts_with('|'))
-        .skip(1)
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_owned())
-                .collect()
-        })
-        .collect()
 }
 
 /// One value of a property table.

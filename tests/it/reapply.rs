@@ -14,7 +14,8 @@ use diesel::{PgConnection, RunQueryDsl};
 use regex::Regex;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use trove_tests::{process_alive, CliOutput, ProcessStack, TestEnv};
+use trove_tests::ok;
+use trove_tests::{process_alive, ProcessStack, TestEnv};
 
 /// A 32-character project id whose token is admin.
 const ADMIN: &str = "admin00e46e5f7840e39012aff46a920";
@@ -234,15 +235,6 @@ fn guest_result(state_path: &Path, instance: &str, module: &str) -> Value {
         &std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
     )
     .expect("result.json")
-}
-
-fn ok(out: &CliOutput) -> &str {
-    assert_eq!(
-        out.status, 0,
-        "trove failed: stdout={} stderr={}",
-        out.stdout, out.stderr
-    );
-    &out.stdout
 }
 
 /// The cells of a CLI table's data rows.

@@ -15,19 +15,11 @@ use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde_json::{json, Map};
 use trove_common::amqp::{amqp_uri, Names};
 use trove_common::rpc::{encode_request, RpcContext, Security};
-use trove_tests::{bin, guest_pid, property, transport_url, CliOutput, TestEnv};
+use trove_tests::ok;
+use trove_tests::{bin, guest_pid, property, transport_url, TestEnv};
 
 /// A 32-character project id (an ordinary member, not admin).
 const TENANT: &str = "c0ffee00e5f60718293a4b5c6d7e8f90";
-
-fn ok(out: &CliOutput) -> &str {
-    assert_eq!(
-        out.status, 0,
-        "trove failed: stdout={} stderr={}",
-        out.stdout, out.stderr
-    );
-    &out.stdout
-}
 
 /// `trove create <name> 15 --size 1 --datastore mysql`; returns the id.
 async fn create(env: &TestEnv, name: &str) -> String {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use regex::Regex;
 use serde_json::Value;
+use trove_tests::{ok, rows};
 use trove_tests::{CliOutput, TestEnv};
 
 /// A 32-character project id, like the walkthrough's, whose token is admin.
@@ -36,31 +37,8 @@ fn doc(table: &str) -> String {
     mask(&(lines.join("\n") + "\n"))
 }
 
-fn ok(out: &CliOutput) -> &str {
-    assert_eq!(
-        out.status, 0,
-        "trove failed: stdout={} stderr={}",
-        out.stdout, out.stderr
-    );
-    &out.stdout
-}
-
 fn assert_table(out: &CliOutput, expected: &str) {
     assert_eq!(mask(ok(out)), doc(expected));
-}
-
-/// The rows of a table as cells.
-fn rows(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .filter(|l| l.starts_with('|'))
-        .skip(1)
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_owned())
-                .collect()
-        })
-        .collect()
 }
 
 async fn wait_active(env: &TestEnv, name_or_id: &str) {

@@ -366,3 +366,27 @@ mod process_stack;
 pub use process_stack::{
     eventually, guest_pid, kill_guests_under, process_alive, property, trove_cli, ProcessStack,
 };
+
+/// The data rows of a prettytable, as trimmed cells (the header row is skipped).
+pub fn rows(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// The stdout of a CLI run that must have succeeded.
+pub fn ok(out: &CliOutput) -> &str {
+    assert_eq!(
+        out.status, 0,
+        "trove failed: stdout={} stderr={}",
+        out.stdout, out.stderr
+    );
+    &out.stdout
+}
