@@ -710,7 +710,9 @@ async fn selected(env: &TestEnv, api: &Api, module: &str, n: usize) -> Vec<Value
 /// The one uncertain step of the driver: a taskmanager that died after claiming a batch (`sent`, no
 /// `sent_at`) but before the broker confirmed the casts. On resume those items are cast again (they
 /// are unanswered, so nothing recorded is re-sent) instead of waiting for an answer that may never
-/// come, and the job finishes with every instance applied.
+/// come, and the job finishes with every instance applied. A claimed item whose guest answered before
+/// the driver died (the answer proves the send) is not cast again: its `sent_at` becomes its
+/// `answered_at`. CI once caught the real kill landing there; this pins it down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
     use trove_common::db::models::{ReapplyItem, ReapplyJob};
@@ -762,11 +764,12 @@ async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
             job_id: job.id.clone(),
             instance_id: id.clone(),
             seq: seq as i32,
-            state: if seq < 2 { "sent" } else { "pending" }.into(),
+            // 0: claimed, cast unknown. 1: claimed, and its guest answered before the stamp.
+            state: ["sent", "answered", "pending"][seq].into(),
             batch: (seq < 2).then_some(0),
             sent_at: None,
-            answered_at: None,
-            status: None,
+            answered_at: (seq == 1).then_some(now),
+            status: (seq == 1).then(|| "OK".to_owned()),
             message: None,
         })
         .collect();
@@ -813,5 +816,29 @@ async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
         .map(|(k, id)| format!("{id} {} applied true", usize::from(k >= 2)))
         .collect();
     assert_eq!(batches, expected);
+    // The answered item is stamped with its answer time, and its guest never got the job's cast; the
+    // other two did, once each.
+    let stamped = strings(
+        &mut conn,
+        &format!(
+            "SELECT (sent_at = answered_at)::text AS v FROM reapply_job_items \
+             WHERE job_id = '{}' AND instance_id = '{}'",
+            job.id, ids[1]
+        ),
+    );
+    assert_eq!(stamped, ["true"]);
+    for (k, id) in ids.iter().enumerate() {
+        let log = std::fs::read_to_string(env.state_dir.path().join(id).join("guest.log"))
+            .unwrap_or_default();
+        let applies = log
+            .lines()
+            .filter(|l| l.contains("module results reported") && l.contains(&job.id))
+            .count();
+        assert_eq!(
+            applies,
+            usize::from(k != 1),
+            "{id} (item {k}) applied {applies} times"
+        );
+    }
     eprintln!("timings: test {:.1?}", t0.elapsed());
 }

@@ -16,9 +16,11 @@
 //! uncertain case is an item claimed but never stamped (killed between the claim and the confirms):
 //! its cast may or may not have gone out, so it is cast again. It is still unanswered, so this never
 //! re-sends a recorded result; at worst its guest applies the same md5 twice, which is harmless, and
-//! the conductor counts only the first answer.
+//! the conductor counts only the first answer. A claimed item that was already answered when the
+//! driver died is not cast again: the answer proves the send, and its `sent_at` becomes its
+//! `answered_at`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -172,21 +174,38 @@ fn select(
     };
     let candidates = InstanceModule::candidates(c, &module.id, job.md5.as_deref())?;
     let total = candidates.len();
+    let wanted = |row: &InstanceModule| {
+        (row.md5 != module.md5 || force) && job.md5.as_deref().is_none_or(|m| m == row.md5)
+    };
+    // The instances and datastore versions in a few queries, not two per candidate (a fleet-wide
+    // reapply has thousands); the rules below stay per candidate, in candidate order.
+    let scope = if job.is_admin {
+        Scope::Any
+    } else {
+        Scope::Tenant(&job.tenant_id)
+    };
+    let wanted_ids: Vec<&str> = candidates
+        .iter()
+        .filter(|r| wanted(r))
+        .map(|r| r.instance_id.as_str())
+        .collect();
+    let instances = Instance::find_many(c, &wanted_ids, scope)?;
+    let datastore_of: HashMap<String, String> = trove_common::db::schema::datastore_versions::table
+        .select((
+            trove_common::db::schema::datastore_versions::id,
+            trove_common::db::schema::datastore_versions::datastore_id,
+        ))
+        .load::<(String, String)>(c)?
+        .into_iter()
+        .collect();
     let mut skipped = 0;
     let mut pending = Vec::new();
-    for row in candidates {
-        let wanted =
-            (row.md5 != module.md5 || force) && job.md5.as_deref().is_none_or(|m| m == row.md5);
-        if !wanted {
+    for row in &candidates {
+        if !wanted(row) {
             skipped += 1;
             continue;
         }
-        let scope = if job.is_admin {
-            Scope::Any
-        } else {
-            Scope::Tenant(&job.tenant_id)
-        };
-        let Some(inst) = Instance::find(c, &row.instance_id, scope)? else {
+        let Some(inst) = instances.get(&row.instance_id) else {
             skipped += 1;
             continue;
         };
@@ -194,16 +213,12 @@ fn select(
             skipped += 1;
             continue;
         }
-        let ds_id: Option<String> = trove_common::db::schema::datastore_versions::table
-            .find(&inst.datastore_version_id)
-            .select(trove_common::db::schema::datastore_versions::datastore_id)
-            .first(c)
-            .optional()?;
+        let ds_id = datastore_of.get(&inst.datastore_version_id);
         let valid = check_datastore(
             &module.name,
             module.datastore_id.as_deref(),
             module.datastore_version_id.as_deref(),
-            ds_id.as_deref().unwrap_or_default(),
+            ds_id.map(String::as_str).unwrap_or_default(),
             &inst.datastore_version_id,
         );
         if let Err(e) = valid {
@@ -342,6 +357,19 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
         let unconfirmed: Vec<String> = ctx
             .db
             .run(move |c| {
+                // A guest may answer before its driver stamps the send, and the driver may die in
+                // between: the answer proves the cast went out, so such an item is not cast again.
+                // Its send time is unknown but not later than its answer, so it is stamped with that.
+                diesel::update(
+                    items::table
+                        .filter(items::job_id.eq(&id))
+                        .filter(items::state.ne("sent"))
+                        .filter(items::state.ne("pending"))
+                        .filter(items::sent_at.is_null())
+                        .filter(items::answered_at.is_not_null()),
+                )
+                .set(items::sent_at.eq(items::answered_at))
+                .execute(c)?;
                 items::table
                     .filter(items::job_id.eq(&id))
                     .filter(items::state.eq("sent"))
@@ -372,24 +400,29 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
         if job.state == "finished" {
             return Ok(());
         }
-        // Wait for the batch in flight: every sent item answered or timed out.
+        // Wait for the batch in flight: every sent item answered or timed out. One aggregate row per
+        // poll (a batch can hold thousands of items): how many are sent, how many of those are
+        // stamped, and the latest stamp.
         let id = job_id.to_owned();
-        let sent: Vec<(String, Option<NaiveDateTime>)> = ctx
+        let (sent, stamped, latest): (i64, i64, Option<NaiveDateTime>) = ctx
             .db
             .run(move |c| {
                 items::table
                     .filter(items::job_id.eq(&id))
                     .filter(items::state.eq("sent"))
-                    .select((items::instance_id, items::sent_at))
-                    .load(c)
+                    .select((
+                        diesel::dsl::count_star(),
+                        diesel::dsl::count(items::sent_at),
+                        diesel::dsl::max(items::sent_at),
+                    ))
+                    .first(c)
                     .map_err(DbError::from)
             })
             .await?;
         let n = now();
         // No `sent_at` yet: the cast is in progress (a driver that died mid-send was handled above).
-        let waiting = sent
-            .iter()
-            .any(|(_, at)| at.is_none_or(|t| n - t < timeout));
+        // Otherwise the batch waits while its latest-sent item is within the timeout.
+        let waiting = stamped < sent || latest.is_some_and(|t| n - t < timeout);
         if waiting {
             pause(ctx, Duration::from_millis(50)).await?;
             continue;
@@ -429,20 +462,32 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
         .filter(items::state.eq("answered"))
         .select((items::instance_id, items::status))
         .load(c)?;
-    let mut recorded = 0;
-    for (instance_id, status) in &answered {
-        // A guest that ran the drivers (OK or ERROR) received the module: Trove records it. A call that
-        // failed as a whole did not.
-        let ok = status.as_deref() != Some("FAILED")
-            && Instance::find(c, instance_id, Scope::Any)?.is_some();
-        let state = if ok { "applied" } else { "failed" };
-        if ok {
-            InstanceModule::record(c, instance_id, &job.module_id, &module_md5)?;
-            recorded += 1;
-        }
-        diesel::update(items::table.find((job_id, instance_id)))
+    // A guest that ran the drivers (OK or ERROR) received the module: Trove records it. A call that
+    // failed as a whole did not, nor is a deleted instance recorded. Set-based: a batch can hold
+    // thousands of items, and this runs in one transaction.
+    let reported: Vec<&str> = answered
+        .iter()
+        .filter(|(_, status)| status.as_deref() != Some("FAILED"))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let live = Instance::find_many(c, &reported, Scope::Any)?;
+    let (ok, not_ok): (Vec<&str>, Vec<&str>) = answered
+        .iter()
+        .map(|(id, _)| id.as_str())
+        // `live` holds only reported instances, so this is "reported and live".
+        .partition(|id| live.contains_key(*id));
+    InstanceModule::record_many(c, &ok, &job.module_id, &module_md5)?;
+    let recorded = ok.len();
+    for (state, ids) in [("applied", &ok), ("failed", &not_ok)] {
+        for chunk in ids.chunks(5000) {
+            diesel::update(
+                items::table
+                    .filter(items::job_id.eq(job_id))
+                    .filter(items::instance_id.eq_any(chunk)),
+            )
             .set(items::state.eq(state))
             .execute(c)?;
+        }
     }
     // Sent items that never answered within the timeout (the driver only settles then).
     diesel::update(

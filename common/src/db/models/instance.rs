@@ -91,6 +91,30 @@ impl Instance {
         q.select(Self::as_select()).first(conn).optional()
     }
 
+    /// The live instances among `ids`, scoped, by id: [`Instance::find`] for many ids in a few
+    /// queries (a fleet-wide reapply looks up thousands).
+    pub fn find_many(
+        conn: &mut PgConnection,
+        ids: &[&str],
+        scope: Scope<'_>,
+    ) -> QueryResult<std::collections::HashMap<String, Self>> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        // One array parameter per query; chunks keep each statement and its result moderate.
+        for chunk in ids.chunks(5000) {
+            let mut q = instances::table
+                .filter(instances::id.eq_any(chunk))
+                .filter(instances::deleted.eq(false))
+                .into_boxed();
+            if let Scope::Tenant(t) = scope {
+                q = q.filter(instances::tenant_id.eq(t.to_owned()));
+            }
+            for i in q.select(Self::as_select()).load::<Self>(conn)? {
+                found.insert(i.id.clone(), i);
+            }
+        }
+        Ok(found)
+    }
+
     /// Any instance row, deleted or not (services resuming work).
     pub fn find_any(conn: &mut PgConnection, id: &str) -> QueryResult<Option<Self>> {
         instances::table

@@ -91,6 +91,90 @@ impl InstanceModule {
         Ok(())
     }
 
+    /// [`InstanceModule::record`] for many instances of one module at once, with the same rules per
+    /// instance: keep its first live row (by `created, id`) with this md5 and refresh its `updated`,
+    /// retire its other live rows, or insert one. A handful of statements whatever the number of
+    /// instances (a fleet-wide reapply records thousands in one transaction). The live rows are locked
+    /// in `instance_id, created, id` order, the order `record` uses within one pair, so the two never
+    /// deadlock each other. Call inside a transaction.
+    pub fn record_many(
+        conn: &mut PgConnection,
+        instance_ids: &[&str],
+        module_id: &str,
+        md5: &str,
+    ) -> QueryResult<()> {
+        if instance_ids.is_empty() {
+            return Ok(());
+        }
+        let now = crate::db::now();
+        let mut live: Vec<(String, String, String)> = Vec::new();
+        for chunk in instance_ids.chunks(5000) {
+            live.extend(
+                instance_modules::table
+                    .filter(instance_modules::instance_id.eq_any(chunk))
+                    .filter(instance_modules::module_id.eq(module_id))
+                    .filter(instance_modules::deleted.eq(false))
+                    .order((
+                        instance_modules::instance_id,
+                        instance_modules::created,
+                        instance_modules::id,
+                    ))
+                    .for_update()
+                    .select((
+                        instance_modules::id,
+                        instance_modules::instance_id,
+                        instance_modules::md5,
+                    ))
+                    .load::<(String, String, String)>(conn)?,
+            );
+        }
+        // Per instance, the first row with this md5 is kept; every other live row is retired.
+        let mut kept_for: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let (mut keep, mut retire) = (Vec::new(), Vec::new());
+        for (id, instance_id, row_md5) in &live {
+            if row_md5 == md5 && kept_for.insert(instance_id.as_str()) {
+                keep.push(id.as_str());
+            } else {
+                retire.push(id.as_str());
+            }
+        }
+        for chunk in retire.chunks(5000) {
+            diesel::update(instance_modules::table.filter(instance_modules::id.eq_any(chunk)))
+                .set((
+                    instance_modules::deleted.eq(true),
+                    instance_modules::deleted_at.eq(now),
+                ))
+                .execute(conn)?;
+        }
+        for chunk in keep.chunks(5000) {
+            diesel::update(instance_modules::table.filter(instance_modules::id.eq_any(chunk)))
+                .set(instance_modules::updated.eq(now))
+                .execute(conn)?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let fresh: Vec<Self> = instance_ids
+            .iter()
+            .filter(|i| !kept_for.contains(**i) && seen.insert(**i))
+            .map(|instance_id| Self {
+                id: crate::db::new_id(),
+                instance_id: (*instance_id).into(),
+                module_id: module_id.into(),
+                md5: md5.into(),
+                created: now,
+                updated: now,
+                deleted: false,
+                deleted_at: None,
+            })
+            .collect();
+        // 8 parameters a row: 1,000 rows stay far below PostgreSQL's 65,535.
+        for chunk in fresh.chunks(1000) {
+            diesel::insert_into(instance_modules::table)
+                .values(chunk)
+                .execute(conn)?;
+        }
+        Ok(())
+    }
+
     /// Retires every live row of (instance, module) (module-remove, §10).
     pub fn retire(
         conn: &mut PgConnection,
