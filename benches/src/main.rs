@@ -4,11 +4,14 @@
 //! - `trove-bench count`: `module-instance-count` latency at a million `instance_modules` rows.
 //! - `trove-bench reapply --mode real|fleet --n N`: fleet-wide reapply throughput, with real guest
 //!   processes or with one process hosting N guest agents.
+//! - `trove-bench broker`: the broker alone (publish with confirms, consume), to tell its ceiling
+//!   from the control plane's costs.
 //!
 //! Build with `cargo build --release --workspace --bins` and run `target/release/trove-bench`: it finds
 //! the service binaries beside itself. PostgreSQL and RabbitMQ as for the tests
 //! (`TROVE_TEST_DATABASE_URL`, `TROVE_TEST_TRANSPORT_URL`).
 
+mod broker_probe;
 mod count;
 mod fleet_host;
 mod probe;
@@ -32,6 +35,8 @@ enum Command {
     Count(count::CountArgs),
     /// Fleet-wide module reapply throughput.
     Reapply(reapply::ReapplyArgs),
+    /// The broker alone: publish with confirms, then consume, over many queues.
+    Broker(broker_probe::BrokerArgs),
     /// (internal) Hosts the guest agents of `reapply --mode fleet` in this process.
     #[command(hide = true)]
     FleetHost(fleet_host::FleetHostArgs),
@@ -54,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Count(args) => count::run(args).await,
             Command::Reapply(args) => reapply::run(args).await,
+            Command::Broker(args) => broker_probe::run(args).await,
             Command::FleetHost(args) => fleet_host::run(args).await,
         }
     })

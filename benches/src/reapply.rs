@@ -748,8 +748,6 @@ struct JobTimes {
     #[diesel(sql_type = Double)]
     started: f64,
     #[diesel(sql_type = Double)]
-    first_sent: f64,
-    #[diesel(sql_type = Double)]
     last_sent: f64,
     #[diesel(sql_type = Double)]
     last_answered: f64,
@@ -761,13 +759,11 @@ fn job_times(conn: &mut PgConnection, module_id: &str) -> anyhow::Result<JobTime
     let e = |c: &str| format!("extract(epoch FROM {c})::float8");
     Ok(diesel::sql_query(format!(
         "SELECT j.state::text AS state, j.applied, j.failed, {} AS started, \
-           (SELECT {} FROM reapply_job_items WHERE job_id = j.id) AS first_sent, \
            (SELECT {} FROM reapply_job_items WHERE job_id = j.id) AS last_sent, \
            (SELECT {} FROM reapply_job_items WHERE job_id = j.id) AS last_answered, \
            {} AS finished \
          FROM reapply_jobs j WHERE module_id = $1 ORDER BY created DESC LIMIT 1",
         e("j.started"),
-        e("min(sent_at)"),
         e("max(sent_at)"),
         e("max(answered_at)"),
         e("j.finished"),
@@ -800,7 +796,7 @@ async fn measure(
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| round | 202 → all N current (s) | instance-applies/s | broker msgs received / apply | broker deliveries / apply | job: 202→selected / →all sent / →all answered / →recorded (s) | CPU s in the window | load |"
+        "| round | 202 → all N current (s) | instance-applies/s | broker msgs received / apply | broker deliveries / apply | job after the 202 (s): selected / casts confirmed / last answer / recorded | CPU s in the window | load |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for round in 1..=args.rounds {
@@ -846,6 +842,16 @@ async fn measure(
             if done {
                 break;
             }
+            // A job that finished with failures never shows all N current: stop waiting then.
+            if count(
+                &mut conn,
+                "SELECT count(*) AS n FROM (SELECT state, failed FROM reapply_jobs ORDER BY created DESC LIMIT 1) j \
+                 WHERE state = 'finished' AND failed > 0",
+            )? > 0
+            {
+                let _ = writeln!(out, "round {round}: the job finished with failures: {v}");
+                break;
+            }
             ensure!(
                 t202.elapsed() < Duration::from_secs(900),
                 "not all current after 900 s: {v}"
@@ -857,10 +863,14 @@ async fn measure(
         let request_ms = probe::ms(t202 - t0);
         let broker_after = probe::broker_counters().unwrap_or_default();
         let job = job_times(&mut conn, module_id)?;
-        ensure!(
-            job.state == "finished" && job.applied as i64 == n && job.failed == 0,
-            "job ended {job:?}"
-        );
+        ensure!(job.state == "finished", "job not finished: {job:?}");
+        if job.failed > 0 {
+            let _ = writeln!(
+                out,
+                "round {round}: {} applied, {} FAILED (see the taskmanager log)",
+                job.applied, job.failed
+            );
+        }
         let received = broker_after.received.saturating_sub(broker_before.received);
         let delivered = broker_after
             .delivered
@@ -881,8 +891,7 @@ async fn measure(
         );
         let _ = writeln!(
             out,
-            "|  | (PUT answered in {request_ms:.0} ms; first module_apply sent {:.2} s after the 202) |  |  |  |  |  |  |",
-            job.first_sent - at202
+            "|  | (PUT answered in {request_ms:.0} ms) |  |  |  |  |  |  |"
         );
         if let (Some(before), Guests::Fleet { stats, .. }) = (fleet_before, guests) {
             let after = read_fleet_stats(stats);
