@@ -1,6 +1,7 @@
 //! End-to-end tests against the real PostgreSQL and RabbitMQ (see `trove_tests` for the harness).
 
 mod binaries;
+mod counts;
 mod instance_modules;
 mod isolation;
 mod keystone;

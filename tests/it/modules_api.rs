@@ -1256,12 +1256,27 @@ async fn live_update_guards_update_and_delete() -> anyhow::Result<()> {
         api.update(A, &fixed, json!({"description": "x"})).await,
         applied
     );
-    // Once the instance is terminated the module is free again.
-    sql_exec(
-        &env,
-        "UPDATE instances SET deleted = true, deleted_at = now() WHERE id = $1",
-        &[&inst],
-    );
+    // Once the instance is terminated the module is free again. (Deleting an instance retires its
+    // rows in the same transaction, as every delete path does.)
+    {
+        use diesel::Connection as _;
+        let mut conn = env.db.conn();
+        conn.transaction(|c| {
+            trove_common::db::models::Instance::mark_deleted(c, &inst)?;
+            trove_common::db::models::Instance::retire_modules(c, &inst)
+        })?;
+    }
+    let rows_of = |env: &TestEnv| {
+        sql_one(
+            env,
+            &format!(
+                "SELECT string_agg(id || ' ' || md5 || ' ' || deleted || ' ' || \
+                 coalesce(deleted_at::text, '-'), ',' ORDER BY id) AS v \
+                 FROM instance_modules WHERE instance_id = '{inst}'"
+            ),
+        )
+    };
+    let before = rows_of(&env);
     api.update_ok(A, &fixed, json!({"contents": payload(2)}))
         .await;
     assert_eq!(
@@ -1273,13 +1288,8 @@ async fn live_update_guards_update_and_delete() -> anyhow::Result<()> {
         (200, Value::Null)
     );
     // Deleting a module leaves its instance_modules rows as they are (§6).
-    assert_eq!(
-        sql_one(
-            &env,
-            &format!("SELECT count(*)::text AS v FROM instance_modules WHERE instance_id = '{inst}' AND NOT deleted")
-        ),
-        "2"
-    );
+    assert_eq!(rows_of(&env).matches(',').count(), 1, "two rows");
+    assert_eq!(rows_of(&env), before);
     Ok(())
 }
 
@@ -1459,12 +1469,15 @@ async fn show_counts_current_md5_on_live_instances() -> anyhow::Result<()> {
     let i3 = api.create_instance(ADMIN, "i3", &[&m]).await;
     assert_eq!(count(A).await, 3);
     assert_eq!(count(ADMIN).await, 3);
-    // A deleted instance no longer counts, nor does a deleted row.
-    sql_exec(
-        &env,
-        "UPDATE instances SET deleted = true, deleted_at = now() WHERE id = $1",
-        &[&i3],
-    );
+    // A deleted instance no longer counts (deleting one retires its rows), nor does a deleted row.
+    {
+        use diesel::Connection as _;
+        let mut conn = env.db.conn();
+        conn.transaction(|c| {
+            trove_common::db::models::Instance::mark_deleted(c, &i3)?;
+            trove_common::db::models::Instance::retire_modules(c, &i3)
+        })?;
+    }
     assert_eq!(count(A).await, 2);
     sql_exec(
         &env,

@@ -126,6 +126,18 @@ diesel::table! {
         updated -> Timestamp,
         deleted -> Bool,
         deleted_at -> Nullable<Timestamp>,
+        clustered -> Bool,
+    }
+}
+
+diesel::table! {
+    instance_module_counts (module_id, md5, clustered) {
+        #[max_length = 64]
+        module_id -> Varchar,
+        #[max_length = 32]
+        md5 -> Bpchar,
+        clustered -> Bool,
+        instances -> Int8,
     }
 }
 
@@ -307,6 +319,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     flavors,
     guest_module_results,
     instance_faults,
+    instance_module_counts,
     instance_modules,
     instances,
     modules,

@@ -470,13 +470,12 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
         .filter(|(_, status)| status.as_deref() != Some("FAILED"))
         .map(|(id, _)| id.as_str())
         .collect();
-    let live = Instance::find_many(c, &reported, Scope::Any)?;
+    let live = InstanceModule::record_many(c, &reported, &job.module_id, &module_md5)?;
     let (ok, not_ok): (Vec<&str>, Vec<&str>) = answered
         .iter()
         .map(|(id, _)| id.as_str())
         // `live` holds only reported instances, so this is "reported and live".
-        .partition(|id| live.contains_key(*id));
-    InstanceModule::record_many(c, &ok, &job.module_id, &module_md5)?;
+        .partition(|id| live.contains(*id));
     let recorded = ok.len();
     for (state, ids) in [("applied", &ok), ("failed", &not_ok)] {
         for chunk in ids.chunks(5000) {

@@ -17,6 +17,8 @@ pub struct InstanceModule {
     pub updated: NaiveDateTime,
     pub deleted: bool,
     pub deleted_at: Option<NaiveDateTime>,
+    /// The instance is a cluster member (set when the row is written; membership never changes).
+    pub clustered: bool,
 }
 
 /// One row of the count-only summary (§8).
@@ -38,12 +40,21 @@ impl InstanceModule {
     /// `record(instance, module, md5)`: keep the first live row with this md5 and refresh its `updated`,
     /// retire every other live row of the pair, or insert one. Call inside a transaction; the partial
     /// unique index on live pairs guards against two concurrent records.
+    ///
+    /// A deleted instance is never recorded: the instance row is locked `FOR SHARE` first, so a
+    /// concurrent delete (which updates that row, then retires its modules) either commits first and
+    /// this records nothing, or waits for this transaction and then retires what it recorded. Hence
+    /// no deleted instance holds a live row, which the admin count query relies on. Returns whether
+    /// the instance was live and the row recorded.
     pub fn record(
         conn: &mut PgConnection,
         instance_id: &str,
         module_id: &str,
         md5: &str,
-    ) -> QueryResult<()> {
+    ) -> QueryResult<bool> {
+        let Some(&clustered) = lock_live_instances(conn, &[instance_id])?.get(instance_id) else {
+            return Ok(false);
+        };
         let now = crate::db::now();
         let live: Vec<Self> = instance_modules::table
             .filter(instance_modules::instance_id.eq(instance_id))
@@ -84,11 +95,12 @@ impl InstanceModule {
                         updated: now,
                         deleted: false,
                         deleted_at: None,
+                        clustered,
                     })
                     .execute(conn)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// [`InstanceModule::record`] for many instances of one module at once, with the same rules per
@@ -96,16 +108,23 @@ impl InstanceModule {
     /// retire its other live rows, or insert one. A handful of statements whatever the number of
     /// instances (a fleet-wide reapply records thousands in one transaction). The live rows are locked
     /// in `instance_id, created, id` order, the order `record` uses within one pair, so the two never
-    /// deadlock each other. Call inside a transaction.
+    /// deadlock each other. Deleted instances are left out, under the same lock as in `record`; the
+    /// instances recorded are returned. Call inside a transaction.
     pub fn record_many(
         conn: &mut PgConnection,
         instance_ids: &[&str],
         module_id: &str,
         md5: &str,
-    ) -> QueryResult<()> {
-        if instance_ids.is_empty() {
-            return Ok(());
+    ) -> QueryResult<std::collections::HashSet<String>> {
+        let member = lock_live_instances(conn, instance_ids)?;
+        let recorded: std::collections::HashSet<String> = member.keys().cloned().collect();
+        if recorded.is_empty() {
+            return Ok(recorded);
         }
+        // Sorted: the live rows below are locked chunk by chunk, and the order must be global.
+        let mut instance_ids: Vec<&str> = member.keys().map(String::as_str).collect();
+        instance_ids.sort_unstable();
+        let instance_ids = instance_ids.as_slice();
         let now = crate::db::now();
         let mut live: Vec<(String, String, String)> = Vec::new();
         for chunk in instance_ids.chunks(5000) {
@@ -164,6 +183,7 @@ impl InstanceModule {
                 updated: now,
                 deleted: false,
                 deleted_at: None,
+                clustered: member[*instance_id],
             })
             .collect();
         // 8 parameters a row: 1,000 rows stay far below PostgreSQL's 65,535.
@@ -172,7 +192,7 @@ impl InstanceModule {
                 .values(chunk)
                 .execute(conn)?;
         }
-        Ok(())
+        Ok(recorded)
     }
 
     /// Retires every live row of (instance, module) (module-remove, §10).
@@ -194,7 +214,14 @@ impl InstanceModule {
         .execute(conn)
     }
 
-    /// The count-only summary of §8, grouped by md5, oldest first.
+    /// The count-only summary (§8): per md5, live rows, current or not, min/max `updated`.
+    ///
+    /// A tenant's query starts from its own instances (the tenant index) and joins their rows. An
+    /// admin's sees every tenant, so it reads the maintained `instance_module_counts` (kept by
+    /// triggers, see the migration) for the counts, and takes min/max `updated` of each (md5,
+    /// member or not) group from one descent of `instance_modules_module_md5` each: a few index
+    /// lookups, however many instances hold the module. No deleted instance holds a live row
+    /// ([`InstanceModule::record`] and the delete paths see to it), so neither needs `instances`.
     pub fn count_by_md5(
         conn: &mut PgConnection,
         module_id: &str,
@@ -202,19 +229,40 @@ impl InstanceModule {
         include_clustered: bool,
         tenant: Option<&str>,
     ) -> QueryResult<Vec<Md5Count>> {
-        let mut sql = String::from(
-            "SELECT im.md5 AS module_md5, count(*) AS instance_count, (im.md5 = $2) AS current,
-                    min(im.updated) AS min_updated_date, max(im.updated) AS max_updated_date
-             FROM instance_modules im JOIN instances i ON i.id = im.instance_id
-             WHERE im.module_id = $1 AND NOT im.deleted AND NOT i.deleted",
-        );
-        if !include_clustered {
-            sql.push_str(" AND i.cluster_id IS NULL");
-        }
-        if tenant.is_some() {
-            sql.push_str(" AND i.tenant_id = $3");
-        }
-        sql.push_str(" GROUP BY im.md5 ORDER BY min(im.updated)");
+        let members = if include_clustered {
+            ""
+        } else {
+            " AND NOT clustered"
+        };
+        let sql = match tenant {
+            Some(_) => format!(
+                "SELECT im.md5 AS module_md5, count(*) AS instance_count, (im.md5 = $2) AS current, \
+                        min(im.updated) AS min_updated_date, max(im.updated) AS max_updated_date \
+                 FROM instance_modules im JOIN instances i ON i.id = im.instance_id \
+                 WHERE im.module_id = $1 AND NOT im.deleted AND NOT i.deleted \
+                 AND i.tenant_id = $3{} GROUP BY im.md5 ORDER BY min(im.updated)",
+                if include_clustered {
+                    ""
+                } else {
+                    " AND i.cluster_id IS NULL"
+                }
+            ),
+            None => format!(
+                "SELECT md5 AS module_md5, sum(instances)::bigint AS instance_count, \
+                        (md5 = $2) AS current, min(lo) AS min_updated_date, \
+                        max(hi) AS max_updated_date \
+                 FROM (SELECT c.md5, c.instances, \
+                         (SELECT min(im.updated) FROM instance_modules im \
+                           WHERE im.module_id = c.module_id AND im.clustered = c.clustered \
+                             AND im.md5 = c.md5 AND NOT im.deleted) AS lo, \
+                         (SELECT max(im.updated) FROM instance_modules im \
+                           WHERE im.module_id = c.module_id AND im.clustered = c.clustered \
+                             AND im.md5 = c.md5 AND NOT im.deleted) AS hi \
+                       FROM instance_module_counts c \
+                       WHERE c.module_id = $1 AND c.instances > 0{members}) g \
+                 GROUP BY md5 ORDER BY min(lo)"
+            ),
+        };
         let q = diesel::sql_query(sql)
             .bind::<Text, _>(module_id)
             .bind::<Text, _>(module_md5);
@@ -222,6 +270,18 @@ impl InstanceModule {
             Some(t) => q.bind::<Text, _>(t).load(conn),
             None => q.load(conn),
         }
+    }
+
+    /// Live rows of `module_id` with `md5`, on any instance (deleted instances hold none), from the
+    /// maintained counts.
+    pub fn live_count(conn: &mut PgConnection, module_id: &str, md5: &str) -> QueryResult<i64> {
+        use crate::db::schema::instance_module_counts as c;
+        c::table
+            .filter(c::module_id.eq(module_id))
+            .filter(c::md5.eq(md5))
+            .select(c::instances)
+            .load::<i64>(conn)
+            .map(|n| n.iter().sum())
     }
 
     /// Instances (live) holding any live row of the module, one page in id order (`limit + 1` rows).
@@ -282,4 +342,26 @@ impl InstanceModule {
             .select(Self::as_select())
             .load(conn)
     }
+}
+
+/// Locks the live rows of `ids` in `instances` `FOR SHARE`, in id order (so two callers never
+/// deadlock), and returns them: id → is a cluster member. A delete, which updates the row, waits for
+/// the lock.
+fn lock_live_instances(
+    conn: &mut PgConnection,
+    ids: &[&str],
+) -> QueryResult<std::collections::HashMap<String, bool>> {
+    let mut live = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(5000) {
+        live.extend(
+            instances::table
+                .filter(instances::id.eq_any(chunk))
+                .filter(instances::deleted.eq(false))
+                .order(instances::id)
+                .for_share()
+                .select((instances::id, instances::cluster_id.is_not_null()))
+                .load::<(String, bool)>(conn)?,
+        );
+    }
+    Ok(live)
 }

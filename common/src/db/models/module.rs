@@ -3,7 +3,8 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use crate::db::schema::{instance_modules, instances, modules};
+use super::InstanceModule;
+use crate::db::schema::modules;
 
 #[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable, AsChangeset)]
 #[diesel(table_name = modules, treat_none_as_null = true)]
@@ -198,26 +199,12 @@ impl Module {
         id: &str,
         md5: &str,
     ) -> QueryResult<bool> {
-        let q = instance_modules::table
-            .inner_join(instances::table)
-            .filter(instance_modules::module_id.eq(id))
-            .filter(instance_modules::md5.eq(md5))
-            .filter(instance_modules::deleted.eq(false))
-            .filter(instances::deleted.eq(false))
-            .select(instance_modules::id);
-        diesel::select(diesel::dsl::exists(q)).get_result(conn)
+        Ok(InstanceModule::live_count(conn, id, md5)? > 0)
     }
 
     /// `instance_count` of show (§7): live rows with the current md5 on live instances.
     pub fn instance_count(conn: &mut PgConnection, id: &str, md5: &str) -> QueryResult<i64> {
-        instance_modules::table
-            .inner_join(instances::table)
-            .filter(instance_modules::module_id.eq(id))
-            .filter(instance_modules::md5.eq(md5))
-            .filter(instance_modules::deleted.eq(false))
-            .filter(instances::deleted.eq(false))
-            .count()
-            .get_result(conn)
+        InstanceModule::live_count(conn, id, md5)
     }
 }
 
