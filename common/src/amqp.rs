@@ -232,6 +232,19 @@ impl Broker {
         }
     }
 
+    /// [`Broker::cast`], but transient (delivery mode 1): still mandatory and confirmed, so an
+    /// unroutable message is an error, but a broker restart drops it from its queue.
+    pub async fn cast_transient(&self, topic: &str, body: &[u8]) -> Result<(), AmqpError> {
+        let exchange = self.names.exchange();
+        match self.publish_confirmed(&exchange, topic, body, false).await {
+            Err(AmqpError::Lapin(e)) => {
+                tracing::warn!(error = %e, topic, "publish failed; reconnecting once");
+                self.publish_confirmed(&exchange, topic, body, false).await
+            }
+            other => other,
+        }
+    }
+
     async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -446,22 +459,7 @@ where
             tasks.spawn(async move {
                 let acker = delivery.acker.clone();
                 let outcome = handler(delivery).await;
-                let res = match outcome {
-                    Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
-                    Outcome::DeadLetter(why) => {
-                        tracing::error!(reason = %why, "message dead-lettered");
-                        acker.reject(BasicRejectOptions { requeue: false }).await
-                    }
-                    Outcome::Retry(why) => {
-                        tracing::warn!(reason = %why, "message will be retried");
-                        tokio::time::sleep(reconnect_delay).await;
-                        acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
-                    }
-                };
-                if let Err(e) = res {
-                    // The channel died: the broker redelivers the message to the next consumer.
-                    tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
-                }
+                settle(&acker, outcome, reconnect_delay).await;
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}
@@ -479,6 +477,156 @@ where
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Acks, dead-letters or (after a pause) requeues one delivery, as its outcome says.
+async fn settle(acker: &lapin::Acker, outcome: Outcome, reconnect_delay: Duration) {
+    let res = match outcome {
+        Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
+        Outcome::DeadLetter(why) => {
+            tracing::error!(reason = %why, "message dead-lettered");
+            acker.reject(BasicRejectOptions { requeue: false }).await
+        }
+        Outcome::Retry(why) => {
+            tracing::warn!(reason = %why, "message will be retried");
+            tokio::time::sleep(reconnect_delay).await;
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = res {
+        // The channel died: the broker redelivers the message to the next consumer.
+        tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
+    }
+}
+
+/// Batches a consumer of [`consume_batches`] holds at once.
+pub const BATCHES_IN_FLIGHT: usize = 4;
+
+/// [`consume`], but the handler takes the deliveries that are waiting, up to `max_batch` at a time
+/// (never waiting for more: a lone message is handled at once), and returns one outcome per
+/// delivery, in order. At most [`BATCHES_IN_FLIGHT`] batches run at once, and the channel's prefetch
+/// is `BATCHES_IN_FLIGHT × max_batch`. For consumers whose work commits in one transaction per batch.
+pub async fn consume_batches<H, F>(
+    broker: Arc<Broker>,
+    topic: String,
+    max_batch: u16,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), AmqpError>
+where
+    H: Fn(Vec<lapin::message::Delivery>) -> F + Send + Sync + 'static,
+    F: Future<Output = Vec<Outcome>> + Send + 'static,
+{
+    use futures_util::FutureExt as _;
+    let max_batch = usize::from(max_batch.max(1));
+    let prefetch = u16::try_from(max_batch * BATCHES_IN_FLIGHT).unwrap_or(u16::MAX);
+    let handler = Arc::new(handler);
+    let limit = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    while !shutdown.is_cancelled() {
+        let session = async {
+            let ch = broker.channel().await?;
+            declare_topic_queue(&ch, &broker.names, &topic).await?;
+            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let consumer = ch
+                .basic_consume(
+                    topic.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, AmqpError>((ch, consumer))
+        };
+        let (ch, mut consumer) = match session.await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, queue = %topic, "cannot consume yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(broker.reconnect_delay) => continue,
+                }
+            }
+        };
+        tracing::debug!(queue = %topic, max_batch, "consuming in batches");
+        let mut ended = false;
+        while !ended {
+            // A free slot first, so the deliveries gathered below are not held while none is free.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = limit.clone().acquire_owned() => p.expect("semaphore never closes"),
+            };
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let mut batch = Vec::with_capacity(max_batch);
+            ended = !take_delivery(&mut batch, first, &topic);
+            // Whatever else is already here, without waiting.
+            while !ended && batch.len() < max_batch {
+                match consumer.next().now_or_never() {
+                    Some(next) => ended = !take_delivery(&mut batch, next, &topic),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let handler = handler.clone();
+            let reconnect_delay = broker.reconnect_delay;
+            tasks.spawn(async move {
+                let ackers: Vec<lapin::Acker> = batch.iter().map(|d| d.acker.clone()).collect();
+                let mut outcomes = handler(batch).await.into_iter();
+                for acker in &ackers {
+                    // A handler that returned too few outcomes leaves the rest for redelivery.
+                    let outcome = outcomes.next().unwrap_or_else(|| {
+                        Outcome::Retry("the batch handler gave no outcome".into())
+                    });
+                    settle(acker, outcome, reconnect_delay).await;
+                }
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        if shutdown.is_cancelled() {
+            while tasks.join_next().await.is_some() {}
+            let _ = ch.close(200, "shutdown".into()).await;
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(broker.reconnect_delay) => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Adds a consumer's next item to `batch`; false when the consumer failed or ended.
+fn take_delivery(
+    batch: &mut Vec<lapin::message::Delivery>,
+    next: Option<Result<lapin::message::Delivery, lapin::Error>>,
+    topic: &str,
+) -> bool {
+    match next {
+        Some(Ok(d)) => {
+            batch.push(d);
+            true
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, queue = %topic, "consumer failed; reconnecting");
+            false
+        }
+        None => {
+            tracing::warn!(queue = %topic, "consumer ended; reconnecting");
+            false
+        }
+    }
 }
 
 /// Calls waiting for their reply, by `_msg_id`; each gets the raw reply body.

@@ -104,6 +104,9 @@ pub struct DefaultSection {
     pub module_reapply_min_batch_delay: i64,
     /// Seconds a reapply waits for one guest's answer before counting it failed (ours).
     pub module_reapply_instance_timeout: u64,
+    /// Publish a reapply's `module_apply` casts persistent (ours). The job rows are the durable
+    /// record of a reapply; a transient cast lost with a broker restart shows as an unanswered item.
+    pub module_reapply_persistent_casts: bool,
     pub max_accepted_volume_size: i32,
     /// `keystone` (Trove's default: tokens are validated against `[keystone_authtoken]`) or `noauth`
     /// (development only: the token names the user and the project).
@@ -151,6 +154,7 @@ impl Default for DefaultSection {
             module_reapply_max_batch_size: 50,
             module_reapply_min_batch_delay: 2,
             module_reapply_instance_timeout: 180,
+            module_reapply_persistent_casts: true,
             max_accepted_volume_size: 10,
             auth_strategy: "keystone".into(),
             admin_roles: vec!["admin".into()],
@@ -197,6 +201,9 @@ pub struct AmqpSection {
     /// When above zero, server queues expire after this many milliseconds unused (`x-expires`); for
     /// test brokers shared by many short-lived topologies.
     pub queue_expires_ms: u64,
+    /// The conductor handles up to this many waiting deliveries in one database transaction (one
+    /// savepoint each), and holds up to four such batches unacknowledged.
+    pub conductor_batch_size: u16,
 }
 
 impl Default for AmqpSection {
@@ -207,6 +214,7 @@ impl Default for AmqpSection {
             publish_timeout: 30,
             reconnect_delay: 1.0,
             queue_expires_ms: 0,
+            conductor_batch_size: 64,
         }
     }
 }
@@ -464,6 +472,9 @@ impl Settings {
         }
         if self.amqp.prefetch == 0 {
             return invalid("amqp.prefetch", "must be greater than zero");
+        }
+        if self.amqp.conductor_batch_size == 0 || self.amqp.conductor_batch_size > 1000 {
+            return invalid("amqp.conductor_batch_size", "must be between 1 and 1000");
         }
         if self.api.max_body_size == 0 {
             return invalid("api.max_body_size", "must be greater than zero");

@@ -11,9 +11,9 @@
 //!   decode or fails authentication, a message whose claimed instance is not the one that sealed it,
 //!   an unknown method. A bad message never crashes the conductor or loops hot.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use diesel::Connection as _;
 use serde_json::Value;
 use tracing::{field, Instrument as _};
 use trove_common::amqp::Outcome;
@@ -27,8 +27,9 @@ use trove_common::rpc::{decode_request, from_request, peek_guest_instance_id};
 
 use crate::handlers;
 
-/// How many instance keyrings stay cached.
-pub const KEY_CACHE_CAPACITY: usize = 1024;
+/// How many instance keyrings stay cached: a fleet's worth, so a reapply over every instance does
+/// not look each key up again.
+pub const KEY_CACHE_CAPACITY: u64 = 16_384;
 
 /// Notifications a Trove guest may send; the conductor serves them as no-ops (messaging.md §4).
 const NOTIFICATIONS: [&str; 2] = ["notify_end", "notify_exc_info"];
@@ -38,7 +39,7 @@ pub struct Dispatcher {
     settings: Arc<Settings>,
     db: Db,
     /// instance id → its keyring (None: the instance has no key, so its messages travel in plain).
-    keys: LruMap<Option<Keyring>>,
+    keys: moka::sync::Cache<String, Option<Keyring>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -74,90 +75,125 @@ impl Dispatcher {
         Self {
             settings,
             db,
-            keys: LruMap::new(KEY_CACHE_CAPACITY),
+            keys: moka::sync::Cache::new(KEY_CACHE_CAPACITY),
         }
     }
 
     /// Handles one delivery body and says what to do with it. Database work is committed before this
     /// returns, so an [`Outcome::Ack`] can be sent at once.
     pub async fn dispatch(&self, body: &[u8]) -> Outcome {
-        let span = tracing::info_span!(
-            "rpc",
-            rpc.method = field::Empty,
-            rpc.request_id = field::Empty,
-            instance.id = field::Empty
-        );
-        self.dispatch_inner(body).instrument(span).await
+        self.dispatch_batch(&[body])
+            .await
+            .pop()
+            .unwrap_or_else(|| Outcome::Retry("no outcome".into()))
     }
 
-    async fn dispatch_inner(&self, body: &[u8]) -> Outcome {
+    /// Handles a batch of delivery bodies and says what to do with each, in order. Each message is
+    /// decoded and authenticated on its own; then the database work of the whole batch runs in one
+    /// transaction, each message in a savepoint of its own, so one message's database error rolls
+    /// back only its own work (and is retried) while the others commit. A failed commit retries
+    /// them all. Everything is committed before this returns.
+    pub async fn dispatch_batch(&self, bodies: &[&[u8]]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(bodies.len());
+        let mut work: Vec<(usize, ConductorMsg, tracing::Span)> = Vec::new();
+        for (i, body) in bodies.iter().enumerate() {
+            let span = tracing::info_span!(
+                "rpc",
+                rpc.method = field::Empty,
+                rpc.request_id = field::Empty,
+                instance.id = field::Empty
+            );
+            match self.prepare(body).instrument(span.clone()).await {
+                Ok(msg) => {
+                    outcomes.push(None);
+                    work.push((i, msg, span));
+                }
+                Err(outcome) => outcomes.push(Some(outcome)),
+            }
+        }
+        if work.is_empty() {
+            return outcomes.into_iter().flatten().collect();
+        }
+        // Rows are locked per instance (its reapply item, status, clocks and results): taking the
+        // instances in one global order keeps concurrent batches, and the taskmanager's bulk updates
+        // of reapply items (also by instance id), from deadlocking. The sort is stable, so one
+        // instance's messages keep their order.
+        work.sort_by(|(_, a, _), (_, b, _)| instance_of(a).cmp(instance_of(b)));
+        let msgs: Vec<ConductorMsg> = work.iter().map(|(_, m, _)| m.clone()).collect();
+        let done = self
+            .db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    Ok::<_, diesel::result::Error>(
+                        msgs.iter()
+                            .map(|msg| handlers::apply(conn, msg))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .map_err(DbError::from)
+            })
+            .await;
+        match done {
+            Ok(results) => {
+                for ((i, msg, span), result) in work.into_iter().zip(results) {
+                    let _entered = span.enter();
+                    outcomes[i] = Some(match result {
+                        Ok(applied) => {
+                            handlers::log_applied(&msg, &applied);
+                            Outcome::Ack
+                        }
+                        Err(e) => Outcome::Retry(format!(
+                            "{} from instance {}: {e}",
+                            msg.method(),
+                            instance_of(&msg)
+                        )),
+                    });
+                }
+            }
+            Err(e) => {
+                for (i, msg, span) in work {
+                    let _entered = span.enter();
+                    outcomes[i] = Some(Outcome::Retry(format!(
+                        "{} from instance {}: {e}",
+                        msg.method(),
+                        instance_of(&msg)
+                    )));
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Retry("no outcome".into())))
+            .collect()
+    }
+
+    /// Finds the sealer's key, decodes, authenticates: the message to apply, or what to do with a
+    /// delivery that needs no database work (a notification) or will never succeed.
+    async fn prepare(&self, body: &[u8]) -> Result<ConductorMsg, Outcome> {
         let span = tracing::Span::current();
         let sealer = peek_guest_instance_id(body);
         if let Some(id) = &sealer {
             span.record("instance.id", id.as_str());
         }
         let keys = match &sealer {
-            Some(id) => match self.keyring(id).await {
-                Ok(keys) => keys,
-                Err(e) => return e.into_outcome(),
-            },
+            Some(id) => self.keyring(id).await.map_err(KeyError::into_outcome)?,
             None => None,
         };
-        let req = match decode_request(body, keys.as_ref()) {
-            Ok(req) => req,
-            Err(e) => return Outcome::DeadLetter(format!("undecodable conductor message: {e}")),
-        };
+        let req = decode_request(body, keys.as_ref())
+            .map_err(|e| Outcome::DeadLetter(format!("undecodable conductor message: {e}")))?;
         span.record("rpc.method", req.method.as_str());
         span.record("rpc.request_id", req.context.request_id.as_str());
         if NOTIFICATIONS.contains(&req.method.as_str()) {
             tracing::debug!("notification ignored");
-            return Outcome::Ack;
+            return Err(Outcome::Ack);
         }
-        let msg = match from_request::<ConductorMsg>(&req) {
-            Ok(msg) => msg,
-            Err(e) => return Outcome::DeadLetter(format!("unusable conductor message: {e}")),
-        };
+        let msg = from_request::<ConductorMsg>(&req)
+            .map_err(|e| Outcome::DeadLetter(format!("unusable conductor message: {e}")))?;
         let claimed = instance_of(&msg).to_owned();
         span.record("instance.id", claimed.as_str());
-        if let Err(outcome) = self
-            .authenticate(body, sealer.as_deref(), keys.is_some(), &claimed)
-            .await
-        {
-            return outcome;
-        }
-
-        let method = msg.method();
-        let result = match msg {
-            ConductorMsg::Heartbeat {
-                instance_id,
-                payload,
-                sent,
-            } => handlers::handle_heartbeat(&self.db, instance_id, payload, sent)
-                .await
-                .map(drop),
-            ConductorMsg::ModuleResults {
-                instance_id,
-                results,
-                sent,
-                job_id,
-                error,
-            } => {
-                handlers::handle_module_results(&self.db, instance_id, results, sent, job_id, error)
-                    .await
-                    .map(drop)
-            }
-            ConductorMsg::ReportRoot {
-                instance_id,
-                user: _,
-            } => {
-                handlers::handle_report_root(&instance_id);
-                Ok(())
-            }
-        };
-        match result {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::Retry(format!("{method} from instance {claimed}: {e}")),
-        }
+        self.authenticate(body, sealer.as_deref(), keys.is_some(), &claimed)
+            .await?;
+        Ok(msg)
     }
 
     /// Checks that the instance a message speaks for is the one that sealed it:
@@ -241,104 +277,11 @@ fn args_sealed_by(body: &[u8], sealer: &str) -> bool {
     })
 }
 
-/// A small map that forgets its least recently used entry when full. A linear scan on eviction is
-/// cheap at a thousand entries, and keeps us free of another crate.
-pub(crate) struct LruMap<V> {
-    capacity: usize,
-    inner: Mutex<LruInner<V>>,
-}
-
-struct LruInner<V> {
-    /// Bumped on every access; an entry's stamp says when it was last used.
-    clock: u64,
-    entries: HashMap<String, (u64, V)>,
-}
-
-impl<V: Clone> LruMap<V> {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            inner: Mutex::new(LruInner {
-                clock: 0,
-                entries: HashMap::new(),
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruInner<V>> {
-        // The map holds no invariant a panicking holder could break.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn get(&self, key: &str) -> Option<V> {
-        let mut inner = self.lock();
-        inner.clock += 1;
-        let now = inner.clock;
-        inner.entries.get_mut(key).map(|(stamp, v)| {
-            *stamp = now;
-            v.clone()
-        })
-    }
-
-    pub(crate) fn insert(&self, key: String, value: V) {
-        let mut inner = self.lock();
-        inner.clock += 1;
-        let now = inner.clock;
-        if inner.entries.len() >= self.capacity && !inner.entries.contains_key(&key) {
-            let oldest = inner
-                .entries
-                .iter()
-                .min_by_key(|(_, (stamp, _))| *stamp)
-                .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                inner.entries.remove(&oldest);
-            }
-        }
-        inner.entries.insert(key, (now, value));
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Map};
     use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
-
-    #[test]
-    fn lru_evicts_the_least_recently_used() {
-        let m = LruMap::new(3);
-        m.insert("a".into(), 1);
-        m.insert("b".into(), 2);
-        m.insert("c".into(), 3);
-        assert_eq!(m.get("a"), Some(1)); // a is now the most recent
-        m.insert("d".into(), 4); // evicts b
-        assert_eq!(m.len(), 3);
-        assert_eq!(m.get("b"), None);
-        assert_eq!(m.get("a"), Some(1));
-        assert_eq!(m.get("c"), Some(3));
-        assert_eq!(m.get("d"), Some(4));
-        // Replacing an entry never evicts another one.
-        m.insert("a".into(), 10);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m.get("a"), Some(10));
-        assert_eq!(m.get("c"), Some(3));
-    }
-
-    #[test]
-    fn lru_capacity_is_at_least_one() {
-        let m = LruMap::new(0);
-        m.insert("a".into(), 1);
-        m.insert("b".into(), 2);
-        assert_eq!(m.len(), 1);
-        assert_eq!(m.get("b"), Some(2));
-    }
 
     fn heartbeat_args(instance_id: &str) -> Map<String, Value> {
         let mut args = Map::new();

@@ -20,7 +20,7 @@ use trove_common::db::models::{
     lastseen, GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
 };
 use trove_common::db::{Db, DbError};
-use trove_common::rpc::conductor::HeartbeatPayload;
+use trove_common::rpc::conductor::{ConductorMsg, HeartbeatPayload};
 use trove_common::rpc::guest::ModuleResult;
 use trove_common::status::ServiceStatus;
 
@@ -123,6 +123,12 @@ pub async fn handle_heartbeat(
     let outcome = db
         .run(move |conn| heartbeat(conn, &id, &desc, sent).map_err(DbError::from))
         .await?;
+    log_heartbeat(outcome, &description, &instance_id, sent);
+    Ok(outcome)
+}
+
+/// Logs what a heartbeat did.
+fn log_heartbeat(outcome: HeartbeatOutcome, description: &str, instance_id: &str, sent: f64) {
     match outcome {
         HeartbeatOutcome::Applied(status) => {
             tracing::debug!(
@@ -146,7 +152,6 @@ pub async fn handle_heartbeat(
             tracing::warn!(instance.id = %instance_id, "instance has no service status row; heartbeat ignored")
         }
     }
-    Ok(outcome)
 }
 
 /// How a reapply job item is answered, from one guest report. Pure.
@@ -276,8 +281,14 @@ pub async fn handle_module_results(
             .map_err(DbError::from)
         })
         .await?;
-    let job_id = job_id.as_deref().unwrap_or("");
-    match &outcome {
+    log_module_results(&outcome, job_id.as_deref(), sent);
+    Ok(outcome)
+}
+
+/// Logs what a `module_results` report did.
+fn log_module_results(outcome: &ModuleResultsOutcome, job_id: Option<&str>, sent: f64) {
+    let job_id = job_id.unwrap_or("");
+    match outcome {
         ModuleResultsOutcome::Stored {
             stored,
             skipped,
@@ -301,7 +312,61 @@ pub async fn handle_module_results(
             tracing::debug!("module results for a deleted instance; ignored")
         }
     }
-    Ok(outcome)
+}
+
+/// What applying one conductor message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Heartbeat(HeartbeatOutcome),
+    ModuleResults(ModuleResultsOutcome),
+    ReportRoot,
+}
+
+/// The database work of one message. Each handler runs in a transaction of its own, which is a
+/// savepoint when this is called inside a batch's transaction. Errors are database errors.
+pub fn apply(conn: &mut PgConnection, msg: &ConductorMsg) -> QueryResult<Applied> {
+    match msg {
+        ConductorMsg::Heartbeat {
+            instance_id,
+            payload,
+            sent,
+        } => heartbeat(conn, instance_id, &payload.service_status, *sent).map(Applied::Heartbeat),
+        ConductorMsg::ModuleResults {
+            instance_id,
+            results,
+            sent,
+            job_id,
+            error,
+        } => module_results(
+            conn,
+            instance_id,
+            results,
+            *sent,
+            job_id.as_deref(),
+            error.as_deref(),
+        )
+        .map(Applied::ModuleResults),
+        ConductorMsg::ReportRoot { .. } => Ok(Applied::ReportRoot),
+    }
+}
+
+/// Logs what [`apply`] did, in the message's span.
+pub fn log_applied(msg: &ConductorMsg, applied: &Applied) {
+    match (msg, applied) {
+        (
+            ConductorMsg::Heartbeat {
+                instance_id,
+                payload,
+                sent,
+            },
+            Applied::Heartbeat(outcome),
+        ) => log_heartbeat(*outcome, &payload.service_status, instance_id, *sent),
+        (ConductorMsg::ModuleResults { sent, job_id, .. }, Applied::ModuleResults(outcome)) => {
+            log_module_results(outcome, job_id.as_deref(), *sent)
+        }
+        (ConductorMsg::ReportRoot { instance_id, .. }, _) => handle_report_root(instance_id),
+        _ => {}
+    }
 }
 
 /// `report_root`: root enablement is not tracked by trove-rs; logged and acknowledged.

@@ -16,8 +16,9 @@ pub use dispatch::Dispatcher;
 
 /// Serves the conductor queue and runs the heartbeat sweep until `shutdown` is cancelled.
 ///
-/// Declares and consumes `broker.names().conductor()` with at most `[amqp] prefetch` messages in
-/// flight, each acked only after its transaction commits. Beside it, [`sweep::run`] marks guests whose
+/// Declares and consumes `broker.names().conductor()`: the deliveries waiting, up to
+/// `[amqp] conductor_batch_size` at a time, are handled in one database transaction (a savepoint
+/// each) and acked only after it commits; up to four batches are in flight. Beside it, [`sweep::run`] marks guests whose
 /// heartbeats stopped SHUTDOWN every `agent_heartbeat_time` seconds. On cancel it stops taking
 /// deliveries, lets the ones in flight finish and be acked, closes its channel, stops the sweep and
 /// returns. The broker connection belongs to the caller, who closes it.
@@ -28,19 +29,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let queue = broker.names().conductor();
-    let prefetch = settings.amqp.prefetch.max(1);
+    let batch = settings.amqp.conductor_batch_size.max(1);
     let dispatcher = Arc::new(Dispatcher::new(settings.clone(), db.clone()));
-    tracing::info!(queue = %queue, prefetch, "conductor consuming");
+    tracing::info!(queue = %queue, batch, "conductor consuming");
     // The sweep also stops if consuming ever ends on its own, so `run` never returns half-running.
     let sweep_stop = shutdown.child_token();
     let consuming = async {
-        let consumed = amqp::consume(
+        let consumed = amqp::consume_batches(
             broker,
             queue.clone(),
-            prefetch,
-            move |delivery| {
+            batch,
+            move |deliveries| {
                 let dispatcher = dispatcher.clone();
-                async move { dispatcher.dispatch(&delivery.data).await }
+                async move {
+                    let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
+                    dispatcher.dispatch_batch(&bodies).await
+                }
             },
             shutdown,
         )

@@ -734,3 +734,91 @@ async fn the_sweep_shuts_down_only_silent_running_guests() {
         Some(Running)
     );
 }
+
+/// A batch commits in one transaction, each message in its own savepoint: messages that cannot be
+/// decoded are dead-lettered, one whose database work fails is retried alone, and the rest apply, in
+/// order (a stale heartbeat after a newer one changes nothing).
+#[tokio::test]
+async fn a_batch_applies_in_order_and_isolates_a_failing_message() {
+    let t = TestDb::new().await;
+    let settings = Arc::new(Settings::default());
+    let s = settings.clone();
+    let id = t.run(move |c| seed(c, &s)).await;
+    // A database error only this message's work meets.
+    t.run(|c| {
+        diesel::sql_query(
+            "ALTER TABLE guest_module_results ADD CONSTRAINT test_no_boom CHECK (status <> 'BOOM')",
+        )
+        .execute(c)
+    })
+    .await;
+    let d = Dispatcher::new(settings, t.db.clone());
+    let sec = Security::GuestToConductor {
+        instance_id: id.clone(),
+        keys: rpc_keyring(INSTANCE_KEY),
+    };
+    let results = |status: &str, sent: f64| {
+        let mut args = Map::new();
+        args.insert("instance_id".into(), json!(id));
+        args.insert(
+            "results".into(),
+            json!([result("m1", status, "msg", "2026-11-26 10:00:01.00")]),
+        );
+        args.insert("sent".into(), json!(sent));
+        encode_request(
+            "module_results",
+            args,
+            &RpcContext::service(),
+            "1.0",
+            None,
+            &sec,
+        )
+    };
+    let bodies = [
+        sealed_by(&id, INSTANCE_KEY, heartbeat_args(&id, "running", 1.0)),
+        b"not json".to_vec(),
+        results("BOOM", 1.0),
+        sealed_by(&id, INSTANCE_KEY, heartbeat_args(&id, "healthy", 2.0)),
+        sealed_by(&id, INSTANCE_KEY, heartbeat_args(&id, "crashed", 1.5)),
+        // Sent at the same time as the failed one: stale if that one had left its clock behind.
+        results("OK", 1.0),
+    ];
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let outcomes = d.dispatch_batch(&refs).await;
+    let kinds: Vec<&str> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Ack => "ack",
+            Outcome::DeadLetter(_) => "dead-letter",
+            Outcome::Retry(_) => "retry",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ack", "dead-letter", "retry", "ack", "ack", "ack"],
+        "{outcomes:?}"
+    );
+    let i = id.clone();
+    assert_eq!(
+        t.run(move |c| status_of(c, &i)).await.status(),
+        Some(ServiceStatus::Healthy)
+    );
+    // The failed report left nothing behind (not even its lastseen clock), the later one is stored.
+    let i = id.clone();
+    let stored: Vec<String> = t
+        .run(move |c| {
+            diesel::sql_query(format!(
+                "SELECT status AS v FROM guest_module_results WHERE instance_id = '{i}'"
+            ))
+            .load::<Text>(c)
+            .map(|rows| rows.into_iter().map(|r| r.v).collect())
+        })
+        .await;
+    assert_eq!(stored, ["OK"]);
+}
+
+#[derive(QueryableByName)]
+struct Text {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    v: String,
+}
