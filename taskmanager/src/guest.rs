@@ -40,6 +40,18 @@ pub async fn cast(
     rpc: &RpcContext,
     msg: &GuestMsg,
 ) -> Result<(), AmqpError> {
+    cast_with(ctx, instance_id, keys, rpc, msg, true).await
+}
+
+/// [`cast`], persistent or transient.
+pub async fn cast_with(
+    ctx: &Ctx,
+    instance_id: &str,
+    keys: Option<&Keyring>,
+    rpc: &RpcContext,
+    msg: &GuestMsg,
+    persistent: bool,
+) -> Result<(), AmqpError> {
     let (method, args) = to_method_args(msg);
     let version = if matches!(msg, GuestMsg::Prepare(_)) {
         "1.1"
@@ -47,9 +59,12 @@ pub async fn cast(
         "1.0"
     };
     let body = encode_request(&method, args, rpc, version, None, &guest_security(keys));
-    ctx.broker
-        .cast(&ctx.broker.names().guest(instance_id), &body)
-        .await
+    let topic = ctx.broker.names().guest(instance_id);
+    if persistent {
+        ctx.broker.cast(&topic, &body).await
+    } else {
+        ctx.broker.cast_transient(&topic, &body).await
+    }
 }
 
 /// Calls `msg` on the instance's guest and waits up to `timeout` for the result.

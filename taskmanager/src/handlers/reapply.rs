@@ -400,29 +400,29 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
         if job.state == "finished" {
             return Ok(());
         }
-        // Wait for the batch in flight: every sent item answered or timed out. One aggregate row per
-        // poll (a batch can hold thousands of items): how many are sent, how many of those are
-        // stamped, and the latest stamp.
+        // Wait for the batch in flight: every sent item answered or timed out. Two lookups in the
+        // partial index `reapply_job_items_sent` per poll, however many items the batch holds: is a
+        // sent item still unstamped, and when was the latest one stamped.
         let id = job_id.to_owned();
-        let (sent, stamped, latest): (i64, i64, Option<NaiveDateTime>) = ctx
+        let (unstamped, latest): (bool, Option<NaiveDateTime>) = ctx
             .db
             .run(move |c| {
-                items::table
-                    .filter(items::job_id.eq(&id))
-                    .filter(items::state.eq("sent"))
-                    .select((
-                        diesel::dsl::count_star(),
-                        diesel::dsl::count(items::sent_at),
-                        diesel::dsl::max(items::sent_at),
-                    ))
-                    .first(c)
-                    .map_err(DbError::from)
+                let sent = || {
+                    items::table
+                        .filter(items::job_id.eq(id.clone()))
+                        .filter(items::state.eq("sent"))
+                };
+                let unstamped =
+                    diesel::select(diesel::dsl::exists(sent().filter(items::sent_at.is_null())))
+                        .get_result(c)?;
+                let latest = sent().select(diesel::dsl::max(items::sent_at)).first(c)?;
+                Ok::<_, DbError>((unstamped, latest))
             })
             .await?;
         let n = now();
         // No `sent_at` yet: the cast is in progress (a driver that died mid-send was handled above).
         // Otherwise the batch waits while its latest-sent item is within the timeout.
-        let waiting = stamped < sent || latest.is_some_and(|t| n - t < timeout);
+        let waiting = unstamped || latest.is_some_and(|t| n - t < timeout);
         if waiting {
             pause(ctx, Duration::from_millis(50)).await?;
             continue;
@@ -457,6 +457,15 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
         return Ok(Settled::Finished);
     };
     let module_md5 = job.current_md5.clone().unwrap_or_default();
+    // The items this settles (answered, and sent ones that timed out), locked in instance order as
+    // every bulk update of items is (see `lock_items`), against a late answer from the conductor.
+    items::table
+        .filter(items::job_id.eq(job_id))
+        .filter(items::state.eq_any(["answered", "sent"]))
+        .order(items::instance_id)
+        .for_update()
+        .select(items::instance_id)
+        .load::<String>(c)?;
     let answered: Vec<(String, Option<String>)> = items::table
         .filter(items::job_id.eq(job_id))
         .filter(items::state.eq("answered"))
@@ -640,12 +649,13 @@ async fn cast_items(ctx: &Ctx, job: &ReapplyJob, instance_ids: Vec<String>) -> a
                 let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
                     .ok()
                     .flatten();
-                let res = crate::guest::cast(
+                let res = crate::guest::cast_with(
                     ctx,
                     instance_id,
                     crate::guest::keyring(keys.as_deref()).as_ref(),
                     &rpc,
                     &msg,
+                    ctx.settings.default.module_reapply_persistent_casts,
                 )
                 .await;
                 (instance_id.clone(), res)
@@ -669,6 +679,9 @@ async fn cast_items(ctx: &Ctx, job: &ReapplyJob, instance_ids: Vec<String>) -> a
     ctx.db
         .run(move |c| {
             c.transaction(|c| {
+                // Locked in instance order first, the order the conductor answers items in, so the
+                // two never deadlock.
+                lock_items(c, &job_id, &instance_ids)?;
                 for (id, message) in &failed {
                     diesel::update(items::table.find((&job_id, id)))
                         .filter(items::state.eq("sent"))
@@ -689,6 +702,27 @@ async fn cast_items(ctx: &Ctx, job: &ReapplyJob, instance_ids: Vec<String>) -> a
         })
         .await?;
     Ok(())
+}
+
+/// Locks the job's items of `instance_ids` (`FOR UPDATE`) in instance id order: every transaction
+/// that updates many items takes them in this order, as the conductor does when it answers a batch.
+fn lock_items(c: &mut PgConnection, job_id: &str, instance_ids: &[String]) -> QueryResult<()> {
+    for chunk in sorted(instance_ids).chunks(5000) {
+        items::table
+            .filter(items::job_id.eq(job_id))
+            .filter(items::instance_id.eq_any(chunk))
+            .order(items::instance_id)
+            .for_update()
+            .select(items::instance_id)
+            .load::<String>(c)?;
+    }
+    Ok(())
+}
+
+fn sorted(ids: &[String]) -> Vec<&str> {
+    let mut v: Vec<&str> = ids.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v
 }
 
 fn modules_row(c: &mut PgConnection, id: &str) -> QueryResult<Option<Module>> {

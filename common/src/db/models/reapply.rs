@@ -110,19 +110,25 @@ impl ReapplyItem {
         status: &str,
         message: Option<&str>,
     ) -> QueryResult<usize> {
-        diesel::update(
-            reapply_job_items::table
-                .filter(reapply_job_items::job_id.eq(job_id))
-                .filter(reapply_job_items::instance_id.eq(instance_id))
-                .filter(reapply_job_items::state.eq("sent")),
-        )
-        .set((
-            reapply_job_items::state.eq("answered"),
-            reapply_job_items::answered_at.eq(crate::db::now()),
-            reapply_job_items::status.eq(status),
-            reapply_job_items::message.eq(message),
-        ))
-        .execute(conn)
+        // By primary key only, then the state checked here: a predicate on `state` could lead the
+        // planner to scan the job's items by state instead (a batch holds thousands).
+        let state: Option<String> = reapply_job_items::table
+            .find((job_id, instance_id))
+            .for_update()
+            .select(reapply_job_items::state)
+            .first(conn)
+            .optional()?;
+        if state.as_deref() != Some("sent") {
+            return Ok(0);
+        }
+        diesel::update(reapply_job_items::table.find((job_id, instance_id)))
+            .set((
+                reapply_job_items::state.eq("answered"),
+                reapply_job_items::answered_at.eq(crate::db::now()),
+                reapply_job_items::status.eq(status),
+                reapply_job_items::message.eq(message),
+            ))
+            .execute(conn)
     }
 
     pub fn find(

@@ -1,0 +1,1 @@
+DROP INDEX reapply_job_items_sent;
