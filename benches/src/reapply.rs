@@ -80,11 +80,36 @@ pub struct ReapplyArgs {
     /// A label printed with the results (e.g. "before", "after").
     #[arg(long, default_value = "")]
     pub label: String,
+    /// `module_reapply_persistent_casts`: publish the reapply's module_apply casts persistent.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub persistent_casts: bool,
+    /// Keep the services' logs (their directory is printed) even when the run succeeds.
+    #[arg(long)]
+    pub keep_logs: bool,
+    /// The guest agent binary real mode runs (default: `target/guest/trove-guestagent`, as guest
+    /// images ship it, when it is built; otherwise the one beside this binary).
+    #[arg(long)]
+    pub guest_binary: Option<PathBuf>,
+}
+
+/// The guest agent binary of real mode: `--guest-binary`, else the `guest` profile's build, else
+/// the one beside this binary.
+pub fn guest_binary(args: &ReapplyArgs) -> PathBuf {
+    if let Some(b) = &args.guest_binary {
+        return b.clone();
+    }
+    let bin = trove_tests::bin_dir();
+    let shipped = bin
+        .parent()
+        .map(|target| target.join("guest").join("trove-guestagent"));
+    match shipped {
+        Some(b) if b.is_file() => b,
+        _ => bin.join("trove-guestagent"),
+    }
 }
 
 /// A file's worth of INI for the services and the guests.
 fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &ReapplyArgs) -> String {
-    let bin = trove_tests::bin_dir();
     format!(
         "[DEFAULT]\n\
          transport_url = {transport}\n\
@@ -95,6 +120,7 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
          allow_noauth = true\n\
          report_interval = {report}\n\
          module_reapply_instance_timeout = 120\n\
+         module_reapply_persistent_casts = {persistent}\n\
          [database]\n\
          connection = {db_url}\n\
          [amqp]\n\
@@ -107,8 +133,9 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
          guestagent_path = {guest}\n",
         transport = trove_tests::transport_url(),
         report = args.report_interval,
+        persistent = args.persistent_casts,
         state = state.display(),
-        guest = bin.join("trove-guestagent").display(),
+        guest = guest_binary(args).display(),
     )
 }
 
@@ -387,6 +414,10 @@ pub async fn run(args: ReapplyArgs) -> anyhow::Result<()> {
     match outcome {
         Ok(report) => {
             print!("{report}");
+            if args.keep_logs {
+                let kept = std::mem::replace(&mut stack._work, tempfile::tempdir()?).keep();
+                println!("service logs kept in {}", kept.display());
+            }
             Ok(())
         }
         Err(e) => {
@@ -407,8 +438,8 @@ async fn bench(args: &ReapplyArgs, stack: &mut Stack) -> BenchResult {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## trove-bench reapply --mode {:?} --n {} {}",
-        args.mode, args.n, args.label
+        "## trove-bench reapply --mode {:?} --n {} --persistent-casts {} {}",
+        args.mode, args.n, args.persistent_casts, args.label
     );
     let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(out, "state directories: {}", stack.state.display());
@@ -920,11 +951,14 @@ async fn measure(
                     rss.push(r as f64 / 1024.0);
                 }
             }
+            let guest = guest_binary(args);
             let _ = writeln!(
                 out,
-                "real guest processes ({} alive of {}), MiB: peak RSS (VmHWM) {}; idle RSS (VmRSS) {}",
+                "real guest processes ({} alive of {}; {}, {:.1} MB), MiB: peak RSS (VmHWM) {}; idle RSS (VmRSS) {}",
                 rss.len(),
                 pids.len(),
+                guest.display(),
+                std::fs::metadata(&guest).map_or(0.0, |m| m.len() as f64 / 1e6),
                 Summary::of(&hwm).map_or("?".into(), |s| s.to_string()),
                 Summary::of(&rss).map_or("?".into(), |s| s.to_string())
             );
