@@ -157,21 +157,7 @@ fn sql(query: Query, case: Case) -> String {
         (Query::Scan, true) => format!(
             "{head}FROM instance_modules im WHERE im.module_id = $1 AND NOT im.deleted{members}{tail}"
         ),
-        // The text of InstanceModule::count_by_md5 for admins (the rows are compared below).
-        (Query::Shipped, true) => format!(
-            "SELECT md5 AS module_md5, sum(instances)::bigint AS instance_count, \
-                    (md5 = $2) AS current, min(lo) AS min_updated_date, max(hi) AS max_updated_date \
-             FROM (SELECT c.md5, c.instances, \
-                     (SELECT min(im.updated) FROM instance_modules im \
-                       WHERE im.module_id = c.module_id AND im.clustered = c.clustered \
-                         AND im.md5 = c.md5 AND NOT im.deleted) AS lo, \
-                     (SELECT max(im.updated) FROM instance_modules im \
-                       WHERE im.module_id = c.module_id AND im.clustered = c.clustered \
-                         AND im.md5 = c.md5 AND NOT im.deleted) AS hi \
-                   FROM instance_module_counts c \
-                   WHERE c.module_id = $1 AND c.instances > 0{members}) g \
-             GROUP BY md5 ORDER BY min(lo)"
-        ),
+        (Query::Shipped, true) => InstanceModule::count_by_md5_sql(case.include_clustered, false),
     }
 }
 

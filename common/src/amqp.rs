@@ -404,83 +404,48 @@ where
     H: Fn(lapin::message::Delivery) -> F + Send + Sync + 'static,
     F: Future<Output = Outcome> + Send + 'static,
 {
-    let handler = Arc::new(handler);
-    let limit = Arc::new(Semaphore::new(prefetch as usize));
-    let mut tasks = tokio::task::JoinSet::new();
-    while !shutdown.is_cancelled() {
-        let session = async {
-            let ch = broker.channel().await?;
-            declare_topic_queue(&ch, &broker.names, &topic).await?;
-            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-            let consumer = ch
-                .basic_consume(
-                    topic.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, AmqpError>((ch, consumer))
-        };
-        let (ch, mut consumer) = match session.await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, queue = %topic, "cannot consume yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(broker.reconnect_delay) => continue,
+    // Batches of one, `prefetch` of them at once.
+    consume_batches(
+        broker,
+        topic,
+        1,
+        usize::from(prefetch.max(1)),
+        move |mut batch: Vec<lapin::message::Delivery>| {
+            let one = batch.pop().map(&handler);
+            async move {
+                match one {
+                    Some(outcome) => vec![outcome.await],
+                    None => Vec::new(),
                 }
             }
-        };
-        tracing::debug!(queue = %topic, "consuming");
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = consumer.next() => next,
-            };
-            let delivery = match next {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, queue = %topic, "consumer failed; reconnecting");
-                    break;
-                }
-                None => {
-                    tracing::warn!(queue = %topic, "consumer ended; reconnecting");
-                    break;
-                }
-            };
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore never closes");
-            let handler = handler.clone();
-            let reconnect_delay = broker.reconnect_delay;
-            tasks.spawn(async move {
-                let acker = delivery.acker.clone();
-                let outcome = handler(delivery).await;
-                settle(&acker, outcome, reconnect_delay).await;
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-        if shutdown.is_cancelled() {
-            // Let deliveries in flight finish and be acked before the channel closes.
-            while tasks.join_next().await.is_some() {}
-            let _ = ch.close(200, "shutdown".into()).await;
-            break;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(broker.reconnect_delay) => {}
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// A channel consuming `topic` (declared and bound first) with `prefetch` unacked deliveries.
+async fn open_consumer(
+    broker: &Broker,
+    topic: &str,
+    prefetch: u16,
+) -> Result<(Channel, lapin::Consumer), AmqpError> {
+    let ch = broker.channel().await?;
+    declare_topic_queue(&ch, &broker.names, topic).await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            topic.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((ch, consumer))
 }
 
 /// Acks, dead-letters or (after a pause) requeues one delivery, as its outcome says.
-async fn settle(acker: &lapin::Acker, outcome: Outcome, reconnect_delay: Duration) {
+pub async fn settle(acker: &lapin::Acker, outcome: Outcome, reconnect_delay: Duration) {
     let res = match outcome {
         Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
         Outcome::DeadLetter(why) => {
@@ -504,17 +469,15 @@ async fn settle(acker: &lapin::Acker, outcome: Outcome, reconnect_delay: Duratio
     }
 }
 
-/// Batches a consumer of [`consume_batches`] holds at once.
-pub const BATCHES_IN_FLIGHT: usize = 4;
-
 /// [`consume`], but the handler takes the deliveries that are waiting, up to `max_batch` at a time
 /// (never waiting for more: a lone message is handled at once), and returns one outcome per
-/// delivery, in order. At most [`BATCHES_IN_FLIGHT`] batches run at once, and the channel's prefetch
-/// is `BATCHES_IN_FLIGHT × max_batch`. For consumers whose work commits in one transaction per batch.
+/// delivery, in order. At most `in_flight` batches run at once, and the channel's prefetch is
+/// `in_flight × max_batch`. For consumers whose work commits in one transaction per batch.
 pub async fn consume_batches<H, F>(
     broker: Arc<Broker>,
     topic: String,
     max_batch: u16,
+    in_flight: usize,
     handler: H,
     shutdown: CancellationToken,
 ) -> Result<(), AmqpError>
@@ -524,26 +487,13 @@ where
 {
     use futures_util::FutureExt as _;
     let max_batch = usize::from(max_batch.max(1));
-    let prefetch = u16::try_from(max_batch * BATCHES_IN_FLIGHT).unwrap_or(u16::MAX);
+    let in_flight = in_flight.max(1);
+    let prefetch = u16::try_from(max_batch * in_flight).unwrap_or(u16::MAX);
     let handler = Arc::new(handler);
-    let limit = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let limit = Arc::new(Semaphore::new(in_flight));
     let mut tasks = tokio::task::JoinSet::new();
     while !shutdown.is_cancelled() {
-        let session = async {
-            let ch = broker.channel().await?;
-            declare_topic_queue(&ch, &broker.names, &topic).await?;
-            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-            let consumer = ch
-                .basic_consume(
-                    topic.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, AmqpError>((ch, consumer))
-        };
-        let (ch, mut consumer) = match session.await {
+        let (ch, mut consumer) = match open_consumer(&broker, &topic, prefetch).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, queue = %topic, "cannot consume yet; retrying");
@@ -594,6 +544,7 @@ where
             while tasks.try_join_next().is_some() {}
         }
         if shutdown.is_cancelled() {
+            // Let deliveries in flight finish and be acked before the channel closes.
             while tasks.join_next().await.is_some() {}
             let _ = ch.close(200, "shutdown".into()).await;
             break;

@@ -14,6 +14,9 @@ use trove_common::db::Db;
 
 pub use dispatch::Dispatcher;
 
+/// Batches the conductor holds unacknowledged at once.
+pub const BATCHES_IN_FLIGHT: usize = 4;
+
 /// Serves the conductor queue and runs the heartbeat sweep until `shutdown` is cancelled.
 ///
 /// Declares and consumes `broker.names().conductor()`: the deliveries waiting, up to
@@ -39,6 +42,7 @@ pub async fn run(
             broker,
             queue.clone(),
             batch,
+            BATCHES_IN_FLIGHT,
             move |deliveries| {
                 let dispatcher = dispatcher.clone();
                 async move {

@@ -22,15 +22,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use trove_common::amqp::{AmqpError, Broker, Outcome};
+use trove_common::amqp::{self, AmqpError, Broker};
 use trove_common::config::Settings;
 use trove_common::epoch_now;
 
@@ -338,26 +336,7 @@ async fn serve_queue(
         tasks.spawn(async move {
             let acker = delivery.acker.clone();
             let outcome = dispatch::handle_message(agent, &delivery.data).await;
-            let res = match outcome {
-                Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
-                Outcome::DeadLetter(why) => {
-                    tracing::error!(reason = %why, "message dead-lettered");
-                    acker.reject(BasicRejectOptions { requeue: false }).await
-                }
-                Outcome::Retry(why) => {
-                    tracing::warn!(reason = %why, "message will be retried");
-                    tokio::time::sleep(retry_delay).await;
-                    acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
-                }
-            };
-            if let Err(e) = res {
-                tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
-            }
+            amqp::settle(&acker, outcome, retry_delay).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}

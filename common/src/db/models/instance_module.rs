@@ -37,6 +37,27 @@ pub struct Md5Count {
 }
 
 impl InstanceModule {
+    /// A new live row, created and updated `now`.
+    fn live(
+        instance_id: &str,
+        module_id: &str,
+        md5: &str,
+        now: NaiveDateTime,
+        clustered: bool,
+    ) -> Self {
+        Self {
+            id: crate::db::new_id(),
+            instance_id: instance_id.into(),
+            module_id: module_id.into(),
+            md5: md5.into(),
+            created: now,
+            updated: now,
+            deleted: false,
+            deleted_at: None,
+            clustered,
+        }
+    }
+
     /// `record(instance, module, md5)`: keep the first live row with this md5 and refresh its `updated`,
     /// retire every other live row of the pair, or insert one. Call inside a transaction; the partial
     /// unique index on live pairs guards against two concurrent records.
@@ -86,17 +107,7 @@ impl InstanceModule {
             }
             None => {
                 diesel::insert_into(instance_modules::table)
-                    .values(&Self {
-                        id: crate::db::new_id(),
-                        instance_id: instance_id.into(),
-                        module_id: module_id.into(),
-                        md5: md5.into(),
-                        created: now,
-                        updated: now,
-                        deleted: false,
-                        deleted_at: None,
-                        clustered,
-                    })
+                    .values(&Self::live(instance_id, module_id, md5, now, clustered))
                     .execute(conn)?;
             }
         }
@@ -174,17 +185,7 @@ impl InstanceModule {
         let fresh: Vec<Self> = instance_ids
             .iter()
             .filter(|i| !kept_for.contains(**i) && seen.insert(**i))
-            .map(|instance_id| Self {
-                id: crate::db::new_id(),
-                instance_id: (*instance_id).into(),
-                module_id: module_id.into(),
-                md5: md5.into(),
-                created: now,
-                updated: now,
-                deleted: false,
-                deleted_at: None,
-                clustered: member[*instance_id],
-            })
+            .map(|instance_id| Self::live(instance_id, module_id, md5, now, member[*instance_id]))
             .collect();
         // 8 parameters a row: 1,000 rows stay far below PostgreSQL's 65,535.
         for chunk in fresh.chunks(1000) {
@@ -229,13 +230,25 @@ impl InstanceModule {
         include_clustered: bool,
         tenant: Option<&str>,
     ) -> QueryResult<Vec<Md5Count>> {
+        let q = diesel::sql_query(Self::count_by_md5_sql(include_clustered, tenant.is_some()))
+            .bind::<Text, _>(module_id)
+            .bind::<Text, _>(module_md5);
+        match tenant {
+            Some(t) => q.bind::<Text, _>(t).load(conn),
+            None => q.load(conn),
+        }
+    }
+
+    /// The SQL of [`InstanceModule::count_by_md5`]: `$1` module id, `$2` its md5, `$3` the tenant
+    /// (only when `tenant`).
+    pub fn count_by_md5_sql(include_clustered: bool, tenant: bool) -> String {
         let members = if include_clustered {
             ""
         } else {
             " AND NOT clustered"
         };
-        let sql = match tenant {
-            Some(_) => format!(
+        if tenant {
+            format!(
                 "SELECT im.md5 AS module_md5, count(*) AS instance_count, (im.md5 = $2) AS current, \
                         min(im.updated) AS min_updated_date, max(im.updated) AS max_updated_date \
                  FROM instance_modules im JOIN instances i ON i.id = im.instance_id \
@@ -246,8 +259,9 @@ impl InstanceModule {
                 } else {
                     " AND i.cluster_id IS NULL"
                 }
-            ),
-            None => format!(
+            )
+        } else {
+            format!(
                 "SELECT md5 AS module_md5, sum(instances)::bigint AS instance_count, \
                         (md5 = $2) AS current, min(lo) AS min_updated_date, \
                         max(hi) AS max_updated_date \
@@ -261,14 +275,7 @@ impl InstanceModule {
                        FROM instance_module_counts c \
                        WHERE c.module_id = $1 AND c.instances > 0{members}) g \
                  GROUP BY md5 ORDER BY min(lo)"
-            ),
-        };
-        let q = diesel::sql_query(sql)
-            .bind::<Text, _>(module_id)
-            .bind::<Text, _>(module_md5);
-        match tenant {
-            Some(t) => q.bind::<Text, _>(t).load(conn),
-            None => q.load(conn),
+            )
         }
     }
 
