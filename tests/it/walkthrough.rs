@@ -41,6 +41,23 @@ fn assert_table(out: &CliOutput, expected: &str) {
     assert_eq!(mask(ok(out)), doc(expected));
 }
 
+/// Returns once the wall clock has entered the next second, so rows written from now on carry a later
+/// second than every row written before. The tables show dates to the second, and rows that tie on
+/// them are ordered by their later columns (md5), as python-troveclient orders them. The
+/// walkthrough's steps are seconds apart; ours can all land in one second.
+async fn next_second() {
+    let second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+    };
+    let start = second();
+    while second() == start {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn wait_active(env: &TestEnv, name_or_id: &str) {
     env.eventually(
         Duration::from_secs(60),
@@ -345,6 +362,8 @@ async fn the_module_walkthrough() {
     );
     let member = ids.remove(0);
 
+    // The members' V2 rows were written at cluster-create; V3 must come in a later second.
+    next_second().await;
     let out = env
         .trove_in(ADMIN, &["module-apply", &member, "mymod"], Some(dir.path()))
         .await;
@@ -415,6 +434,7 @@ async fn the_module_walkthrough() {
     );
 
     let mid = module_id(&env).await;
+    next_second().await;
     let out = cli(vec![
         "module-reapply",
         "mymod",
@@ -448,7 +468,7 @@ async fn the_module_walkthrough() {
     );
     let before_force = count_dates(&out.stdout);
 
-    tokio::time::sleep(Duration::from_millis(1100)).await; // let the second-resolution dates move
+    next_second().await;
     let out = cli(vec![
         "module-reapply",
         "mymod",
