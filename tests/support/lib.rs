@@ -171,7 +171,9 @@ pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
     s.default.auth_strategy = "noauth".into();
     s.default.allow_noauth = true;
     s.amqp.prefix = prefix.into();
-    s.amqp.queue_expires_ms = 30 * 60 * 1000;
+    // Five minutes unused, far beyond any test: test queues must not pile up on a shared broker,
+    // whose restart (the broker test) recovers every durable queue left on it.
+    s.amqp.queue_expires_ms = 5 * 60 * 1000;
     s.amqp.reconnect_delay = 0.2;
     s.api.outbox_poll_interval = 0.2;
     s.compute.state_path = state.to_path_buf();

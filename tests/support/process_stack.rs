@@ -179,7 +179,7 @@ impl ProcessStack {
              \n\
              [amqp]\n\
              prefix = {prefix}\n\
-             queue_expires_ms = 1800000\n\
+             queue_expires_ms = 300000\n\
              reconnect_delay = 0.2\n\
              \n\
              [api]\n\
