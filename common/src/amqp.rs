@@ -222,24 +222,26 @@ impl Broker {
     /// Publishes a persistent, mandatory message to the control exchange with `topic` as routing key,
     /// and waits for the broker's confirm. Retries once on a dead connection.
     pub async fn cast(&self, topic: &str, body: &[u8]) -> Result<(), AmqpError> {
-        let exchange = self.names.exchange();
-        match self.publish_confirmed(&exchange, topic, body, true).await {
-            Err(AmqpError::Lapin(e)) => {
-                tracing::warn!(error = %e, topic, "publish failed; reconnecting once");
-                self.publish_confirmed(&exchange, topic, body, true).await
-            }
-            other => other,
-        }
+        self.cast_with(topic, body, true).await
     }
 
-    /// [`Broker::cast`], but transient (delivery mode 1): still mandatory and confirmed, so an
-    /// unroutable message is an error, but a broker restart drops it from its queue.
-    pub async fn cast_transient(&self, topic: &str, body: &[u8]) -> Result<(), AmqpError> {
+    /// [`Broker::cast`], persistent or transient (delivery mode 1: still mandatory and confirmed, so
+    /// an unroutable message is an error, but a broker restart drops it from its queue).
+    pub async fn cast_with(
+        &self,
+        topic: &str,
+        body: &[u8],
+        persistent: bool,
+    ) -> Result<(), AmqpError> {
         let exchange = self.names.exchange();
-        match self.publish_confirmed(&exchange, topic, body, false).await {
+        match self
+            .publish_confirmed(&exchange, topic, body, persistent)
+            .await
+        {
             Err(AmqpError::Lapin(e)) => {
                 tracing::warn!(error = %e, topic, "publish failed; reconnecting once");
-                self.publish_confirmed(&exchange, topic, body, false).await
+                self.publish_confirmed(&exchange, topic, body, persistent)
+                    .await
             }
             other => other,
         }

@@ -119,45 +119,43 @@ impl Dispatcher {
         // of reapply items (also by instance id), from deadlocking. The sort is stable, so one
         // instance's messages keep their order.
         work.sort_by(|(_, a, _), (_, b, _)| instance_of(a).cmp(instance_of(b)));
-        let msgs: Vec<ConductorMsg> = work.iter().map(|(_, m, _)| m.clone()).collect();
+        // The messages move into the database closure and come back with their results; what an
+        // error needs to say is kept here.
+        let (slots, msgs): (Vec<_>, Vec<_>) = work
+            .into_iter()
+            .map(|(i, msg, span)| {
+                let label = format!("{} from instance {}", msg.method(), instance_of(&msg));
+                ((i, span, label), msg)
+            })
+            .unzip();
         let done = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    Ok::<_, diesel::result::Error>(
-                        msgs.iter()
-                            .map(|msg| handlers::apply(conn, msg))
-                            .collect::<Vec<_>>(),
-                    )
+                    let results: Vec<_> =
+                        msgs.iter().map(|msg| handlers::apply(conn, msg)).collect();
+                    Ok::<_, diesel::result::Error>((msgs, results))
                 })
                 .map_err(DbError::from)
             })
             .await;
         match done {
-            Ok(results) => {
-                for ((i, msg, span), result) in work.into_iter().zip(results) {
+            Ok((msgs, results)) => {
+                for (((i, span, label), msg), result) in slots.into_iter().zip(msgs).zip(results) {
                     let _entered = span.enter();
                     outcomes[i] = Some(match result {
                         Ok(applied) => {
                             handlers::log_applied(&msg, &applied);
                             Outcome::Ack
                         }
-                        Err(e) => Outcome::Retry(format!(
-                            "{} from instance {}: {e}",
-                            msg.method(),
-                            instance_of(&msg)
-                        )),
+                        Err(e) => Outcome::Retry(format!("{label}: {e}")),
                     });
                 }
             }
             Err(e) => {
-                for (i, msg, span) in work {
+                for (i, span, label) in slots {
                     let _entered = span.enter();
-                    outcomes[i] = Some(Outcome::Retry(format!(
-                        "{} from instance {}: {e}",
-                        msg.method(),
-                        instance_of(&msg)
-                    )));
+                    outcomes[i] = Some(Outcome::Retry(format!("{label}: {e}")));
                 }
             }
         }

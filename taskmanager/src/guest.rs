@@ -59,12 +59,9 @@ pub async fn cast_with(
         "1.0"
     };
     let body = encode_request(&method, args, rpc, version, None, &guest_security(keys));
-    let topic = ctx.broker.names().guest(instance_id);
-    if persistent {
-        ctx.broker.cast(&topic, &body).await
-    } else {
-        ctx.broker.cast_transient(&topic, &body).await
-    }
+    ctx.broker
+        .cast_with(&ctx.broker.names().guest(instance_id), &body, persistent)
+        .await
 }
 
 /// Calls `msg` on the instance's guest and waits up to `timeout` for the result.

@@ -14,7 +14,7 @@ use diesel::{PgConnection, RunQueryDsl};
 use regex::Regex;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use trove_tests::ok;
+use trove_tests::{ok, rows};
 use trove_tests::{process_alive, ProcessStack, TestEnv};
 
 /// A 32-character project id whose token is admin.
@@ -235,20 +235,6 @@ fn guest_result(state_path: &Path, instance: &str, module: &str) -> Value {
         &std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
     )
     .expect("result.json")
-}
-
-/// The cells of a CLI table's data rows.
-fn table_rows(out: &str) -> Vec<Vec<String>> {
-    out.lines()
-        .filter(|l| l.starts_with('|'))
-        .skip(1)
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_owned())
-                .collect()
-        })
-        .collect()
 }
 
 const FLEET: usize = 50;
@@ -607,7 +593,7 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
 
     // module-reapply-list shows the same counts.
     let out = env.trove(ADMIN, &["module-reapply-list", "downmod"]).await;
-    let rows = table_rows(ok(&out));
+    let listed = rows(ok(&out));
     let header: Vec<&str> = out
         .stdout
         .lines()
@@ -621,9 +607,9 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
         header,
         ["ID", "State", "Total", "Applied", "Skipped", "Failed", "Started", "Finished"]
     );
-    assert_eq!(rows.len(), 1, "{}", out.stdout);
+    assert_eq!(listed.len(), 1, "{}", out.stdout);
     assert_eq!(
-        rows[0][..6],
+        listed[0][..6],
         [job["id"].as_str().unwrap(), "finished", "6", "4", "0", "2"],
         "{}",
         out.stdout

@@ -363,8 +363,7 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
                 diesel::update(
                     items::table
                         .filter(items::job_id.eq(&id))
-                        .filter(items::state.ne("sent"))
-                        .filter(items::state.ne("pending"))
+                        .filter(items::state.eq_any(["answered", "applied", "failed"]))
                         .filter(items::sent_at.is_null())
                         .filter(items::answered_at.is_not_null()),
                 )
@@ -459,18 +458,17 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
     let module_md5 = job.current_md5.clone().unwrap_or_default();
     // The items this settles (answered, and sent ones that timed out), locked in instance order as
     // every bulk update of items is (see `lock_items`), against a late answer from the conductor.
-    items::table
+    let answered: Vec<(String, Option<String>)> = items::table
         .filter(items::job_id.eq(job_id))
         .filter(items::state.eq_any(["answered", "sent"]))
         .order(items::instance_id)
         .for_update()
-        .select(items::instance_id)
-        .load::<String>(c)?;
-    let answered: Vec<(String, Option<String>)> = items::table
-        .filter(items::job_id.eq(job_id))
-        .filter(items::state.eq("answered"))
-        .select((items::instance_id, items::status))
-        .load(c)?;
+        .select((items::instance_id, items::state, items::status))
+        .load::<(String, String, Option<String>)>(c)?
+        .into_iter()
+        .filter(|(_, state, _)| state == "answered")
+        .map(|(id, _, status)| (id, status))
+        .collect();
     // A guest that ran the drivers (OK or ERROR) received the module: Trove records it. A call that
     // failed as a whole did not, nor is a deleted instance recorded. Set-based: a batch can hold
     // thousands of items, and this runs in one transaction.
