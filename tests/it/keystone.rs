@@ -2,8 +2,8 @@
 //! library and legacy `trove` shell, and the latency token validation adds.
 //!
 //! Keystone itself comes from `scripts/keystone up` (PyPI's keystone 30.0.0 under gunicorn on
-//! 127.0.0.1:5000, SQLite, projects `trove-alpha`/alice and `trove-beta`/bob, admin, and the service
-//! user `trove`). [`keystone`] runs that script once per test process; the script holds a lock file,
+//! 127.0.0.1:5000, its tables in PostgreSQL; projects `trove-alpha`/alice and `trove-beta`/bob, admin,
+//! and the service user `trove`). [`keystone`] runs that script once per test process; the script holds a lock file,
 //! so test processes started together never bootstrap at the same time, and it returns at once when
 //! Keystone already runs (`.ci/run` starts it before the tests).
 //!
