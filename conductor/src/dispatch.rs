@@ -132,8 +132,7 @@ impl Dispatcher {
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
-                    let results: Vec<_> =
-                        msgs.iter().map(|msg| handlers::apply(conn, msg)).collect();
+                    let results = crate::bulk::apply_batch(conn, &msgs);
                     Ok::<_, diesel::result::Error>((msgs, results))
                 })
                 .map_err(DbError::from)

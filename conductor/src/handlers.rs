@@ -25,7 +25,7 @@ use trove_common::rpc::guest::ModuleResult;
 use trove_common::status::ServiceStatus;
 
 /// The `conductor_lastseen` method names.
-const HEARTBEAT: &str = "heartbeat";
+pub(crate) const HEARTBEAT: &str = "heartbeat";
 const MODULE_RESULTS: &str = "module_results";
 
 /// Column limits of `guest_module_results`: a guest that sends longer values must not make the insert
@@ -240,7 +240,7 @@ pub fn module_results(
                 Some(row) if GuestModuleResult::upsert(conn, &row)? == 1 => stored += 1,
                 Some(_) => skipped += 1,
                 None => {
-                    tracing::warn!(module.id = %truncate(&r.id, MODULE_ID_MAX), "malformed module result; not stored");
+                    warn_malformed(r);
                     skipped += 1;
                 }
             }
@@ -250,10 +250,17 @@ pub fn module_results(
             Some(job_id) => {
                 let module_id = ReapplyJob::find(conn, job_id)?.map(|j| j.module_id);
                 let (status, message) = job_verdict(module_id.as_deref(), results, error);
-                Some(ReapplyItem::answer(conn, job_id, instance_id, status, message.as_deref())? == 1)
+                Some(
+                    ReapplyItem::answer(conn, job_id, instance_id, status, message.as_deref())?
+                        == 1,
+                )
             }
         };
-        Ok(ModuleResultsOutcome::Stored { stored, skipped, item_answered })
+        Ok(ModuleResultsOutcome::Stored {
+            stored,
+            skipped,
+            item_answered,
+        })
     })
 }
 
@@ -379,9 +386,14 @@ fn is_live(conn: &mut PgConnection, instance_id: &str) -> QueryResult<bool> {
     Ok(Instance::find_any(conn, instance_id)?.is_some_and(|i| !i.deleted))
 }
 
+/// Logs a result that cannot be stored (never its contents).
+pub(crate) fn warn_malformed(r: &ModuleResult) {
+    tracing::warn!(module.id = %truncate(&r.id, MODULE_ID_MAX), "malformed module result; not stored");
+}
+
 /// The stored form of one result, or None when it cannot be stored as it stands (an id or md5 longer
 /// than its column: cutting those would change what they name).
-fn result_row(
+pub(crate) fn result_row(
     instance_id: &str,
     r: &ModuleResult,
     now: chrono::NaiveDateTime,

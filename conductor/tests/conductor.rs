@@ -15,7 +15,7 @@ use trove_common::db::models::{
 };
 use trove_common::db::schema::{instance_modules, reapply_job_items, service_statuses};
 use trove_common::db::{Db, DbError};
-use trove_common::rpc::conductor::HeartbeatPayload;
+use trove_common::rpc::conductor::{ConductorMsg, HeartbeatPayload};
 use trove_common::rpc::guest::ModuleResult;
 use trove_common::rpc::keys::seal_instance_key;
 use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
@@ -821,4 +821,245 @@ async fn a_batch_applies_in_order_and_isolates_a_failing_message() {
 struct Text {
     #[diesel(sql_type = diesel::sql_types::Text)]
     v: String,
+}
+
+/// The fleet of [`set_based_batches_match_one_by_one`]: instances `i01`…`i15` cloned from the seeded
+/// one, each set up for one case, plus reapply job `j1` (items `sent` for every instance, except
+/// `i09`'s, already answered) and stored results to be older than.
+fn seed_cases(conn: &mut PgConnection, template: &str) -> QueryResult<()> {
+    let old = chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    for n in 1..=15 {
+        let mut inst = Instance::find_any(conn, template)?.expect("template instance");
+        inst.id = format!("i{n:02}");
+        inst.deleted = n == 5;
+        Instance::insert(conn, &inst)?;
+    }
+    diesel::update(service_statuses::table)
+        .set(service_statuses::updated_at.eq(old))
+        .execute(conn)?;
+    diesel::update(service_statuses::table.filter(service_statuses::instance_id.eq("i03")))
+        .set((
+            service_statuses::status_id.eq(ServiceStatus::RestartRequired.code()),
+            service_statuses::status_description.eq(ServiceStatus::RestartRequired.description()),
+        ))
+        .execute(conn)?;
+    diesel::delete(service_statuses::table.filter(service_statuses::instance_id.eq("i06")))
+        .execute(conn)?;
+    diesel::sql_query(
+        "INSERT INTO conductor_lastseen (instance_id, method_name, sent) VALUES
+           ('i02', 'heartbeat', 50.0), ('i12', 'module_results', 150.0)",
+    )
+    .execute(conn)?;
+    diesel::sql_query(
+        "INSERT INTO guest_module_results
+           (instance_id, module_id, md5, status, message, guest_created, guest_updated, reported_at)
+         VALUES ('i10', 'm1', 'old', 'OK', 'newer than the report', NULL, '2026-11-26 11:00:00.00', now())",
+    )
+    .execute(conn)?;
+    seed_job(conn, "j1", "i08")?;
+    for n in [9, 10, 11, 13, 14, 15] {
+        diesel::insert_into(reapply_job_items::table)
+            .values(ReapplyItem {
+                job_id: "j1".into(),
+                instance_id: format!("i{n:02}"),
+                seq: n,
+                state: if n == 9 { "answered" } else { "sent" }.into(),
+                batch: Some(0),
+                sent_at: Some(trove_common::db::now()),
+                answered_at: None,
+                status: None,
+                message: None,
+            })
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// One message of each kind the conductor meets, as the dispatcher hands them over (by instance id).
+fn case_messages() -> Vec<ConductorMsg> {
+    let beat = |id: &str, desc: &str, sent: f64| ConductorMsg::Heartbeat {
+        instance_id: id.into(),
+        payload: HeartbeatPayload {
+            service_status: desc.into(),
+        },
+        sent,
+    };
+    let answer = |id: &str, job: Option<&str>, results: Vec<ModuleResult>, error: Option<&str>| {
+        ConductorMsg::ModuleResults {
+            instance_id: id.into(),
+            results,
+            sent: 100.0,
+            job_id: job.map(Into::into),
+            error: error.map(Into::into),
+        }
+    };
+    let ok = || result("m1", "OK", "applied", "2026-11-26 10:00:01.00");
+    let mut long_id = ok();
+    long_id.id = "x".repeat(65);
+    vec![
+        beat("i01", "running", 100.0),
+        beat("i02", "running", 40.0),  // older than the last one seen
+        beat("i03", "running", 100.0), // RESTART_REQUIRED is kept
+        beat("i04", "no such status", 100.0),
+        beat("i05", "running", 100.0), // deleted instance
+        beat("i06", "running", 100.0), // no status row
+        beat("i07", "running", 100.0), // two from one instance: one by one, in order
+        beat("i07", "crashed", 99.0),
+        answer("i08", Some("j1"), vec![ok()], None),
+        answer("i09", Some("j1"), vec![ok()], None), // item already answered
+        answer("i10", Some("j1"), vec![ok()], None), // stored result is newer
+        answer("i11", Some("j1"), vec![], Some("prepare check failed")),
+        answer("i12", None, vec![ok()], None), // no job, older than last seen
+        answer("i13", Some("j1"), vec![long_id, ok()], None),
+        answer(
+            "i14",
+            Some("j1"),
+            vec![result(
+                "m2",
+                "ERROR",
+                "other module",
+                "2026-11-26 10:00:01.00",
+            )],
+            None,
+        ),
+        answer("i15", Some("gone"), vec![ok()], None), // job row deleted
+    ]
+}
+
+/// Everything the conductor writes, as comparable text.
+fn written(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+    let q = "SELECT concat_ws('|', 'status', instance_id, status_id, status_description,
+                               updated_at > '2001-01-01') AS v FROM service_statuses
+              WHERE instance_id LIKE 'i__' -- not the template
+             UNION ALL SELECT concat_ws('|', 'seen', instance_id, method_name, sent) FROM conductor_lastseen
+             UNION ALL SELECT concat_ws('|', 'result', instance_id, module_id, md5, status, message,
+                                        guest_updated) FROM guest_module_results
+             UNION ALL SELECT concat_ws('|', 'item', job_id, instance_id, state, status, message,
+                                        answered_at IS NOT NULL) FROM reapply_job_items
+             ORDER BY 1";
+    Ok(diesel::sql_query(q)
+        .load::<Text>(conn)?
+        .into_iter()
+        .map(|r| r.v)
+        .collect())
+}
+
+#[tokio::test]
+async fn set_based_batches_match_one_by_one() {
+    let (one, bulk) = (TestDb::new().await, TestDb::new().await);
+    let settings = Settings::default();
+    for t in [&one, &bulk] {
+        let s = settings.clone();
+        t.run(move |c| {
+            let template = seed(c, &s)?;
+            seed_cases(c, &template)
+        })
+        .await;
+    }
+    let msgs = case_messages();
+    let m = msgs.clone();
+    let (expected, expected_rows) = one
+        .run(move |c| {
+            let applied: Vec<_> = m
+                .iter()
+                .map(|msg| handlers::apply(c, msg))
+                .collect::<QueryResult<_>>()?;
+            Ok((applied, written(c)?))
+        })
+        .await;
+    let (got, got_rows) = bulk
+        .run(move |c| {
+            let applied = c.transaction(|c| {
+                trove_conductor::bulk::apply_batch(c, &msgs)
+                    .into_iter()
+                    .collect::<QueryResult<Vec<_>>>()
+            })?;
+            Ok((applied, written(c)?))
+        })
+        .await;
+    assert_eq!(got, expected);
+    assert_eq!(got_rows, expected_rows);
+    // The cases did what they are named for (the comparison alone would pass on a no-op).
+    use handlers::Applied::{Heartbeat as H, ModuleResults as M};
+    assert_eq!(
+        expected[0],
+        H(HeartbeatOutcome::Applied(ServiceStatus::Running))
+    );
+    assert_eq!(expected[1], H(HeartbeatOutcome::Stale));
+    assert_eq!(expected[2], H(HeartbeatOutcome::KeptRestartRequired));
+    assert_eq!(expected[3], H(HeartbeatOutcome::UnknownStatus));
+    assert_eq!(expected[4], H(HeartbeatOutcome::InstanceGone));
+    assert_eq!(expected[5], H(HeartbeatOutcome::NoStatusRow));
+    assert_eq!(expected[7], H(HeartbeatOutcome::Stale));
+    let stored = |stored, skipped, answered| {
+        M(ModuleResultsOutcome::Stored {
+            stored,
+            skipped,
+            item_answered: Some(answered),
+        })
+    };
+    assert_eq!(expected[8], stored(1, 0, true));
+    assert_eq!(expected[9], stored(1, 0, false));
+    assert_eq!(expected[10], stored(0, 1, true));
+    assert_eq!(expected[11], stored(0, 0, true));
+    assert_eq!(expected[12], M(ModuleResultsOutcome::Stale));
+    assert_eq!(expected[13], stored(1, 1, true));
+    assert_eq!(expected[14], stored(1, 0, true));
+    assert_eq!(expected[15], stored(1, 0, false));
+    assert!(
+        expected_rows.contains(
+            &"item|j1|i14|answered|FAILED|the guest reported no result for module m1|t".to_owned()
+        ),
+        "{expected_rows:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_set_based_batch_falls_back_to_one_by_one() {
+    let t = TestDb::new().await;
+    let settings = Settings::default();
+    t.run(move |c| {
+        let template = seed(c, &settings)?;
+        seed_cases(c, &template)?;
+        diesel::sql_query(
+            "ALTER TABLE guest_module_results ADD CONSTRAINT test_no_boom CHECK (status <> 'BOOM')",
+        )
+        .execute(c)
+    })
+    .await;
+    let answer = |id: &str, status: &str| ConductorMsg::ModuleResults {
+        instance_id: id.into(),
+        results: vec![result("m1", status, "applied", "2026-11-26 10:00:01.00")],
+        sent: 100.0,
+        job_id: Some("j1".into()),
+        error: None,
+    };
+    let msgs = vec![answer("i08", "BOOM"), answer("i13", "OK")];
+    let (outcomes, rows) = t
+        .run(move |c| {
+            let outcomes = c.transaction(|c| {
+                Ok::<_, diesel::result::Error>(trove_conductor::bulk::apply_batch(c, &msgs))
+            })?;
+            Ok((outcomes, written(c)?))
+        })
+        .await;
+    assert!(outcomes[0].is_err(), "{outcomes:?}");
+    assert_eq!(
+        outcomes[1].as_ref().ok(),
+        Some(&handlers::Applied::ModuleResults(
+            ModuleResultsOutcome::Stored {
+                stored: 1,
+                skipped: 0,
+                item_answered: Some(true)
+            }
+        ))
+    );
+    assert!(rows.contains(&"item|j1|i08|sent|f".to_owned()), "{rows:#?}");
+    assert!(
+        rows.contains(&"item|j1|i13|answered|OK|applied|t".to_owned()),
+        "{rows:#?}"
+    );
 }

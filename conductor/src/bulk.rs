@@ -1,0 +1,403 @@
+//! A batch's database work in a few set-based statements instead of a handful per message.
+//!
+//! [`apply_batch`] gives every message the outcome [`handlers::apply`] would have given it, applied
+//! one after the other in the batch's order. The two messages a fleet sends most, heartbeats and
+//! reapply answers (`module_results` with a `job_id`), are applied together: one statement per table
+//! for the whole batch, where one at a time took six or seven round trips each. Everything else, and
+//! every message of an instance that has more than one message in the batch, goes through
+//! [`handlers::apply`] one by one, each in a savepoint of its own.
+//!
+//! The set-based part runs in a savepoint too. If any of its statements fails, the savepoint is
+//! rolled back and those messages are applied one by one instead, so a bad message still only fails
+//! (and retries) itself.
+//!
+//! Rows are locked in instance id order, table by table, as every other writer of these rows does
+//! (see the dispatcher and the taskmanager's reapply driver).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Double, Nullable, Text, Timestamp};
+use trove_common::db::models::{GuestModuleResult, ServiceStatusRow};
+use trove_common::db::schema::{instances, reapply_jobs, service_statuses};
+use trove_common::rpc::conductor::ConductorMsg;
+use trove_common::rpc::guest::ModuleResult;
+use trove_common::status::ServiceStatus;
+
+use crate::handlers::{
+    self, decide_status, job_verdict, result_row, Applied, HeartbeatOutcome, ModuleResultsOutcome,
+    StatusDecision, HEARTBEAT,
+};
+
+/// Applies `msgs` (sorted by instance id) and returns one result per message, in order. Must run
+/// inside a transaction: the savepoints it opens are part of it.
+pub fn apply_batch(conn: &mut PgConnection, msgs: &[ConductorMsg]) -> Vec<QueryResult<Applied>> {
+    let mut out: Vec<Option<QueryResult<Applied>>> = msgs.iter().map(|_| None).collect();
+    let together = set_based(msgs);
+    if !together.is_empty() {
+        match conn.transaction(|c| apply_together(c, msgs, &together)) {
+            Ok(applied) => {
+                for (i, a) in together.iter().zip(applied) {
+                    out[*i] = Some(Ok(a));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "set-based batch failed; applying its messages one by one");
+            }
+        }
+    }
+    for (slot, msg) in out.iter_mut().zip(msgs) {
+        if slot.is_none() {
+            *slot = Some(handlers::apply(conn, msg));
+        }
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+/// The indices of the messages applied together: heartbeats and reapply answers of instances with
+/// no other message in the batch, answers whose results name each module at most once.
+fn set_based(msgs: &[ConductorMsg]) -> Vec<usize> {
+    let mut per_instance: HashMap<&str, usize> = HashMap::new();
+    for m in msgs {
+        *per_instance.entry(instance_of(m)).or_default() += 1;
+    }
+    msgs.iter()
+        .enumerate()
+        .filter(|(_, m)| per_instance[instance_of(m)] == 1)
+        .filter(|(_, m)| match m {
+            ConductorMsg::Heartbeat { .. } => true,
+            ConductorMsg::ModuleResults {
+                job_id: Some(_),
+                results,
+                ..
+            } => {
+                let mut seen = HashSet::new();
+                results.iter().all(|r| seen.insert(r.id.as_str()))
+            }
+            _ => false,
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn instance_of(m: &ConductorMsg) -> &str {
+    match m {
+        ConductorMsg::Heartbeat { instance_id, .. }
+        | ConductorMsg::ModuleResults { instance_id, .. }
+        | ConductorMsg::ReportRoot { instance_id, .. } => instance_id,
+    }
+}
+
+/// One heartbeat of the batch.
+struct Beat<'a> {
+    slot: usize,
+    instance_id: &'a str,
+    description: &'a str,
+    sent: f64,
+}
+
+/// One reapply answer of the batch.
+struct Answer<'a> {
+    slot: usize,
+    instance_id: &'a str,
+    job_id: &'a str,
+    results: &'a [ModuleResult],
+    error: Option<&'a str>,
+}
+
+/// The work of the messages at `idx` (one per instance, in instance order); one outcome each, in the
+/// order of `idx`.
+fn apply_together(
+    c: &mut PgConnection,
+    msgs: &[ConductorMsg],
+    idx: &[usize],
+) -> QueryResult<Vec<Applied>> {
+    let mut beats = Vec::new();
+    let mut answers = Vec::new();
+    for (slot, &i) in idx.iter().enumerate() {
+        match &msgs[i] {
+            ConductorMsg::Heartbeat {
+                instance_id,
+                payload,
+                sent,
+            } => beats.push(Beat {
+                slot,
+                instance_id,
+                description: &payload.service_status,
+                sent: *sent,
+            }),
+            ConductorMsg::ModuleResults {
+                instance_id,
+                results,
+                job_id: Some(job_id),
+                error,
+                ..
+            } => answers.push(Answer {
+                slot,
+                instance_id,
+                job_id,
+                results,
+                error: error.as_deref(),
+            }),
+            _ => unreachable!("set_based() chose only heartbeats and reapply answers"),
+        }
+    }
+    let ids: Vec<&str> = idx.iter().map(|&i| instance_of(&msgs[i])).collect();
+    let live: HashSet<String> = instances::table
+        .filter(instances::id.eq_any(&ids))
+        .filter(instances::deleted.eq(false))
+        .select(instances::id)
+        .load(c)?
+        .into_iter()
+        .collect();
+    let mut out: Vec<Option<Applied>> = idx.iter().map(|_| None).collect();
+    heartbeats(c, &beats, &live, &mut out)?;
+    reapply_answers(c, &answers, &live, &mut out)?;
+    Ok(out
+        .into_iter()
+        .map(|a| a.expect("every message has an outcome"))
+        .collect())
+}
+
+fn heartbeats(
+    c: &mut PgConnection,
+    beats: &[Beat<'_>],
+    live: &HashSet<String>,
+    out: &mut [Option<Applied>],
+) -> QueryResult<()> {
+    let mut fresh = Vec::new();
+    for b in beats {
+        if live.contains(b.instance_id) {
+            fresh.push(b);
+        } else {
+            out[b.slot] = Some(Applied::Heartbeat(HeartbeatOutcome::InstanceGone));
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    // The newer-than-last-seen check for all of them at once: the rows written are the reports
+    // accepted.
+    let accepted: HashSet<String> = diesel::sql_query(
+        "INSERT INTO conductor_lastseen (instance_id, method_name, sent)
+         SELECT u.instance_id, $2, u.sent FROM unnest($1::text[], $3::float8[]) AS u(instance_id, sent)
+         ORDER BY u.instance_id
+         ON CONFLICT (instance_id, method_name) DO UPDATE SET sent = excluded.sent
+         WHERE excluded.sent > conductor_lastseen.sent
+         RETURNING instance_id AS v",
+    )
+    .bind::<Array<Text>, _>(fresh.iter().map(|b| b.instance_id).collect::<Vec<_>>())
+    .bind::<Text, _>(HEARTBEAT)
+    .bind::<Array<Double>, _>(fresh.iter().map(|b| b.sent).collect::<Vec<_>>())
+    .load::<Single>(c)?
+    .into_iter()
+    .map(|r| r.v)
+    .collect();
+    let accepted: Vec<&Beat<'_>> = fresh
+        .into_iter()
+        .filter(|b| {
+            let ok = accepted.contains(b.instance_id);
+            if !ok {
+                out[b.slot] = Some(Applied::Heartbeat(HeartbeatOutcome::Stale));
+            }
+            ok
+        })
+        .collect();
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    let rows: HashMap<String, ServiceStatusRow> = service_statuses::table
+        .filter(service_statuses::instance_id.eq_any(accepted.iter().map(|b| b.instance_id)))
+        .order(service_statuses::instance_id)
+        .for_update()
+        .select(ServiceStatusRow::as_select())
+        .load(c)?
+        .into_iter()
+        .map(|r| (r.instance_id.clone(), r))
+        .collect();
+    // The rows are locked: what decide_status() sees is what the updates below change.
+    let mut touch: Vec<&str> = Vec::new();
+    let mut set: BTreeMap<i32, (ServiceStatus, Vec<&str>)> = BTreeMap::new();
+    for b in accepted {
+        let Some(row) = rows.get(b.instance_id) else {
+            out[b.slot] = Some(Applied::Heartbeat(HeartbeatOutcome::NoStatusRow));
+            continue;
+        };
+        out[b.slot] = Some(Applied::Heartbeat(
+            match decide_status(row.status(), b.description) {
+                StatusDecision::Touch => {
+                    touch.push(b.instance_id);
+                    HeartbeatOutcome::KeptRestartRequired
+                }
+                StatusDecision::Ignore => HeartbeatOutcome::UnknownStatus,
+                StatusDecision::Set(status) => {
+                    set.entry(status.code())
+                        .or_insert_with(|| (status, Vec::new()))
+                        .1
+                        .push(b.instance_id);
+                    HeartbeatOutcome::Applied(status)
+                }
+            },
+        ));
+    }
+    let now = trove_common::db::now();
+    if !touch.is_empty() {
+        diesel::update(
+            service_statuses::table.filter(service_statuses::instance_id.eq_any(&touch)),
+        )
+        .set(service_statuses::updated_at.eq(now))
+        .execute(c)?;
+    }
+    for (status, ids) in set.values() {
+        diesel::update(service_statuses::table.filter(service_statuses::instance_id.eq_any(ids)))
+            .set((
+                service_statuses::status_id.eq(status.code()),
+                service_statuses::status_description.eq(status.description()),
+                service_statuses::updated_at.eq(now),
+            ))
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+fn reapply_answers(
+    c: &mut PgConnection,
+    answers: &[Answer<'_>],
+    live: &HashSet<String>,
+    out: &mut [Option<Applied>],
+) -> QueryResult<()> {
+    let mut fresh = Vec::new();
+    for a in answers {
+        if live.contains(a.instance_id) {
+            fresh.push(a);
+        } else {
+            out[a.slot] = Some(Applied::ModuleResults(ModuleResultsOutcome::InstanceGone));
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    // guest_module_results: every storable result of every answer, in (instance, module) order.
+    let now = trove_common::db::now();
+    let mut rows: Vec<GuestModuleResult> = Vec::new();
+    for a in &fresh {
+        for r in a.results {
+            match result_row(a.instance_id, r, now) {
+                Some(row) => rows.push(row),
+                None => handlers::warn_malformed(r),
+            }
+        }
+    }
+    rows.sort_by(|x, y| (&x.instance_id, &x.module_id).cmp(&(&y.instance_id, &y.module_id)));
+    let mut stored: HashMap<String, usize> = HashMap::new();
+    if !rows.is_empty() {
+        let written = diesel::sql_query(
+            "INSERT INTO guest_module_results
+               (instance_id, module_id, md5, status, message, guest_created, guest_updated, reported_at)
+             SELECT u.instance_id, u.module_id, u.md5, u.status, u.message, u.guest_created,
+                    u.guest_updated, $8
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::text[])
+                    WITH ORDINALITY AS u(instance_id, module_id, md5, status, message, guest_created,
+                                         guest_updated, n)
+              ORDER BY u.n
+             ON CONFLICT (instance_id, module_id) DO UPDATE SET
+               md5 = excluded.md5, status = excluded.status, message = excluded.message,
+               guest_created = excluded.guest_created, guest_updated = excluded.guest_updated,
+               reported_at = excluded.reported_at
+             WHERE excluded.guest_updated IS NULL OR guest_module_results.guest_updated IS NULL
+                OR excluded.guest_updated >= guest_module_results.guest_updated
+             RETURNING instance_id AS v",
+        )
+        .bind::<Array<Text>, _>(rows.iter().map(|r| &r.instance_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| &r.module_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| &r.md5).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(rows.iter().map(|r| &r.status).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.message.as_deref()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.iter().map(|r| r.guest_created.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.iter().map(|r| r.guest_updated.as_deref()).collect::<Vec<_>>(),
+        )
+        .bind::<Timestamp, _>(now)
+        .load::<Single>(c)?;
+        for w in written {
+            *stored.entry(w.v).or_default() += 1;
+        }
+    }
+    // The jobs' modules, for the verdicts.
+    let job_ids: HashSet<&str> = fresh.iter().map(|a| a.job_id).collect();
+    let modules: HashMap<String, String> = reapply_jobs::table
+        .filter(reapply_jobs::id.eq_any(job_ids.iter().copied()))
+        .select((reapply_jobs::id, reapply_jobs::module_id))
+        .load::<(String, String)>(c)?
+        .into_iter()
+        .collect();
+    // The items, locked in instance order; only those still `sent` take the answer.
+    let states: HashMap<(String, String), String> = diesel::sql_query(
+        "SELECT i.job_id AS job_id, i.instance_id AS instance_id, i.state AS state
+           FROM reapply_job_items i
+           JOIN unnest($1::text[], $2::text[]) AS u(job_id, instance_id)
+             ON i.job_id = u.job_id AND i.instance_id = u.instance_id
+          ORDER BY i.instance_id, i.job_id
+            FOR UPDATE OF i",
+    )
+    .bind::<Array<Text>, _>(fresh.iter().map(|a| a.job_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(fresh.iter().map(|a| a.instance_id).collect::<Vec<_>>())
+    .load::<ItemState>(c)?
+    .into_iter()
+    .map(|s| ((s.job_id, s.instance_id), s.state))
+    .collect();
+    let mut answer: Vec<(&str, &str, &'static str, Option<String>)> = Vec::new();
+    for a in &fresh {
+        let key = (a.job_id.to_owned(), a.instance_id.to_owned());
+        let open = states.get(&key).map(String::as_str) == Some("sent");
+        if open {
+            let (status, message) = job_verdict(
+                modules.get(a.job_id).map(String::as_str),
+                a.results,
+                a.error,
+            );
+            answer.push((a.job_id, a.instance_id, status, message));
+        }
+        out[a.slot] = Some(Applied::ModuleResults(ModuleResultsOutcome::Stored {
+            stored: stored.get(a.instance_id).copied().unwrap_or(0),
+            // Malformed, or not newer than the stored row.
+            skipped: a.results.len() - stored.get(a.instance_id).copied().unwrap_or(0),
+            item_answered: Some(open),
+        }));
+    }
+    if !answer.is_empty() {
+        diesel::sql_query(
+            "UPDATE reapply_job_items i
+                SET state = 'answered', answered_at = $5, status = u.status, message = u.message
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                    AS u(job_id, instance_id, status, message)
+              WHERE i.job_id = u.job_id AND i.instance_id = u.instance_id",
+        )
+        .bind::<Array<Text>, _>(answer.iter().map(|a| a.0).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(answer.iter().map(|a| a.1).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(answer.iter().map(|a| a.2).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(answer.iter().map(|a| a.3.as_deref()).collect::<Vec<_>>())
+        .bind::<Timestamp, _>(now)
+        .execute(c)?;
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Single {
+    #[diesel(sql_type = Text)]
+    v: String,
+}
+
+#[derive(QueryableByName)]
+struct ItemState {
+    #[diesel(sql_type = Text)]
+    job_id: String,
+    #[diesel(sql_type = Text)]
+    instance_id: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+}
