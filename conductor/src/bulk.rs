@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Double, Nullable, Text, Timestamp};
 use trove_common::db::models::{GuestModuleResult, ServiceStatusRow};
-use trove_common::db::schema::{instances, reapply_jobs, service_statuses};
+use trove_common::db::schema::{instances, reapply_job_items, reapply_jobs, service_statuses};
 use trove_common::rpc::conductor::ConductorMsg;
 use trove_common::rpc::guest::ModuleResult;
 use trove_common::status::ServiceStatus;
@@ -334,21 +334,26 @@ fn reapply_answers(
         .load::<(String, String)>(c)?
         .into_iter()
         .collect();
-    // The items, locked in instance order; only those still `sent` take the answer.
-    let states: HashMap<(String, String), String> = diesel::sql_query(
-        "SELECT i.job_id AS job_id, i.instance_id AS instance_id, i.state AS state
-           FROM reapply_job_items i
-           JOIN unnest($1::text[], $2::text[]) AS u(job_id, instance_id)
-             ON i.job_id = u.job_id AND i.instance_id = u.instance_id
-          ORDER BY i.instance_id, i.job_id
-            FOR UPDATE OF i",
-    )
-    .bind::<Array<Text>, _>(fresh.iter().map(|a| a.job_id).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(fresh.iter().map(|a| a.instance_id).collect::<Vec<_>>())
-    .load::<ItemState>(c)?
-    .into_iter()
-    .map(|s| ((s.job_id, s.instance_id), s.state))
-    .collect();
+    // The items, locked in instance order; only those still `sent` take the answer. Per job (a batch
+    // almost always answers one): `instance_id = ANY(..)` under a known job id is a primary key
+    // lookup, where a join with unnest() made the planner scan the job's items.
+    let mut by_job: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for a in &fresh {
+        by_job.entry(a.job_id).or_default().push(a.instance_id);
+    }
+    let mut states: HashMap<(String, String), String> = HashMap::new();
+    for (job_id, ids) in &by_job {
+        let rows: Vec<(String, String)> = reapply_job_items::table
+            .filter(reapply_job_items::job_id.eq(job_id))
+            .filter(reapply_job_items::instance_id.eq_any(ids))
+            .order(reapply_job_items::instance_id)
+            .for_update()
+            .select((reapply_job_items::instance_id, reapply_job_items::state))
+            .load(c)?;
+        for (instance_id, state) in rows {
+            states.insert(((*job_id).to_owned(), instance_id), state);
+        }
+    }
     let mut answer: Vec<(&str, &str, &'static str, Option<String>)> = Vec::new();
     for a in &fresh {
         let key = (a.job_id.to_owned(), a.instance_id.to_owned());
@@ -368,18 +373,21 @@ fn reapply_answers(
             item_answered: Some(open),
         }));
     }
-    if !answer.is_empty() {
+    for job_id in by_job.keys() {
+        let mine: Vec<_> = answer.iter().filter(|a| a.0 == *job_id).collect();
+        if mine.is_empty() {
+            continue;
+        }
         diesel::sql_query(
             "UPDATE reapply_job_items i
                 SET state = 'answered', answered_at = $5, status = u.status, message = u.message
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                    AS u(job_id, instance_id, status, message)
-              WHERE i.job_id = u.job_id AND i.instance_id = u.instance_id",
+               FROM unnest($2::text[], $3::text[], $4::text[]) AS u(instance_id, status, message)
+              WHERE i.job_id = $1 AND i.instance_id = ANY($2) AND i.instance_id = u.instance_id",
         )
-        .bind::<Array<Text>, _>(answer.iter().map(|a| a.0).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(answer.iter().map(|a| a.1).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(answer.iter().map(|a| a.2).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(answer.iter().map(|a| a.3.as_deref()).collect::<Vec<_>>())
+        .bind::<Text, _>(*job_id)
+        .bind::<Array<Text>, _>(mine.iter().map(|a| a.1).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(mine.iter().map(|a| a.2).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(mine.iter().map(|a| a.3.as_deref()).collect::<Vec<_>>())
         .bind::<Timestamp, _>(now)
         .execute(c)?;
     }
@@ -390,14 +398,4 @@ fn reapply_answers(
 struct Single {
     #[diesel(sql_type = Text)]
     v: String,
-}
-
-#[derive(QueryableByName)]
-struct ItemState {
-    #[diesel(sql_type = Text)]
-    job_id: String,
-    #[diesel(sql_type = Text)]
-    instance_id: String,
-    #[diesel(sql_type = Text)]
-    state: String,
 }
