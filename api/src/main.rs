@@ -1,5 +1,9 @@
 //! `trove-api`: the Trove v1.0 REST API.
 
+/// mimalloc: glibc's malloc showed among the top costs of a 10,000-guest reapply (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
     trove_api::auth::Authenticator::from_settings(&settings).check()?;
     let db = Db::new(&settings.database);
     db.wait_ready(Duration::from_secs(60)).await?;
-    let broker = Broker::connect(&settings, Duration::from_secs(60)).await?;
+    let broker = Broker::connect_service(&settings, Duration::from_secs(60)).await?;
     let addr = format!(
         "{}:{}",
         settings.default.bind_host, settings.default.bind_port

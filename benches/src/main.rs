@@ -11,6 +11,10 @@
 //! the service binaries beside itself. PostgreSQL and RabbitMQ as for the tests
 //! (`TROVE_TEST_DATABASE_URL`, `TROVE_TEST_TRANSPORT_URL`).
 
+/// mimalloc: glibc's malloc showed among the top costs of a 10,000-guest reapply (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod broker_probe;
 mod count;
 mod fleet_host;

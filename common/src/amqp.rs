@@ -130,7 +130,21 @@ pub fn amqp_uri(transport_url: &str) -> String {
 
 struct Live {
     conn: Connection,
-    publisher: Channel,
+    /// Confirm-mode channels, used in turn.
+    publishers: Vec<Channel>,
+}
+
+/// Publishing channels of a service ([`Broker::connect_service`]). RabbitMQ routes and confirms each
+/// channel's publishes in one Erlang process, so with a single channel a taskmanager casting to
+/// thousands of guests keeps that work on one broker core; several spread it (BENCHMARKS.md). A guest
+/// publishes a few messages a minute and keeps one ([`Broker::connect`]).
+pub const SERVICE_PUBLISHER_CHANNELS: usize = 4;
+
+/// A new channel of `conn` in confirm mode.
+async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
 }
 
 /// One connection to RabbitMQ shared by a process, re-established on demand.
@@ -140,6 +154,9 @@ pub struct Broker {
     publish_timeout: Duration,
     reconnect_delay: Duration,
     live: Mutex<Option<Live>>,
+    /// How many publishing channels, and which one the next publish takes.
+    publisher_channels: usize,
+    next_publisher: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Broker {
@@ -152,13 +169,32 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// Connects, retrying until `deadline` passes (services start before the broker under systemd).
+    /// One publishing channel.
     pub async fn connect(settings: &Settings, deadline: Duration) -> Result<Arc<Self>, AmqpError> {
+        Self::connect_with(settings, deadline, 1).await
+    }
+
+    /// [`Broker::connect`] with [`SERVICE_PUBLISHER_CHANNELS`] publishing channels.
+    pub async fn connect_service(
+        settings: &Settings,
+        deadline: Duration,
+    ) -> Result<Arc<Self>, AmqpError> {
+        Self::connect_with(settings, deadline, SERVICE_PUBLISHER_CHANNELS).await
+    }
+
+    async fn connect_with(
+        settings: &Settings,
+        deadline: Duration,
+        publisher_channels: usize,
+    ) -> Result<Arc<Self>, AmqpError> {
         let broker = Arc::new(Self {
             uri: amqp_uri(&settings.default.transport_url),
             names: Names::new(settings),
             publish_timeout: Duration::from_secs(settings.amqp.publish_timeout),
             reconnect_delay: Duration::from_secs_f64(settings.amqp.reconnect_delay.max(0.05)),
             live: Mutex::new(None),
+            publisher_channels: publisher_channels.max(1),
+            next_publisher: std::sync::atomic::AtomicUsize::new(0),
         });
         let start = tokio::time::Instant::now();
         loop {
@@ -177,36 +213,30 @@ impl Broker {
         &self.names
     }
 
-    /// The confirm-mode publishing channel, reconnecting when the connection or channel died.
+    /// A confirm-mode publishing channel (the next in turn), reconnecting when the connection or the
+    /// channel died.
     async fn publisher(&self) -> Result<Channel, AmqpError> {
+        let turn = self
+            .next_publisher
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.publisher_channels;
         let mut live = self.live.lock().await;
-        if let Some(l) = live.as_ref() {
-            if l.conn.status().connected() && l.publisher.status().connected() {
-                return Ok(l.publisher.clone());
-            }
+        if let Some(l) = live.as_mut() {
             if l.conn.status().connected() {
-                let publisher = l.conn.create_channel().await?;
-                publisher
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
-                let conn = live.take().expect("checked above").conn;
-                *live = Some(Live {
-                    conn,
-                    publisher: publisher.clone(),
-                });
-                return Ok(publisher);
+                if !l.publishers[turn].status().connected() {
+                    l.publishers[turn] = confirm_channel(&l.conn).await?;
+                }
+                return Ok(l.publishers[turn].clone());
             }
         }
         let conn = Connection::connect(&self.uri, ConnectionProperties::default()).await?;
-        let publisher = conn.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        declare_base(&publisher, &self.names).await?;
-        *live = Some(Live {
-            conn,
-            publisher: publisher.clone(),
-        });
+        let mut publishers = Vec::with_capacity(self.publisher_channels);
+        for _ in 0..self.publisher_channels {
+            publishers.push(confirm_channel(&conn).await?);
+        }
+        declare_base(&publishers[0], &self.names).await?;
+        let publisher = publishers[turn].clone();
+        *live = Some(Live { conn, publishers });
         tracing::info!("connected to the broker");
         Ok(publisher)
     }

@@ -1,5 +1,9 @@
 //! `trove-conductor`: parse the arguments, load the configuration, start logging, connect, run.
 
+/// mimalloc: glibc's malloc showed among the top costs of a 10,000-guest reapply (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -27,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     db.wait_ready(STARTUP_WAIT)
         .await
         .context("waiting for the database")?;
-    let broker = Broker::connect(&settings, STARTUP_WAIT)
+    let broker = Broker::connect_service(&settings, STARTUP_WAIT)
         .await
         .context("connecting to the broker")?;
     let result = trove_conductor::run(settings, db, broker.clone(), shutdown::on_signal()).await;

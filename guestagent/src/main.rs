@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use trove_common::{config, shutdown, telemetry};
 
+// The system allocator, unlike the services (mimalloc): a guest handles a few messages a minute, and
+// every resident page counts against its memory target (BENCHMARKS.md).
+
 /// The trove-rs guest agent: serves one instance's `guestagent.<guest_id>` queue.
 #[derive(Debug, Parser)]
 #[command(version, about)]

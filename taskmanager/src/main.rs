@@ -1,5 +1,9 @@
 //! `trove-taskmanager`: parse the arguments, load the configuration, connect, run until SIGINT/SIGTERM.
 
+/// mimalloc: glibc's malloc showed among the top costs of a 10,000-guest reapply (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     db.wait_ready(STARTUP_DEADLINE)
         .await
         .context("connecting to the database")?;
-    let broker = Broker::connect(&settings, STARTUP_DEADLINE)
+    let broker = Broker::connect_service(&settings, STARTUP_DEADLINE)
         .await
         .context("connecting to the broker")?;
     let res = trove_taskmanager::run(settings, db, broker.clone(), shutdown::on_signal()).await;

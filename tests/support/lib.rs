@@ -219,7 +219,7 @@ impl TestEnv {
         let pool = Db::from_url(&db.url, &settings.database);
         let shutdown = CancellationToken::new();
         let connect = || async {
-            Broker::connect(&settings, Duration::from_secs(10))
+            Broker::connect_service(&settings, Duration::from_secs(10))
                 .await
                 .context("cannot reach RabbitMQ: start it (scripts/stack services) or set TROVE_TEST_TRANSPORT_URL")
         };
@@ -265,7 +265,7 @@ impl TestEnv {
     /// (Re)starts the in-process taskmanager.
     pub async fn start_taskmanager(&mut self) -> anyhow::Result<()> {
         let token = self.shutdown.child_token();
-        let b = Broker::connect(&self.settings, Duration::from_secs(10)).await?;
+        let b = Broker::connect_service(&self.settings, Duration::from_secs(10)).await?;
         let (s, p, t) = (self.settings.clone(), self.pool.clone(), token.clone());
         let handle = tokio::spawn(async move {
             if let Err(e) = trove_taskmanager::run(s, p, b.clone(), t).await {
