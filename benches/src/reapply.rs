@@ -83,6 +83,9 @@ pub struct ReapplyArgs {
     /// `module_reapply_persistent_casts`: publish the reapply's module_apply casts persistent.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub persistent_casts: bool,
+    /// `module_reapply_casts_in_flight`: a batch's casts awaiting their confirms at once.
+    #[arg(long, default_value_t = trove_common::config::Settings::default().default.module_reapply_casts_in_flight)]
+    pub casts_in_flight: u32,
     /// Keep the services' logs (their directory is printed) even when the run succeeds.
     #[arg(long)]
     pub keep_logs: bool,
@@ -121,6 +124,7 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
          report_interval = {report}\n\
          module_reapply_instance_timeout = 120\n\
          module_reapply_persistent_casts = {persistent}\n\
+         module_reapply_casts_in_flight = {in_flight}\n\
          [database]\n\
          connection = {db_url}\n\
          [amqp]\n\
@@ -134,6 +138,7 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
         transport = trove_tests::transport_url(),
         report = args.report_interval,
         persistent = args.persistent_casts,
+        in_flight = args.casts_in_flight,
         state = state.display(),
         guest = guest_binary(args).display(),
     )
@@ -438,8 +443,8 @@ async fn bench(args: &ReapplyArgs, stack: &mut Stack) -> BenchResult {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## trove-bench reapply --mode {:?} --n {} --persistent-casts {} {}",
-        args.mode, args.n, args.persistent_casts, args.label
+        "## trove-bench reapply --mode {:?} --n {} --persistent-casts {} --casts-in-flight {} {}",
+        args.mode, args.n, args.persistent_casts, args.casts_in_flight, args.label
     );
     let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(out, "state directories: {}", stack.state.display());

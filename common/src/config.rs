@@ -107,6 +107,8 @@ pub struct DefaultSection {
     /// Publish a reapply's `module_apply` casts persistent (ours). The job rows are the durable
     /// record of a reapply; a transient cast lost with a broker restart shows as an unanswered item.
     pub module_reapply_persistent_casts: bool,
+    /// How many of a reapply batch's casts await their broker confirms at once (ours).
+    pub module_reapply_casts_in_flight: u32,
     pub max_accepted_volume_size: i32,
     /// `keystone` (Trove's default: tokens are validated against `[keystone_authtoken]`) or `noauth`
     /// (development only: the token names the user and the project).
@@ -155,6 +157,7 @@ impl Default for DefaultSection {
             module_reapply_min_batch_delay: 2,
             module_reapply_instance_timeout: 180,
             module_reapply_persistent_casts: true,
+            module_reapply_casts_in_flight: 64,
             max_accepted_volume_size: 10,
             auth_strategy: "keystone".into(),
             admin_roles: vec!["admin".into()],
@@ -411,6 +414,10 @@ impl Settings {
                 "DEFAULT.module_reapply_max_batch_size",
                 d.module_reapply_max_batch_size,
             ),
+            (
+                "DEFAULT.module_reapply_casts_in_flight",
+                i64::from(d.module_reapply_casts_in_flight),
+            ),
         ] {
             if v <= 0 {
                 return invalid(name, "must be greater than zero");
@@ -609,6 +616,12 @@ mod tests {
         let b = write("[DEFAULT]\ntransport_url = http://nope\n");
         let err = load(&[b.path().into()]).unwrap_err().to_string();
         assert!(err.contains("DEFAULT.transport_url"), "{err}");
+        let c = write("[DEFAULT]\nmodule_reapply_casts_in_flight = 0\n");
+        let err = load(&[c.path().into()]).unwrap_err().to_string();
+        assert!(
+            err.contains("DEFAULT.module_reapply_casts_in_flight"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!    `reapply_job_items` in `created, id` order; the ones Trove would skip are counted as skipped.
 //! 2. **Drive** (a task per job, outside any delivery, so nothing stays unacked for long): claim the
 //!    next `batch_size` pending items (`sent`, with no `sent_at` yet), cast them `module_apply`
-//!    **concurrently** with the job id, then stamp `sent_at` once the broker has confirmed the casts;
+//!    **concurrently** with the job id (at most `module_reapply_casts_in_flight` awaiting their
+//!    confirms at once), then stamp `sent_at` once the broker has confirmed the casts;
 //!    each guest reports to the conductor, which marks its item answered; when every item of the batch
 //!    is answered or has timed out (`module_reapply_instance_timeout` after `sent_at`), `record()` the
 //!    answered instances (§11) in one transaction, wait `batch_delay`, and go on.
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use futures_util::StreamExt as _;
 use tracing::Instrument as _;
 use trove_common::db::models::instance::Scope;
 use trove_common::db::models::module::Caller;
@@ -637,29 +639,39 @@ async fn cast_items(ctx: &Ctx, job: &ReapplyJob, instance_ids: Vec<String>) -> a
             request_id: job.request_id.clone(),
             ..RpcContext::service()
         };
-        let sends = targets.iter().map(|(instance_id, sealed)| {
-            let msg = GuestMsg::ModuleApply {
-                modules: vec![entry.clone()],
-                job_id: Some(job.id.clone()),
-            };
-            let rpc = rpc.clone();
-            async move {
-                let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
-                    .ok()
-                    .flatten();
-                let res = crate::guest::cast_with(
-                    ctx,
-                    instance_id,
-                    crate::guest::keyring(keys.as_deref()).as_ref(),
-                    &rpc,
-                    &msg,
-                    ctx.settings.default.module_reapply_persistent_casts,
-                )
-                .await;
-                (instance_id.clone(), res)
-            }
-        });
-        for (id, res) in futures_util::future::join_all(sends).await {
+        let sends: Vec<_> = targets
+            .iter()
+            .map(|(instance_id, sealed)| {
+                let msg = GuestMsg::ModuleApply {
+                    modules: vec![entry.clone()],
+                    job_id: Some(job.id.clone()),
+                };
+                let rpc = rpc.clone();
+                async move {
+                    let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
+                        .ok()
+                        .flatten();
+                    let res = crate::guest::cast_with(
+                        ctx,
+                        instance_id,
+                        crate::guest::keyring(keys.as_deref()).as_ref(),
+                        &rpc,
+                        &msg,
+                        ctx.settings.default.module_reapply_persistent_casts,
+                    )
+                    .await;
+                    (instance_id.clone(), res)
+                }
+            })
+            .collect();
+        // Bounded: all at once, a batch of thousands of persistent casts queues more disk writes in
+        // the broker than it can confirm before everyone's confirms time out (BENCHMARKS.md).
+        let in_flight = ctx.settings.default.module_reapply_casts_in_flight.max(1) as usize;
+        let results: Vec<_> = futures_util::stream::iter(sends)
+            .buffer_unordered(in_flight)
+            .collect()
+            .await;
+        for (id, res) in results {
             if let Err(e) = res {
                 tracing::warn!(instance.id = %id, error = %e, "guest unreachable for reapply");
                 failed.push((id, "the guest's queue is gone"));
