@@ -105,7 +105,8 @@ pub struct DefaultSection {
     /// Seconds a reapply waits for one guest's answer before counting it failed (ours).
     pub module_reapply_instance_timeout: u64,
     /// Publish a reapply's `module_apply` casts persistent (ours). The job rows are the durable
-    /// record of a reapply; a transient cast lost with a broker restart shows as an unanswered item.
+    /// record of a reapply; a transient cast lost with a broker restart is cast again halfway through
+    /// `module_reapply_instance_timeout`.
     pub module_reapply_persistent_casts: bool,
     /// How many of a reapply batch's casts await their broker confirms at once (ours).
     pub module_reapply_casts_in_flight: u32,

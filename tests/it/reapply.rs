@@ -828,3 +828,126 @@ async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
     }
     eprintln!("timings: test {:.1?}", t0.elapsed());
 }
+
+/// Kills its guest process on drop.
+struct RestartedGuest(std::process::Child);
+
+impl Drop for RestartedGuest {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A cast the broker loses after confirming it (a transient cast and a broker restart) is cast once
+/// more halfway through `module_reapply_instance_timeout`, so the instance is reapplied, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
+    use lapin::options::QueuePurgeOptions;
+    use std::os::unix::process::CommandExt as _;
+
+    let env = TestEnv::start_with(|s| {
+        s.default.module_reapply_instance_timeout = 10;
+        s.default.module_reapply_persistent_casts = false;
+    })
+    .await
+    .unwrap();
+    let api = Api::new(env.base(ADMIN), ADMIN);
+    let (v1, v2) = (md5_of("Lost.V1"), md5_of("Lost.V2"));
+    let module = api.create_module("lostmod", "Lost.V1").await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(api.create_instance(&format!("lost-{i}"), &module).await);
+    }
+    wait_active(&api, &ids, Duration::from_secs(120)).await;
+    wait_guest_results(&env.db.url, &module, &v1, 3, Duration::from_secs(60)).await;
+
+    // Stop one guest: its queue stays and takes the cast, which is then dropped from the queue.
+    let victim = ids[1].clone();
+    let state = env.state_dir.path().join(&victim);
+    let pid = trove_tests::guest_pid(env.state_dir.path(), &victim).expect("guest pid");
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    env.eventually(Duration::from_secs(10), "guest gone", || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await
+    .unwrap();
+
+    api.update_module(&module, "Lost.V2").await;
+    ok(&env
+        .trove(ADMIN, &["module-reapply", "lostmod", "--batch_size", "3"])
+        .await);
+    let db = &env.db;
+    let sent = format!(
+        "SELECT count(*) AS n FROM reapply_job_items WHERE instance_id = '{victim}' \
+         AND state = 'sent' AND sent_at IS NOT NULL"
+    );
+    env.eventually(
+        Duration::from_secs(30),
+        "the victim's cast confirmed",
+        || async { (count(&mut db.conn(), &sent) == 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    // Lose it, as a broker restart loses a transient message.
+    let names = trove_common::amqp::Names::new(&env.settings);
+    let conn = lapin::Connection::connect(
+        &trove_common::amqp::amqp_uri(&trove_tests::transport_url()),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let purged = ch
+        .queue_purge(
+            names.guest(&victim).as_str().into(),
+            QueuePurgeOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(purged, 1, "the victim's queue held its cast");
+    // Bring the guest back, as its init system would, with nothing in its queue.
+    let child = std::process::Command::new(trove_tests::bin("trove-guestagent"))
+        .arg("--config-file")
+        .arg(state.join("guest.conf"))
+        .current_dir(&state)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _guest = RestartedGuest(child);
+    std::fs::write(state.join("guest.pid"), format!("{}\n", _guest.0.id())).unwrap();
+
+    env.eventually(Duration::from_secs(60), "the job finished", || async {
+        let jobs = api.jobs(&module).await;
+        (jobs.len() == 1 && jobs[0]["state"] == "finished").then(|| jobs[0].clone())
+    })
+    .await
+    .unwrap();
+    let job = &api.jobs(&module).await[0];
+    assert_eq!(
+        (&job["applied"], &job["failed"]),
+        (&json!(3), &json!(0)),
+        "{job}"
+    );
+    let mut conn = env.db.conn();
+    let recast: Vec<String> = strings(
+        &mut conn,
+        "SELECT instance_id AS v FROM reapply_job_items WHERE recast_at IS NOT NULL",
+    );
+    assert_eq!(
+        recast,
+        std::slice::from_ref(&victim),
+        "only the silent item is cast again"
+    );
+    assert_eq!(
+        api.count_only(&module).await,
+        BTreeMap::from([(v2.clone(), (true, 3))])
+    );
+}

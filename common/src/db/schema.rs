@@ -250,6 +250,7 @@ diesel::table! {
         #[max_length = 16]
         status -> Nullable<Varchar>,
         message -> Nullable<Text>,
+        recast_at -> Nullable<Timestamp>,
     }
 }
 

@@ -9,7 +9,9 @@
 //!    confirms at once), then stamp `sent_at` once the broker has confirmed the casts;
 //!    each guest reports to the conductor, which marks its item answered; when every item of the batch
 //!    is answered or has timed out (`module_reapply_instance_timeout` after `sent_at`), `record()` the
-//!    answered instances (§11) in one transaction, wait `batch_delay`, and go on.
+//!    answered instances (§11) in one transaction, wait `batch_delay`, and go on. An item still
+//!    unanswered halfway through its timeout is cast once more (`recast_at`): the broker may have lost
+//!    the first cast after confirming it (a transient cast and a broker restart).
 //!
 //! Every step reads and writes the item states, so a taskmanager killed at any point resumes the job
 //! on start ([`resume_all`]): items already recorded are never sent again, items sent and confirmed
@@ -386,7 +388,7 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
                 count = unconfirmed.len(),
                 "casting again the items whose send was never confirmed"
             );
-            cast_items(ctx, &job, unconfirmed).await?;
+            cast_items(ctx, &job, unconfirmed, Stamp::Sent).await?;
         }
     }
     loop {
@@ -401,11 +403,13 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
         if job.state == "finished" {
             return Ok(());
         }
-        // Wait for the batch in flight: every sent item answered or timed out. Two lookups in the
-        // partial index `reapply_job_items_sent` per poll, however many items the batch holds: is a
-        // sent item still unstamped, and when was the latest one stamped.
+        // Wait for the batch in flight: every sent item answered or timed out. Lookups in the partial
+        // index `reapply_job_items_sent` per poll, however many items the batch holds: is a sent item
+        // still unstamped, when was the latest one stamped, and which ones are halfway through their
+        // timeout without an answer and were not cast again yet.
         let id = job_id.to_owned();
-        let (unstamped, latest): (bool, Option<NaiveDateTime>) = ctx
+        let recast_before = now() - timeout / 2;
+        let (unstamped, latest, silent): (bool, Option<NaiveDateTime>, Vec<String>) = ctx
             .db
             .run(move |c| {
                 let sent = || {
@@ -417,9 +421,25 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
                     diesel::select(diesel::dsl::exists(sent().filter(items::sent_at.is_null())))
                         .get_result(c)?;
                 let latest = sent().select(diesel::dsl::max(items::sent_at)).first(c)?;
-                Ok::<_, DbError>((unstamped, latest))
+                let silent = sent()
+                    .filter(items::sent_at.lt(recast_before))
+                    .filter(items::recast_at.is_null())
+                    .order(items::instance_id)
+                    .select(items::instance_id)
+                    .load(c)?;
+                Ok::<_, DbError>((unstamped, latest, silent))
             })
             .await?;
+        // A cast can be lost after its confirm (a transient cast and a broker restart): cast the
+        // silent ones once more, halfway through their timeout, which still ends where it did.
+        if !silent.is_empty() {
+            tracing::info!(
+                count = silent.len(),
+                "casting again the items still unanswered halfway through their timeout"
+            );
+            cast_items(ctx, &job, silent, Stamp::Recast).await?;
+            continue;
+        }
         let n = now();
         // No `sent_at` yet: the cast is in progress (a driver that died mid-send was handled above).
         // Otherwise the batch waits while its latest-sent item is within the timeout.
@@ -587,13 +607,27 @@ async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
             })
         })
         .await?;
-    cast_items(ctx, job, batch).await
+    cast_items(ctx, job, batch, Stamp::Sent).await
 }
 
 /// Casts `module_apply` (the module as it is now, with the job id) to the guests of `instance_ids`
 /// at once, then stamps the items' `sent_at`, which starts their timeout. An item whose guest queue
 /// is gone fails at once; if the module itself is gone, every item fails.
-async fn cast_items(ctx: &Ctx, job: &ReapplyJob, instance_ids: Vec<String>) -> anyhow::Result<()> {
+/// What [`cast_items`] stamps on the items it cast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stamp {
+    /// A first cast: `sent_at`, which starts the item's timeout.
+    Sent,
+    /// A second cast of an unanswered item: `recast_at` (the timeout stays where it was).
+    Recast,
+}
+
+async fn cast_items(
+    ctx: &Ctx,
+    job: &ReapplyJob,
+    instance_ids: Vec<String>,
+    stamp: Stamp,
+) -> anyhow::Result<()> {
     if instance_ids.is_empty() {
         return Ok(());
     }
@@ -698,15 +732,24 @@ async fn cast_items(ctx: &Ctx, job: &ReapplyJob, instance_ids: Vec<String>) -> a
                         .set((items::state.eq("failed"), items::message.eq(*message)))
                         .execute(c)?;
                 }
-                // Answered ones too: `sent_at` says when the cast went out, whatever came back.
-                diesel::update(
-                    items::table
-                        .filter(items::job_id.eq(&job_id))
-                        .filter(items::instance_id.eq_any(&instance_ids))
-                        .filter(items::sent_at.is_null()),
-                )
-                .set(items::sent_at.eq(now()))
-                .execute(c)?;
+                match stamp {
+                    // Answered ones too: `sent_at` says when the cast went out, whatever came back.
+                    Stamp::Sent => diesel::update(
+                        items::table
+                            .filter(items::job_id.eq(&job_id))
+                            .filter(items::instance_id.eq_any(&instance_ids))
+                            .filter(items::sent_at.is_null()),
+                    )
+                    .set(items::sent_at.eq(now()))
+                    .execute(c)?,
+                    Stamp::Recast => diesel::update(
+                        items::table
+                            .filter(items::job_id.eq(&job_id))
+                            .filter(items::instance_id.eq_any(&instance_ids)),
+                    )
+                    .set(items::recast_at.eq(now()))
+                    .execute(c)?,
+                };
                 Ok::<_, DbError>(())
             })
         })

@@ -1,0 +1,1 @@
+ALTER TABLE reapply_job_items DROP COLUMN recast_at;

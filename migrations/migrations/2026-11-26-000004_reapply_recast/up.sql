@@ -1,0 +1,4 @@
+-- When a reapply cast an item's module_apply a second time: an item still unanswered halfway through
+-- module_reapply_instance_timeout is cast once more, so a cast the broker lost (a transient cast and a
+-- broker restart) does not fail its instance.
+ALTER TABLE reapply_job_items ADD COLUMN recast_at timestamp without time zone;
