@@ -42,7 +42,7 @@ pub fn apply_batch(conn: &mut PgConnection, msgs: &[ConductorMsg]) -> Vec<QueryR
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "set-based batch failed; applying its messages one by one");
+                tracing::warn!(error = %e, "set-based batch failed; applying its messages one by one");
             }
         }
     }
