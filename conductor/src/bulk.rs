@@ -59,11 +59,11 @@ pub fn apply_batch(conn: &mut PgConnection, msgs: &[ConductorMsg]) -> Vec<QueryR
 fn set_based(msgs: &[ConductorMsg]) -> Vec<usize> {
     let mut per_instance: HashMap<&str, usize> = HashMap::new();
     for m in msgs {
-        *per_instance.entry(instance_of(m)).or_default() += 1;
+        *per_instance.entry(m.instance_id()).or_default() += 1;
     }
     msgs.iter()
         .enumerate()
-        .filter(|(_, m)| per_instance[instance_of(m)] == 1)
+        .filter(|(_, m)| per_instance[m.instance_id()] == 1)
         .filter(|(_, m)| match m {
             ConductorMsg::Heartbeat { .. } => true,
             ConductorMsg::ModuleResults {
@@ -78,14 +78,6 @@ fn set_based(msgs: &[ConductorMsg]) -> Vec<usize> {
         })
         .map(|(i, _)| i)
         .collect()
-}
-
-fn instance_of(m: &ConductorMsg) -> &str {
-    match m {
-        ConductorMsg::Heartbeat { instance_id, .. }
-        | ConductorMsg::ModuleResults { instance_id, .. }
-        | ConductorMsg::ReportRoot { instance_id, .. } => instance_id,
-    }
 }
 
 /// One heartbeat of the batch.
@@ -112,10 +104,26 @@ fn apply_together(
     msgs: &[ConductorMsg],
     idx: &[usize],
 ) -> QueryResult<Vec<Applied>> {
+    let ids: Vec<&str> = idx.iter().map(|&i| msgs[i].instance_id()).collect();
+    let live: HashSet<String> = instances::table
+        .filter(instances::id.eq_any(&ids))
+        .filter(instances::deleted.eq(false))
+        .select(instances::id)
+        .load(c)?
+        .into_iter()
+        .collect();
+    let mut out: Vec<Option<Applied>> = idx.iter().map(|_| None).collect();
     let mut beats = Vec::new();
     let mut answers = Vec::new();
     for (slot, &i) in idx.iter().enumerate() {
+        let gone = !live.contains(msgs[i].instance_id());
         match &msgs[i] {
+            ConductorMsg::Heartbeat { .. } if gone => {
+                out[slot] = Some(Applied::Heartbeat(HeartbeatOutcome::InstanceGone));
+            }
+            ConductorMsg::ModuleResults { .. } if gone => {
+                out[slot] = Some(Applied::ModuleResults(ModuleResultsOutcome::InstanceGone));
+            }
             ConductorMsg::Heartbeat {
                 instance_id,
                 payload,
@@ -142,37 +150,20 @@ fn apply_together(
             _ => unreachable!("set_based() chose only heartbeats and reapply answers"),
         }
     }
-    let ids: Vec<&str> = idx.iter().map(|&i| instance_of(&msgs[i])).collect();
-    let live: HashSet<String> = instances::table
-        .filter(instances::id.eq_any(&ids))
-        .filter(instances::deleted.eq(false))
-        .select(instances::id)
-        .load(c)?
-        .into_iter()
-        .collect();
-    let mut out: Vec<Option<Applied>> = idx.iter().map(|_| None).collect();
-    heartbeats(c, &beats, &live, &mut out)?;
-    reapply_answers(c, &answers, &live, &mut out)?;
+    heartbeats(c, &beats, &mut out)?;
+    reapply_answers(c, &answers, &mut out)?;
     Ok(out
         .into_iter()
         .map(|a| a.expect("every message has an outcome"))
         .collect())
 }
 
+/// Heartbeats of live instances.
 fn heartbeats(
     c: &mut PgConnection,
-    beats: &[Beat<'_>],
-    live: &HashSet<String>,
+    fresh: &[Beat<'_>],
     out: &mut [Option<Applied>],
 ) -> QueryResult<()> {
-    let mut fresh = Vec::new();
-    for b in beats {
-        if live.contains(b.instance_id) {
-            fresh.push(b);
-        } else {
-            out[b.slot] = Some(Applied::Heartbeat(HeartbeatOutcome::InstanceGone));
-        }
-    }
     if fresh.is_empty() {
         return Ok(());
     }
@@ -193,16 +184,15 @@ fn heartbeats(
     .into_iter()
     .map(|r| r.v)
     .collect();
-    let accepted: Vec<&Beat<'_>> = fresh
-        .into_iter()
-        .filter(|b| {
-            let ok = accepted.contains(b.instance_id);
-            if !ok {
-                out[b.slot] = Some(Applied::Heartbeat(HeartbeatOutcome::Stale));
-            }
-            ok
-        })
-        .collect();
+    let mut kept: Vec<&Beat<'_>> = Vec::with_capacity(fresh.len());
+    for b in fresh {
+        if accepted.contains(b.instance_id) {
+            kept.push(b);
+        } else {
+            out[b.slot] = Some(Applied::Heartbeat(HeartbeatOutcome::Stale));
+        }
+    }
+    let accepted = kept;
     if accepted.is_empty() {
         return Ok(());
     }
@@ -260,27 +250,19 @@ fn heartbeats(
     Ok(())
 }
 
+/// Reapply answers of live instances.
 fn reapply_answers(
     c: &mut PgConnection,
-    answers: &[Answer<'_>],
-    live: &HashSet<String>,
+    fresh: &[Answer<'_>],
     out: &mut [Option<Applied>],
 ) -> QueryResult<()> {
-    let mut fresh = Vec::new();
-    for a in answers {
-        if live.contains(a.instance_id) {
-            fresh.push(a);
-        } else {
-            out[a.slot] = Some(Applied::ModuleResults(ModuleResultsOutcome::InstanceGone));
-        }
-    }
     if fresh.is_empty() {
         return Ok(());
     }
     // guest_module_results: every storable result of every answer, in (instance, module) order.
     let now = trove_common::db::now();
     let mut rows: Vec<GuestModuleResult> = Vec::new();
-    for a in &fresh {
+    for a in fresh {
         for r in a.results {
             match result_row(a.instance_id, r, now) {
                 Some(row) => rows.push(row),
@@ -338,46 +320,50 @@ fn reapply_answers(
     // almost always answers one): `instance_id = ANY(..)` under a known job id is a primary key
     // lookup, where a join with unnest() made the planner scan the job's items.
     let mut by_job: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for a in &fresh {
+    for a in fresh {
         by_job.entry(a.job_id).or_default().push(a.instance_id);
     }
-    let mut states: HashMap<(String, String), String> = HashMap::new();
+    let mut open: HashMap<&str, HashSet<String>> = HashMap::new();
     for (job_id, ids) in &by_job {
-        let rows: Vec<(String, String)> = reapply_job_items::table
+        let sent: HashSet<String> = reapply_job_items::table
             .filter(reapply_job_items::job_id.eq(job_id))
             .filter(reapply_job_items::instance_id.eq_any(ids))
             .order(reapply_job_items::instance_id)
             .for_update()
             .select((reapply_job_items::instance_id, reapply_job_items::state))
-            .load(c)?;
-        for (instance_id, state) in rows {
-            states.insert(((*job_id).to_owned(), instance_id), state);
-        }
+            .load::<(String, String)>(c)?
+            .into_iter()
+            .filter(|(_, state)| state == "sent")
+            .map(|(instance_id, _)| instance_id)
+            .collect();
+        open.insert(job_id, sent);
     }
-    let mut answer: Vec<(&str, &str, &'static str, Option<String>)> = Vec::new();
-    for a in &fresh {
-        let key = (a.job_id.to_owned(), a.instance_id.to_owned());
-        let open = states.get(&key).map(String::as_str) == Some("sent");
-        if open {
+    // job → the items this batch answers.
+    let mut answers: BTreeMap<&str, Vec<Verdict<'_>>> = BTreeMap::new();
+    for a in fresh {
+        let answered = open
+            .get(a.job_id)
+            .is_some_and(|ids| ids.contains(a.instance_id));
+        if answered {
             let (status, message) = job_verdict(
                 modules.get(a.job_id).map(String::as_str),
                 a.results,
                 a.error,
             );
-            answer.push((a.job_id, a.instance_id, status, message));
+            answers
+                .entry(a.job_id)
+                .or_default()
+                .push((a.instance_id, status, message));
         }
+        let stored = stored.get(a.instance_id).copied().unwrap_or(0);
         out[a.slot] = Some(Applied::ModuleResults(ModuleResultsOutcome::Stored {
-            stored: stored.get(a.instance_id).copied().unwrap_or(0),
+            stored,
             // Malformed, or not newer than the stored row.
-            skipped: a.results.len() - stored.get(a.instance_id).copied().unwrap_or(0),
-            item_answered: Some(open),
+            skipped: a.results.len() - stored,
+            item_answered: Some(answered),
         }));
     }
-    for job_id in by_job.keys() {
-        let mine: Vec<_> = answer.iter().filter(|a| a.0 == *job_id).collect();
-        if mine.is_empty() {
-            continue;
-        }
+    for (job_id, mine) in &answers {
         diesel::sql_query(
             "UPDATE reapply_job_items i
                 SET state = 'answered', answered_at = $5, status = u.status, message = u.message
@@ -385,14 +371,17 @@ fn reapply_answers(
               WHERE i.job_id = $1 AND i.instance_id = ANY($2) AND i.instance_id = u.instance_id",
         )
         .bind::<Text, _>(*job_id)
+        .bind::<Array<Text>, _>(mine.iter().map(|a| a.0).collect::<Vec<_>>())
         .bind::<Array<Text>, _>(mine.iter().map(|a| a.1).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(mine.iter().map(|a| a.2).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(mine.iter().map(|a| a.3.as_deref()).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(mine.iter().map(|a| a.2.as_deref()).collect::<Vec<_>>())
         .bind::<Timestamp, _>(now)
         .execute(c)?;
     }
     Ok(())
 }
+
+/// An item's answer: (instance id, `OK`/`ERROR`/`FAILED`, message).
+type Verdict<'a> = (&'a str, &'static str, Option<String>);
 
 #[derive(QueryableByName)]
 struct Single {

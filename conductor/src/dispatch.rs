@@ -118,13 +118,13 @@ impl Dispatcher {
         // instances in one global order keeps concurrent batches, and the taskmanager's bulk updates
         // of reapply items (also by instance id), from deadlocking. The sort is stable, so one
         // instance's messages keep their order.
-        work.sort_by(|(_, a, _), (_, b, _)| instance_of(a).cmp(instance_of(b)));
+        work.sort_by(|(_, a, _), (_, b, _)| a.instance_id().cmp(b.instance_id()));
         // The messages move into the database closure and come back with their results; what an
         // error needs to say is kept here.
         let (slots, msgs): (Vec<_>, Vec<_>) = work
             .into_iter()
             .map(|(i, msg, span)| {
-                let label = format!("{} from instance {}", msg.method(), instance_of(&msg));
+                let label = format!("{} from instance {}", msg.method(), msg.instance_id());
                 ((i, span, label), msg)
             })
             .unzip();
@@ -186,7 +186,7 @@ impl Dispatcher {
         }
         let msg = from_request::<ConductorMsg>(&req)
             .map_err(|e| Outcome::DeadLetter(format!("unusable conductor message: {e}")))?;
-        let claimed = instance_of(&msg).to_owned();
+        let claimed = msg.instance_id().to_owned();
         span.record("instance.id", claimed.as_str());
         self.authenticate(body, sealer.as_deref(), keys.is_some(), &claimed)
             .await?;
@@ -244,14 +244,6 @@ impl Dispatcher {
 }
 
 /// The instance a message speaks for.
-fn instance_of(msg: &ConductorMsg) -> &str {
-    match msg {
-        ConductorMsg::Heartbeat { instance_id, .. }
-        | ConductorMsg::ModuleResults { instance_id, .. }
-        | ConductorMsg::ReportRoot { instance_id, .. } => instance_id,
-    }
-}
-
 /// True when every argument of the message is the guest→conductor wrapper
 /// `{"entity": <sealed>, "csz-instance-id": <sealer>}` (as a JSON string).
 fn args_sealed_by(body: &[u8], sealer: &str) -> bool {
@@ -323,6 +315,6 @@ mod tests {
             instance_id: "i9".into(),
             user: None,
         };
-        assert_eq!(instance_of(&msg), "i9");
+        assert_eq!(msg.instance_id(), "i9");
     }
 }

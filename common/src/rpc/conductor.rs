@@ -41,6 +41,15 @@ pub enum ConductorMsg {
 }
 
 impl ConductorMsg {
+    /// The instance the message is about (every method names one).
+    pub fn instance_id(&self) -> &str {
+        match self {
+            Self::Heartbeat { instance_id, .. }
+            | Self::ModuleResults { instance_id, .. }
+            | Self::ReportRoot { instance_id, .. } => instance_id,
+        }
+    }
+
     pub fn method(&self) -> &'static str {
         match self {
             Self::Heartbeat { .. } => "heartbeat",
