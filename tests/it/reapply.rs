@@ -15,7 +15,7 @@ use regex::Regex;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use trove_tests::{ok, rows};
-use trove_tests::{process_alive, ProcessStack, TestEnv};
+use trove_tests::{ProcessStack, TestEnv};
 
 /// A 32-character project id whose token is admin.
 const ADMIN: &str = "admin00e46e5f7840e39012aff46a920";
@@ -490,17 +490,7 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
     // SIGKILL two guests (their queues stay: casts to them are accepted and never answered).
     let down: BTreeSet<String> = [ids[1].clone(), ids[4].clone()].into();
     for id in &down {
-        let pid = trove_tests::guest_pid(env.state_dir.path(), id).expect("guest pid");
-        let status = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        env.eventually(Duration::from_secs(10), "guest gone", || async {
-            (!process_alive(pid)).then_some(())
-        })
-        .await
-        .unwrap();
+        trove_tests::sigkill_guest(env.state_dir.path(), id).await;
     }
     let built = t0.elapsed();
 
@@ -829,22 +819,11 @@ async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
     eprintln!("timings: test {:.1?}", t0.elapsed());
 }
 
-/// Kills its guest process on drop.
-struct RestartedGuest(std::process::Child);
-
-impl Drop for RestartedGuest {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A cast the broker loses after confirming it (a transient cast and a broker restart) is cast once
 /// more halfway through `module_reapply_instance_timeout`, so the instance is reapplied, not failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
     use lapin::options::QueuePurgeOptions;
-    use std::os::unix::process::CommandExt as _;
 
     let env = TestEnv::start_with(|s| {
         s.default.module_reapply_instance_timeout = 10;
@@ -864,18 +843,7 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
 
     // Stop one guest: its queue stays and takes the cast, which is then dropped from the queue.
     let victim = ids[1].clone();
-    let state = env.state_dir.path().join(&victim);
-    let pid = trove_tests::guest_pid(env.state_dir.path(), &victim).expect("guest pid");
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    env.eventually(Duration::from_secs(10), "guest gone", || async {
-        (!process_alive(pid)).then_some(())
-    })
-    .await
-    .unwrap();
+    trove_tests::sigkill_guest(env.state_dir.path(), &victim).await;
 
     api.update_module(&module, "Lost.V2").await;
     ok(&env
@@ -911,18 +879,7 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
         .unwrap();
     assert_eq!(purged, 1, "the victim's queue held its cast");
     // Bring the guest back, as its init system would, with nothing in its queue.
-    let child = std::process::Command::new(trove_tests::bin("trove-guestagent"))
-        .arg("--config-file")
-        .arg(state.join("guest.conf"))
-        .current_dir(&state)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let _guest = RestartedGuest(child);
-    std::fs::write(state.join("guest.pid"), format!("{}\n", _guest.0.id())).unwrap();
+    let _guest = trove_tests::restart_guest(env.state_dir.path(), &victim);
 
     env.eventually(Duration::from_secs(60), "the job finished", || async {
         let jobs = api.jobs(&module).await;

@@ -2,9 +2,6 @@
 //! garbage published to every service's queue. (Restarting RabbitMQ is in the separate `broker` test
 //! binary, so it cannot disturb these.)
 
-use std::fs::File;
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lapin::options::{
@@ -16,7 +13,7 @@ use serde_json::{json, Map};
 use trove_common::amqp::{amqp_uri, Names};
 use trove_common::rpc::{encode_request, RpcContext, Security};
 use trove_tests::ok;
-use trove_tests::{bin, guest_pid, property, transport_url, TestEnv};
+use trove_tests::{property, restart_guest, sigkill_guest, transport_url, TestEnv};
 
 /// A 32-character project id (an ordinary member, not admin).
 const TENANT: &str = "c0ffee00e5f60718293a4b5c6d7e8f90";
@@ -53,15 +50,6 @@ fn epoch_now() -> f64 {
 }
 
 /// A guest started by hand; killed and reaped on drop.
-struct Detached(Child);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_guest_goes_shutdown_and_comes_back_active() {
     let started = Instant::now();
@@ -77,13 +65,7 @@ async fn killed_guest_goes_shutdown_and_comes_back_active() {
     wait_status(&env, &bystander, "ACTIVE", Duration::from_secs(30)).await;
 
     // SIGKILL: no goodbye, the heartbeats just stop.
-    let state = env.state_dir.path().join(&victim);
-    let pid = guest_pid(env.state_dir.path(), &victim).expect("guest.pid");
-    let killed = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigkill_guest(env.state_dir.path(), &victim).await;
     let kill_time = Instant::now();
     wait_status(&env, &victim, "SHUTDOWN", Duration::from_secs(30)).await;
     let to_shutdown = kill_time.elapsed();
@@ -108,24 +90,7 @@ async fn killed_guest_goes_shutdown_and_comes_back_active() {
     );
 
     // Restart the guest as a guest image's init system would: the same binary and guest.conf.
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(state.join("guest-restart.log"))
-        .unwrap();
-    let child = Command::new(bin("trove-guestagent"))
-        .arg("--config-file")
-        .arg(state.join("guest.conf"))
-        .current_dir(&state)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let guest = Detached(child);
-    // Keep the pid file true, so the harness (and a later delete) find this guest.
-    std::fs::write(state.join("guest.pid"), format!("{}\n", guest.0.id())).unwrap();
+    let _guest = restart_guest(env.state_dir.path(), &victim);
     let restart_time = Instant::now();
     wait_status(&env, &victim, "ACTIVE", Duration::from_secs(30)).await;
     eprintln!(

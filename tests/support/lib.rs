@@ -366,7 +366,8 @@ impl Drop for TestEnv {
 
 mod process_stack;
 pub use process_stack::{
-    eventually, guest_pid, kill_guests_under, process_alive, property, trove_cli, ProcessStack,
+    eventually, guest_pid, kill_guests_under, process_alive, property, restart_guest,
+    sigkill_guest, trove_cli, Detached, ProcessStack,
 };
 
 /// The data rows of a prettytable, as trimmed cells (the header row is skipped).

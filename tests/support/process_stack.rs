@@ -107,6 +107,60 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// SIGKILLs the guest of `instance_id` under `state_path` and waits (up to 10 s) until it is gone.
+/// Returns its pid.
+pub async fn sigkill_guest(state_path: &Path, instance_id: &str) -> u32 {
+    let pid = guest_pid(state_path, instance_id).expect("guest.pid");
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success(), "kill -9 {pid}");
+    eventually(Duration::from_secs(10), "the killed guest gone", || async {
+        (!process_alive(pid)).then_some(())
+    })
+    .await
+    .expect("the killed guest is gone");
+    pid
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Detached(pub Child);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the guest of `instance_id` again, as a guest image's init system would: the same binary
+/// and `guest.conf`, its output appended to `guest-restart.log`. Rewrites `guest.pid`, so the harness
+/// (and a later delete) find it.
+pub fn restart_guest(state_path: &Path, instance_id: &str) -> Detached {
+    use std::os::unix::process::CommandExt as _;
+    let state = state_path.join(instance_id);
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(state.join("guest-restart.log"))
+        .expect("guest-restart.log");
+    let child = Command::new(bin("trove-guestagent"))
+        .arg("--config-file")
+        .arg(state.join("guest.conf"))
+        .current_dir(&state)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("trove-guestagent starts");
+    let guest = Detached(child);
+    fs::write(state.join("guest.pid"), format!("{}\n", guest.0.id())).expect("guest.pid");
+    guest
+}
+
 /// Kills (SIGKILL) every guest whose pid file is under `state_path`.
 pub fn kill_guests_under(state_path: &Path) {
     for e in fs::read_dir(state_path).into_iter().flatten().flatten() {
