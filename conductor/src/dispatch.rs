@@ -90,9 +90,9 @@ impl Dispatcher {
 
     /// Handles a batch of delivery bodies and says what to do with each, in order. Each message is
     /// decoded and authenticated on its own; then the database work of the whole batch runs in one
-    /// transaction, each message in a savepoint of its own, so one message's database error rolls
-    /// back only its own work (and is retried) while the others commit. A failed commit retries
-    /// them all. Everything is committed before this returns.
+    /// transaction ([`crate::bulk::apply_batch`]: set-based where it can, a savepoint per message
+    /// otherwise), so one message's database error fails (and retries) only that message while the
+    /// others commit. A failed commit retries them all. Everything is committed before this returns.
     pub async fn dispatch_batch(&self, bodies: &[&[u8]]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(bodies.len());
         let mut work: Vec<(usize, ConductorMsg, tracing::Span)> = Vec::new();
@@ -243,7 +243,6 @@ impl Dispatcher {
     }
 }
 
-/// The instance a message speaks for.
 /// True when every argument of the message is the guest→conductor wrapper
 /// `{"entity": <sealed>, "csz-instance-id": <sealer>}` (as a JSON string).
 fn args_sealed_by(body: &[u8], sealer: &str) -> bool {

@@ -12,15 +12,15 @@
 //! - The conductor **never** writes `instance_modules` (module-semantics §11): the taskmanager records
 //!   the instances that answered OK. Guest results go to `guest_module_results`, for observability.
 //!
-//! The sync functions ([`heartbeat`], [`module_results`]) take a connection and open their own
-//! transaction; the `handle_*` wrappers run them through [`Db::run`], off the async threads.
+//! [`heartbeat`] and [`module_results`] take a connection and open their own transaction (a savepoint
+//! inside a batch's); [`apply`] picks one for a message. The dispatcher runs them through `Db::run`,
+//! off the async threads, mostly via the set-based [`crate::bulk`], which gives the same outcomes.
 
 use diesel::prelude::*;
 use trove_common::db::models::{
     lastseen, GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
 };
-use trove_common::db::{Db, DbError};
-use trove_common::rpc::conductor::{ConductorMsg, HeartbeatPayload};
+use trove_common::rpc::conductor::ConductorMsg;
 use trove_common::rpc::guest::ModuleResult;
 use trove_common::status::ServiceStatus;
 
@@ -108,23 +108,6 @@ pub fn heartbeat(
             }
         }
     })
-}
-
-/// `heartbeat`: records the guest's service status. Errors are database errors (worth a retry).
-pub async fn handle_heartbeat(
-    db: &Db,
-    instance_id: String,
-    payload: HeartbeatPayload,
-    sent: f64,
-) -> Result<HeartbeatOutcome, DbError> {
-    let description = payload.service_status;
-    let desc = description.clone();
-    let id = instance_id.clone();
-    let outcome = db
-        .run(move |conn| heartbeat(conn, &id, &desc, sent).map_err(DbError::from))
-        .await?;
-    log_heartbeat(outcome, &description, &instance_id, sent);
-    Ok(outcome)
 }
 
 /// Logs what a heartbeat did.
@@ -262,34 +245,6 @@ pub fn module_results(
             item_answered,
         })
     })
-}
-
-/// `module_results` (our extension): stores what a guest applied and answers its reapply job item.
-/// Errors are database errors (worth a retry).
-pub async fn handle_module_results(
-    db: &Db,
-    instance_id: String,
-    results: Vec<ModuleResult>,
-    sent: f64,
-    job_id: Option<String>,
-    error: Option<String>,
-) -> Result<ModuleResultsOutcome, DbError> {
-    let job = job_id.clone();
-    let outcome = db
-        .run(move |conn| {
-            module_results(
-                conn,
-                &instance_id,
-                &results,
-                sent,
-                job.as_deref(),
-                error.as_deref(),
-            )
-            .map_err(DbError::from)
-        })
-        .await?;
-    log_module_results(&outcome, job_id.as_deref(), sent);
-    Ok(outcome)
 }
 
 /// Logs what a `module_results` report did.

@@ -214,9 +214,25 @@ async fn heartbeat(t: &TestDb, id: &str, description: &str, sent: f64) -> Heartb
     let payload = HeartbeatPayload {
         service_status: description.into(),
     };
-    handlers::handle_heartbeat(&t.db, id.into(), payload, sent)
+    let id = id.to_owned();
+    t.run(move |c| handlers::heartbeat(c, &id, &payload.service_status, sent))
         .await
-        .expect("heartbeat")
+}
+
+/// [`handlers::module_results`] in its own transaction, as the dispatcher applies one message.
+async fn module_results(
+    t: &TestDb,
+    id: String,
+    results: Vec<ModuleResult>,
+    sent: f64,
+    job_id: Option<String>,
+    error: Option<String>,
+) -> Result<ModuleResultsOutcome, DbError> {
+    t.db.run(move |c| {
+        handlers::module_results(c, &id, &results, sent, job_id.as_deref(), error.as_deref())
+            .map_err(DbError::from)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -312,7 +328,7 @@ async fn module_results_are_stored_and_answer_job_items_once() {
         result("m1", "OK", "applied", "2026-11-26 10:00:01.00"),
         result("m2", "ERROR", "bad licence", "2026-11-26 10:00:01.00"),
     ];
-    let out = handlers::handle_module_results(&t.db, id.clone(), prepare.clone(), 5.0, None, None)
+    let out = module_results(&t, id.clone(), prepare.clone(), 5.0, None, None)
         .await
         .unwrap();
     assert_eq!(
@@ -323,7 +339,7 @@ async fn module_results_are_stored_and_answer_job_items_once() {
             item_answered: None
         }
     );
-    let out = handlers::handle_module_results(&t.db, id.clone(), prepare, 5.0, None, None)
+    let out = module_results(&t, id.clone(), prepare, 5.0, None, None)
         .await
         .unwrap();
     assert_eq!(out, ModuleResultsOutcome::Stale);
@@ -340,8 +356,8 @@ async fn module_results_are_stored_and_answer_job_items_once() {
     let i = id.clone();
     t.run(move |c| seed_job(c, "job1", &i)).await;
     let answer = vec![result("m1", "OK", "reapplied", "2026-11-26 10:05:00.00")];
-    let out = handlers::handle_module_results(
-        &t.db,
+    let out = module_results(
+        &t,
         id.clone(),
         answer.clone(),
         1.0,
@@ -369,10 +385,9 @@ async fn module_results_are_stored_and_answer_job_items_once() {
     let answered_at = item.answered_at.expect("answered_at set");
 
     // Redelivered: a no-op for the item (and an equal guest clock rewrites the same row).
-    let out =
-        handlers::handle_module_results(&t.db, id.clone(), answer, 1.0, Some("job1".into()), None)
-            .await
-            .unwrap();
+    let out = module_results(&t, id.clone(), answer, 1.0, Some("job1".into()), None)
+        .await
+        .unwrap();
     assert_eq!(
         out,
         ModuleResultsOutcome::Stored {
@@ -395,10 +410,9 @@ async fn module_results_are_stored_and_answer_job_items_once() {
         "old failure",
         "2026-11-26 10:04:00.00",
     )];
-    let out =
-        handlers::handle_module_results(&t.db, id.clone(), stale, 0.5, Some("job1".into()), None)
-            .await
-            .unwrap();
+    let out = module_results(&t, id.clone(), stale, 0.5, Some("job1".into()), None)
+        .await
+        .unwrap();
     assert_eq!(
         out,
         ModuleResultsOutcome::Stored {
@@ -414,8 +428,8 @@ async fn module_results_are_stored_and_answer_job_items_once() {
     // An apply that failed as a whole answers FAILED with the error (the taskmanager does not record it).
     let i = id.clone();
     t.run(move |c| seed_job(c, "job2", &i)).await;
-    let out = handlers::handle_module_results(
-        &t.db,
+    let out = module_results(
+        &t,
         id.clone(),
         Vec::new(),
         0.1,

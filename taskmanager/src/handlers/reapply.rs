@@ -610,9 +610,6 @@ async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
     cast_items(ctx, job, batch, Stamp::Sent).await
 }
 
-/// Casts `module_apply` (the module as it is now, with the job id) to the guests of `instance_ids`
-/// at once, then stamps the items' `sent_at`, which starts their timeout. An item whose guest queue
-/// is gone fails at once; if the module itself is gone, every item fails.
 /// What [`cast_items`] stamps on the items it cast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stamp {
@@ -622,6 +619,9 @@ enum Stamp {
     Recast,
 }
 
+/// Casts `module_apply` (the module as it is now, with the job id) to the guests of `instance_ids`
+/// at once, then stamps the items as `stamp` says. An item whose guest queue is gone fails at once;
+/// if the module itself is gone, every item fails.
 async fn cast_items(
     ctx: &Ctx,
     job: &ReapplyJob,
