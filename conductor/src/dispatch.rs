@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use diesel::Connection as _;
 use serde_json::Value;
 use tracing::{field, Instrument as _};
 use trove_common::amqp::Outcome;
@@ -40,6 +39,8 @@ pub struct Dispatcher {
     db: Db,
     /// instance id → its keyring (None: the instance has no key, so its messages travel in plain).
     keys: moka::sync::Cache<String, Option<Keyring>>,
+    /// job id → its module, for reapply answers.
+    jobs: crate::bulk::JobModules,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -76,6 +77,7 @@ impl Dispatcher {
             settings,
             db,
             keys: moka::sync::Cache::new(KEY_CACHE_CAPACITY),
+            jobs: crate::bulk::JobModules::default(),
         }
     }
 
@@ -89,10 +91,11 @@ impl Dispatcher {
     }
 
     /// Handles a batch of delivery bodies and says what to do with each, in order. Each message is
-    /// decoded and authenticated on its own; then the database work of the whole batch runs in one
-    /// transaction ([`crate::bulk::apply_batch`]: set-based where it can, a savepoint per message
-    /// otherwise), so one message's database error fails (and retries) only that message while the
-    /// others commit. A failed commit retries them all. Everything is committed before this returns.
+    /// decoded and authenticated on its own; then the database work of the whole batch goes through
+    /// [`crate::bulk::apply_batch`]: heartbeats in one statement, reapply answers in another, the
+    /// rest one by one in a transaction with a savepoint each. One message's database error fails
+    /// (and retries) only that message, or the statement's messages, which are then applied one by
+    /// one. Everything is committed before this returns.
     pub async fn dispatch_batch(&self, bodies: &[&[u8]]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(bodies.len());
         let mut work: Vec<(usize, ConductorMsg, tracing::Span)> = Vec::new();
@@ -128,14 +131,12 @@ impl Dispatcher {
                 ((i, span, label), msg)
             })
             .unzip();
+        let jobs = self.jobs.clone();
         let done = self
             .db
             .run(move |conn| {
-                conn.transaction(|conn| {
-                    let results = crate::bulk::apply_batch(conn, &msgs);
-                    Ok::<_, diesel::result::Error>((msgs, results))
-                })
-                .map_err(DbError::from)
+                let results = crate::bulk::apply_batch(conn, &msgs, &jobs);
+                Ok::<_, DbError>((msgs, results))
             })
             .await;
         match done {

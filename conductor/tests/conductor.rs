@@ -167,6 +167,7 @@ fn seed_job(conn: &mut PgConnection, job_id: &str, instance_id: &str) -> QueryRe
             created: trove_common::db::now(),
             started: None,
             finished: None,
+            batch_sent_at: None,
         },
     )?;
     diesel::insert_into(reapply_job_items::table)
@@ -963,9 +964,15 @@ fn written(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
 
 #[tokio::test]
 async fn set_based_batches_match_one_by_one() {
-    let (one, bulk) = (TestDb::new().await, TestDb::new().await);
+    // One database per way of applying: one by one, a batch inside a transaction (savepoints), and
+    // a batch on its own, as the dispatcher runs it (each statement commits by itself).
+    let (one, inside, alone) = (
+        TestDb::new().await,
+        TestDb::new().await,
+        TestDb::new().await,
+    );
     let settings = Settings::default();
-    for t in [&one, &bulk] {
+    for t in [&one, &inside, &alone] {
         let s = settings.clone();
         t.run(move |c| {
             let template = seed(c, &s)?;
@@ -984,16 +991,27 @@ async fn set_based_batches_match_one_by_one() {
             Ok((applied, written(c)?))
         })
         .await;
-    let (got, got_rows) = bulk
+    let m = msgs.clone();
+    let (got, got_rows) = inside
         .run(move |c| {
             let applied = c.transaction(|c| {
-                trove_conductor::bulk::apply_batch(c, &msgs)
+                trove_conductor::bulk::apply_batch(c, &m, &Default::default())
                     .into_iter()
                     .collect::<QueryResult<Vec<_>>>()
             })?;
             Ok((applied, written(c)?))
         })
         .await;
+    let (got_alone, got_alone_rows) = alone
+        .run(move |c| {
+            let applied = trove_conductor::bulk::apply_batch(c, &msgs, &Default::default())
+                .into_iter()
+                .collect::<QueryResult<Vec<_>>>()?;
+            Ok((applied, written(c)?))
+        })
+        .await;
+    assert_eq!(got_alone, expected);
+    assert_eq!(got_alone_rows, expected_rows);
     assert_eq!(got, expected);
     assert_eq!(got_rows, expected_rows);
     // The cases did what they are named for (the comparison alone would pass on a no-op).
@@ -1052,11 +1070,10 @@ async fn a_failing_set_based_batch_falls_back_to_one_by_one() {
         error: None,
     };
     let msgs = vec![answer("i08", "BOOM"), answer("i13", "OK")];
+    // As the dispatcher runs it: no transaction around the batch.
     let (outcomes, rows) = t
         .run(move |c| {
-            let outcomes = c.transaction(|c| {
-                Ok::<_, diesel::result::Error>(trove_conductor::bulk::apply_batch(c, &msgs))
-            })?;
+            let outcomes = trove_conductor::bulk::apply_batch(c, &msgs, &Default::default());
             Ok((outcomes, written(c)?))
         })
         .await;
