@@ -330,8 +330,9 @@ async fn a_sigkilled_taskmanager_resumes_the_reapply_job() {
     let unconfirmed: BTreeSet<String> = strings(
         &mut conn,
         &format!(
-            "SELECT instance_id AS v FROM reapply_job_items WHERE job_id = '{job_id}' \
-             AND state = 'sent' AND sent_at IS NULL"
+            "SELECT i.instance_id AS v FROM reapply_job_items i \
+             JOIN reapply_jobs j ON j.id = i.job_id WHERE i.job_id = '{job_id}' \
+             AND i.state = 'sent' AND j.batch_sent_at IS NULL"
         ),
     )
     .into_iter()
@@ -684,7 +685,7 @@ async fn selected(env: &TestEnv, api: &Api, module: &str, n: usize) -> Vec<Value
 }
 
 /// The one uncertain step of the driver: a taskmanager that died after claiming a batch (`sent`, no
-/// `sent_at`) but before the broker confirmed the casts. On resume those items are cast again (they
+/// `batch_sent_at` on the job) but before the broker confirmed the casts. On resume those items are cast again (they
 /// are unanswered, so nothing recorded is re-sent) instead of waiting for an answer that may never
 /// come, and the job finishes with every instance applied. A claimed item whose guest answered before
 /// the driver died (the answer proves the send) is not cast again: its `sent_at` becomes its
@@ -732,6 +733,7 @@ async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
         created: now,
         started: Some(now),
         finished: None,
+        batch_sent_at: None,
     };
     let items: Vec<ReapplyItem> = ids
         .iter()
@@ -851,8 +853,8 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
         .await);
     let db = &env.db;
     let sent = format!(
-        "SELECT count(*) AS n FROM reapply_job_items WHERE instance_id = '{victim}' \
-         AND state = 'sent' AND sent_at IS NOT NULL"
+        "SELECT count(*) AS n FROM reapply_job_items i JOIN reapply_jobs j ON j.id = i.job_id \
+         WHERE i.instance_id = '{victim}' AND i.state = 'sent' AND j.batch_sent_at IS NOT NULL"
     );
     env.eventually(
         Duration::from_secs(30),

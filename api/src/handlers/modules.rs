@@ -262,6 +262,7 @@ pub async fn reapply(
                     created: now(),
                     started: None,
                     finished: None,
+                    batch_sent_at: None,
                 };
                 ReapplyJob::insert(c, &job)?;
                 let msg = TaskManagerMsg::ReapplyModule {

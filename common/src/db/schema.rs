@@ -283,6 +283,7 @@ diesel::table! {
         created -> Timestamp,
         started -> Nullable<Timestamp>,
         finished -> Nullable<Timestamp>,
+        batch_sent_at -> Nullable<Timestamp>,
     }
 }
 

@@ -4,24 +4,24 @@
 //! 1. **Select** (one transaction, then the message is acked): the candidates of §12 become
 //!    `reapply_job_items` in `created, id` order; the ones Trove would skip are counted as skipped.
 //! 2. **Drive** (a task per job, outside any delivery, so nothing stays unacked for long): claim the
-//!    next `batch_size` pending items (`sent`, with no `sent_at` yet), cast them `module_apply`
-//!    **concurrently** with the job id (at most `module_reapply_casts_in_flight` awaiting their
-//!    confirms at once), then stamp `sent_at` once the broker has confirmed the casts;
-//!    each guest reports to the conductor, which marks its item answered; when every item of the batch
-//!    is answered or has timed out (`module_reapply_instance_timeout` after `sent_at`), `record()` the
-//!    answered instances (§11) in one transaction, wait `batch_delay`, and go on. An item still
-//!    unanswered halfway through its timeout is cast once more (`recast_at`): the broker may have lost
-//!    the first cast after confirming it (a transient cast and a broker restart).
+//!    next `batch_size` pending items (`sent`, and the job's `batch_sent_at` cleared), cast them
+//!    `module_apply` **concurrently** with the job id (at most `module_reapply_casts_in_flight`
+//!    awaiting their confirms at once), then stamp the batch (`batch_sent_at`, on the job row) once
+//!    the broker has confirmed the casts; each guest reports to the conductor, which marks its item
+//!    answered; when every item of the batch is answered or the batch has timed out
+//!    (`module_reapply_instance_timeout` after the stamp), `record()` the answered instances (§11) in
+//!    one transaction, give each item its `sent_at`, wait `batch_delay`, and go on. Items still
+//!    unanswered halfway through the timeout are cast once more (`recast_at`): the broker may have
+//!    lost the first cast after confirming it (a transient cast and a broker restart).
 //!
-//! Every step reads and writes the item states, so a taskmanager killed at any point resumes the job
-//! on start ([`resume_all`]): items already recorded are never sent again, items sent and confirmed
-//! but unanswered are waited for, pending ones are sent, and no instance is skipped. The one
-//! uncertain case is an item claimed but never stamped (killed between the claim and the confirms):
-//! its cast may or may not have gone out, so it is cast again. It is still unanswered, so this never
-//! re-sends a recorded result; at worst its guest applies the same md5 twice, which is harmless, and
-//! the conductor counts only the first answer. A claimed item that was already answered when the
-//! driver died is not cast again: the answer proves the send, and its `sent_at` becomes its
-//! `answered_at`.
+//! Every step reads and writes the item states and the job row, so a taskmanager killed at any point
+//! resumes the job on start ([`resume_all`]): items already recorded are never sent again, items of a
+//! stamped batch are waited for, pending ones are sent, and no instance is skipped. The one uncertain
+//! case is a batch claimed but never stamped (killed between the claim and the confirms): its casts
+//! may or may not have gone out, so its unanswered items are cast again. They are unanswered, so this
+//! never re-sends a recorded result; at worst a guest applies the same md5 twice, which is harmless,
+//! and the conductor counts only the first answer. An item of that batch that was already answered
+//! is not cast again: the answer proves the send, and its `sent_at` becomes its `answered_at`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Nullable, Text, Timestamp};
 use futures_util::StreamExt as _;
 use tracing::Instrument as _;
 use trove_common::db::models::instance::Scope;
@@ -44,6 +45,9 @@ use trove_common::rpc::RpcContext;
 
 use super::ReapplyArgs;
 use crate::Ctx;
+
+/// How often a driver records the answers of a batch still in flight.
+const RECORD_EVERY: Duration = Duration::from_millis(250);
 
 /// Jobs driven in this process, by taskmanager context and job id: a redelivered cast or a resume
 /// must not start a second driver for the same taskmanager. The context's address is part of the key
@@ -109,6 +113,7 @@ async fn create_job(ctx: &Ctx, rpc: &RpcContext, args: &ReapplyArgs) -> anyhow::
         created: now(),
         started: None,
         finished: None,
+        batch_sent_at: None,
     };
     let id = job.id.clone();
     ctx.db
@@ -356,27 +361,14 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
         .db
         .run(move |c| ReapplyJob::find(c, &id).map_err(DbError::from))
         .await?;
-    if let Some(job) = job.filter(|j| j.state == "running") {
+    if let Some(job) = job.filter(|j| j.state == "running" && j.batch_sent_at.is_none()) {
         let id = job_id.to_owned();
         let unconfirmed: Vec<String> = ctx
             .db
             .run(move |c| {
-                // A guest may answer before its driver stamps the send, and the driver may die in
-                // between: the answer proves the cast went out, so such an item is not cast again.
-                // Its send time is unknown but not later than its answer, so it is stamped with that.
-                diesel::update(
-                    items::table
-                        .filter(items::job_id.eq(&id))
-                        .filter(items::state.eq_any(["answered", "applied", "failed"]))
-                        .filter(items::sent_at.is_null())
-                        .filter(items::answered_at.is_not_null()),
-                )
-                .set(items::sent_at.eq(items::answered_at))
-                .execute(c)?;
                 items::table
                     .filter(items::job_id.eq(&id))
                     .filter(items::state.eq("sent"))
-                    .filter(items::sent_at.is_null())
                     .order(items::seq)
                     .select(items::instance_id)
                     .load(c)
@@ -389,8 +381,30 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
                 "casting again the items whose send was never confirmed"
             );
             cast_items(ctx, &job, unconfirmed, Stamp::Sent).await?;
+        } else {
+            // Every item of the claimed batch answered before the stamp: the answers prove the
+            // send, so stamp the batch now (its end starts the delay before the next one).
+            let id = job_id.to_owned();
+            ctx.db
+                .run(move |c| {
+                    let answered: bool = diesel::select(diesel::dsl::exists(
+                        items::table
+                            .filter(items::job_id.eq(&id))
+                            .filter(items::state.eq("answered")),
+                    ))
+                    .get_result(c)?;
+                    if answered {
+                        diesel::update(jobs::table.find(&id))
+                            .filter(jobs::batch_sent_at.is_null())
+                            .set(jobs::batch_sent_at.eq(now()))
+                            .execute(c)?;
+                    }
+                    Ok::<_, DbError>(())
+                })
+                .await?;
         }
     }
+    let mut last_record = std::time::Instant::now();
     loop {
         let id = job_id.to_owned();
         let Some(job) = ctx
@@ -403,31 +417,35 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
         if job.state == "finished" {
             return Ok(());
         }
-        // Wait for the batch in flight: every sent item answered or timed out. Lookups in the partial
-        // index `reapply_job_items_sent` per poll, however many items the batch holds: is a sent item
-        // still unstamped, when was the latest one stamped, and which ones are halfway through their
-        // timeout without an answer and were not cast again yet.
+        // Wait for the batch in flight: every sent item answered or timed out. The batch's stamp is
+        // on the job row; per poll, one lookup in the partial index `reapply_job_items_sent` (is an
+        // item still unanswered), and once the batch is halfway through its timeout, which silent
+        // items were not cast again yet.
         let id = job_id.to_owned();
         let recast_before = now() - timeout / 2;
-        let (unstamped, latest, silent): (bool, Option<NaiveDateTime>, Vec<String>) = ctx
+        let halfway = job.batch_sent_at.is_some_and(|t| t < recast_before);
+        let (unanswered, answers_in, silent): (bool, bool, Vec<String>) = ctx
             .db
             .run(move |c| {
-                let sent = || {
+                let in_state = |state: &'static str| {
                     items::table
                         .filter(items::job_id.eq(id.clone()))
-                        .filter(items::state.eq("sent"))
+                        .filter(items::state.eq(state))
                 };
-                let unstamped =
-                    diesel::select(diesel::dsl::exists(sent().filter(items::sent_at.is_null())))
-                        .get_result(c)?;
-                let latest = sent().select(diesel::dsl::max(items::sent_at)).first(c)?;
-                let silent = sent()
-                    .filter(items::sent_at.lt(recast_before))
-                    .filter(items::recast_at.is_null())
-                    .order(items::instance_id)
-                    .select(items::instance_id)
-                    .load(c)?;
-                Ok::<_, DbError>((unstamped, latest, silent))
+                let sent = || in_state("sent");
+                let unanswered = diesel::select(diesel::dsl::exists(sent())).get_result(c)?;
+                let answers_in =
+                    diesel::select(diesel::dsl::exists(in_state("answered"))).get_result(c)?;
+                let silent = if unanswered && halfway {
+                    sent()
+                        .filter(items::recast_at.is_null())
+                        .order(items::instance_id)
+                        .select(items::instance_id)
+                        .load(c)?
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, DbError>((unanswered, answers_in, silent))
             })
             .await?;
         // A cast can be lost after its confirm (a transient cast and a broker restart): cast the
@@ -440,12 +458,19 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
             cast_items(ctx, &job, silent, Stamp::Recast).await?;
             continue;
         }
-        let n = now();
-        // No `sent_at` yet: the cast is in progress (a driver that died mid-send was handled above).
-        // Otherwise the batch waits while its latest-sent item is within the timeout.
-        let waiting = unstamped || latest.is_some_and(|t| n - t < timeout);
+        // No stamp yet: the cast is in progress (a driver that died mid-send was handled above).
+        // Otherwise the batch waits while it is within the timeout.
+        let waiting = unanswered && job.batch_sent_at.is_none_or(|t| now() - t < timeout);
         if waiting {
-            pause(ctx, Duration::from_millis(50)).await?;
+            // Record the answers in so far, every RECORD_EVERY, so the batch's end only records
+            // what came last.
+            if answers_in && last_record.elapsed() >= RECORD_EVERY {
+                let id = job_id.to_owned();
+                ctx.db.run(move |c| record_progress(c, &id)).await?;
+                last_record = std::time::Instant::now();
+            } else {
+                pause(ctx, Duration::from_millis(50)).await?;
+            }
             continue;
         }
         // The batch is complete: record answered instances, fail the silent ones, plan the next batch.
@@ -477,46 +502,17 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
     let Some(job) = ReapplyJob::lock(c, job_id)? else {
         return Ok(Settled::Finished);
     };
-    let module_md5 = job.current_md5.clone().unwrap_or_default();
-    // The items this settles (answered, and sent ones that timed out), locked in instance order as
-    // every bulk update of items is (see `lock_items`), against a late answer from the conductor.
-    let answered: Vec<(String, Option<String>)> = items::table
+    // The items this settles: the sent ones that timed out are locked in instance order, as every
+    // bulk update of items locks them (see `lock_items`), against a late answer from the conductor.
+    // That freezes the answered ones too: the conductor only ever answers a `sent` item.
+    items::table
         .filter(items::job_id.eq(job_id))
-        .filter(items::state.eq_any(["answered", "sent"]))
+        .filter(items::state.eq("sent"))
         .order(items::instance_id)
         .for_update()
-        .select((items::instance_id, items::state, items::status))
-        .load::<(String, String, Option<String>)>(c)?
-        .into_iter()
-        .filter(|(_, state, _)| state == "answered")
-        .map(|(id, _, status)| (id, status))
-        .collect();
-    // A guest that ran the drivers (OK or ERROR) received the module: Trove records it. A call that
-    // failed as a whole did not, nor is a deleted instance recorded. Set-based: a batch can hold
-    // thousands of items, and this runs in one transaction.
-    let reported: Vec<&str> = answered
-        .iter()
-        .filter(|(_, status)| status.as_deref() != Some("FAILED"))
-        .map(|(id, _)| id.as_str())
-        .collect();
-    let live = InstanceModule::record_many(c, &reported, &job.module_id, &module_md5)?;
-    let (ok, not_ok): (Vec<&str>, Vec<&str>) = answered
-        .iter()
-        .map(|(id, _)| id.as_str())
-        // `live` holds only reported instances, so this is "reported and live".
-        .partition(|id| live.contains(*id));
-    let recorded = ok.len();
-    for (state, ids) in [("applied", &ok), ("failed", &not_ok)] {
-        for chunk in ids.chunks(5000) {
-            diesel::update(
-                items::table
-                    .filter(items::job_id.eq(job_id))
-                    .filter(items::instance_id.eq_any(chunk)),
-            )
-            .set(items::state.eq(state))
-            .execute(c)?;
-        }
-    }
+        .select(items::instance_id)
+        .load::<String>(c)?;
+    record_answered(c, &job)?;
     // Sent items that never answered within the timeout (the driver only settles then).
     diesel::update(
         items::table
@@ -526,18 +522,19 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
     .set((
         items::state.eq("failed"),
         items::message.eq("no answer from the guest within the timeout"),
+        items::sent_at.eq(
+            diesel::dsl::sql::<Nullable<Timestamp>>("COALESCE(sent_at, ")
+                .bind::<Nullable<Timestamp>, _>(job.batch_sent_at)
+                .sql(")"),
+        ),
     ))
     .execute(c)?;
-    let count = |c: &mut PgConnection, s: &str| -> Result<i64, DbError> {
-        Ok(items::table
-            .filter(items::job_id.eq(job_id))
-            .filter(items::state.eq(s.to_owned()))
-            .count()
-            .get_result(c)?)
-    };
-    let applied = count(c, "applied")? as i32;
-    let failed = count(c, "failed")? as i32;
-    let pending = count(c, "pending")?;
+    let (applied, failed) = counters(c, job_id)?;
+    let pending: i64 = items::table
+        .filter(items::job_id.eq(job_id))
+        .filter(items::state.eq("pending"))
+        .count()
+        .get_result(c)?;
     let n = now();
     if pending == 0 {
         diesel::update(jobs::table.find(job_id))
@@ -546,6 +543,7 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
                 jobs::failed.eq(failed),
                 jobs::state.eq("finished"),
                 jobs::finished.eq(n),
+                jobs::batch_sent_at.eq(None::<NaiveDateTime>),
             ))
             .execute(c)?;
         tracing::info!(
@@ -557,8 +555,10 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
         );
         return Ok(Settled::Finished);
     }
-    // The delay runs between batches only (not before the first one).
-    let at = match (recorded > 0 || failed > job.failed, job.next_batch_at) {
+    // The delay runs between batches only (not before the first one). Settling a stamped batch
+    // starts it, and clears the stamp; a batch settled already (by a driver that stopped before
+    // sending the next one) keeps the time planned then.
+    let at = match (job.batch_sent_at.is_some(), job.next_batch_at) {
         (true, _) => n + chrono::Duration::seconds(i64::from(job.batch_delay)),
         (false, Some(t)) => t,
         (false, None) => n,
@@ -568,12 +568,97 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
             jobs::applied.eq(applied),
             jobs::failed.eq(failed),
             jobs::next_batch_at.eq(at),
+            jobs::batch_sent_at.eq(None::<NaiveDateTime>),
         ))
         .execute(c)?;
     Ok(Settled::Next { at })
 }
 
-/// Claims the next batch (`sent`, no `sent_at` yet) and casts `module_apply` to its guests at once.
+/// Records the answers in while the batch is still in flight, so that a large batch is not all
+/// recorded at its end. One transaction; how many items it settled.
+fn record_progress(c: &mut PgConnection, job_id: &str) -> Result<usize, DbError> {
+    c.transaction(|c| {
+        let Some(job) = ReapplyJob::lock(c, job_id)? else {
+            return Ok(0);
+        };
+        if job.state != "running" {
+            return Ok(0);
+        }
+        let settled = record_answered(c, &job)?;
+        if settled > 0 {
+            let (applied, failed) = counters(c, job_id)?;
+            diesel::update(jobs::table.find(job_id))
+                .set((jobs::applied.eq(applied), jobs::failed.eq(failed)))
+                .execute(c)?;
+        }
+        Ok(settled)
+    })
+}
+
+/// The job's applied and failed items.
+fn counters(c: &mut PgConnection, job_id: &str) -> Result<(i32, i32), DbError> {
+    let mut count = |s: &str| -> Result<i32, DbError> {
+        let n: i64 = items::table
+            .filter(items::job_id.eq(job_id))
+            .filter(items::state.eq(s.to_owned()))
+            .count()
+            .get_result(c)?;
+        Ok(n as i32)
+    };
+    Ok((count("applied")?, count("failed")?))
+}
+
+/// Settles the answered items of `job` (its row locked by the caller): Trove's `record()` (§11) for
+/// each instance whose guest ran the drivers (OK or ERROR: it received the module) and that is still
+/// live, and `applied`; `failed` for a call that failed as a whole or a deleted instance. Set-based: a
+/// batch can hold thousands of items. How many items it settled.
+fn record_answered(c: &mut PgConnection, job: &ReapplyJob) -> Result<usize, DbError> {
+    let job_id = job.id.as_str();
+    // Answered items only change here: the conductor answers `sent` ones, and this runs with the job
+    // row locked.
+    let answered: Vec<(String, Option<String>)> = items::table
+        .filter(items::job_id.eq(job_id))
+        .filter(items::state.eq("answered"))
+        .order(items::instance_id)
+        .select((items::instance_id, items::status))
+        .load(c)?;
+    if answered.is_empty() {
+        return Ok(0);
+    }
+    let module_md5 = job.current_md5.clone().unwrap_or_default();
+    let reported: Vec<&str> = answered
+        .iter()
+        .filter(|(_, status)| status.as_deref() != Some("FAILED"))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let live = InstanceModule::record_many(c, &reported, &job.module_id, &module_md5)?;
+    let (ok, not_ok): (Vec<&str>, Vec<&str>) = answered
+        .iter()
+        .map(|(id, _)| id.as_str())
+        // `live` holds only reported instances, so this is "reported and live".
+        .partition(|id| live.contains(*id));
+    // Each item takes its send time here, in the update that settles it: the batch's stamp, or its
+    // answer if that came first (a guest may answer before the broker's confirm reaches the driver,
+    // and an answer proves the send).
+    for (state, ids) in [("applied", &ok), ("failed", &not_ok)] {
+        for chunk in ids.chunks(5000) {
+            diesel::sql_query(
+                "UPDATE reapply_job_items
+                    SET state = $3, sent_at = COALESCE(sent_at, LEAST(answered_at, $4))
+                  WHERE job_id = $1 AND instance_id = ANY($2)",
+            )
+            .bind::<Text, _>(job_id)
+            .bind::<Array<Text>, _>(chunk)
+            .bind::<Text, _>(state)
+            .bind::<Nullable<Timestamp>, _>(job.batch_sent_at)
+            .execute(c)?;
+        }
+    }
+    Ok(answered.len())
+}
+
+/// Claims the next batch (`sent`, the job's stamp cleared) and casts `module_apply` to its guests at
+/// once.
 async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
     let (job_id, size) = (job.id.clone(), i64::from(job.batch_size.max(1)));
     let batch = ctx
@@ -599,10 +684,13 @@ async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
                 )
                 .set((
                     items::state.eq("sent"),
-                    items::sent_at.eq(None::<NaiveDateTime>),
                     items::batch.eq(batch_no.unwrap_or(-1) + 1),
                 ))
                 .execute(c)?;
+                // The new batch is unconfirmed until its casts are.
+                diesel::update(jobs::table.find(&job_id))
+                    .set(jobs::batch_sent_at.eq(None::<NaiveDateTime>))
+                    .execute(c)?;
                 Ok::<_, DbError>(batch)
             })
         })
@@ -610,18 +698,18 @@ async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
     cast_items(ctx, job, batch, Stamp::Sent).await
 }
 
-/// What [`cast_items`] stamps on the items it cast.
+/// What [`cast_items`] stamps once its casts are confirmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stamp {
-    /// A first cast: `sent_at`, which starts the item's timeout.
+    /// A batch's casts: the job's `batch_sent_at`, which starts the batch's timeout.
     Sent,
     /// A second cast of an unanswered item: `recast_at` (the timeout stays where it was).
     Recast,
 }
 
 /// Casts `module_apply` (the module as it is now, with the job id) to the guests of `instance_ids`
-/// at once, then stamps the items as `stamp` says. An item whose guest queue is gone fails at once;
-/// if the module itself is gone, every item fails.
+/// at once, then stamps the batch or the items as `stamp` says. An item whose guest queue is gone
+/// fails at once; if the module itself is gone, every item fails.
 async fn cast_items(
     ctx: &Ctx,
     job: &ReapplyJob,
@@ -723,9 +811,12 @@ async fn cast_items(
     ctx.db
         .run(move |c| {
             c.transaction(|c| {
-                // Locked in instance order first, the order the conductor answers items in, so the
-                // two never deadlock.
-                lock_items(c, &job_id, &instance_ids)?;
+                // Items are locked in instance order first, the order the conductor answers them
+                // in, so the two never deadlock.
+                if !failed.is_empty() {
+                    let ids: Vec<String> = failed.iter().map(|(id, _)| id.clone()).collect();
+                    lock_items(c, &job_id, &ids)?;
+                }
                 for (id, message) in &failed {
                     diesel::update(items::table.find((&job_id, id)))
                         .filter(items::state.eq("sent"))
@@ -733,22 +824,20 @@ async fn cast_items(
                         .execute(c)?;
                 }
                 match stamp {
-                    // Answered ones too: `sent_at` says when the cast went out, whatever came back.
-                    Stamp::Sent => diesel::update(
-                        items::table
-                            .filter(items::job_id.eq(&job_id))
-                            .filter(items::instance_id.eq_any(&instance_ids))
-                            .filter(items::sent_at.is_null()),
-                    )
-                    .set(items::sent_at.eq(now()))
-                    .execute(c)?,
-                    Stamp::Recast => diesel::update(
-                        items::table
-                            .filter(items::job_id.eq(&job_id))
-                            .filter(items::instance_id.eq_any(&instance_ids)),
-                    )
-                    .set(items::recast_at.eq(now()))
-                    .execute(c)?,
+                    // The batch's stamp, on the job row: its timeout starts now.
+                    Stamp::Sent => diesel::update(jobs::table.find(&job_id))
+                        .set(jobs::batch_sent_at.eq(now()))
+                        .execute(c)?,
+                    Stamp::Recast => {
+                        lock_items(c, &job_id, &instance_ids)?;
+                        diesel::update(
+                            items::table
+                                .filter(items::job_id.eq(&job_id))
+                                .filter(items::instance_id.eq_any(&instance_ids)),
+                        )
+                        .set(items::recast_at.eq(now()))
+                        .execute(c)?
+                    }
                 };
                 Ok::<_, DbError>(())
             })

@@ -29,6 +29,9 @@ pub struct ReapplyJob {
     pub created: NaiveDateTime,
     pub started: Option<NaiveDateTime>,
     pub finished: Option<NaiveDateTime>,
+    /// When the broker confirmed the casts of the batch in flight (None: not yet, or no batch). It
+    /// starts the batch's `module_reapply_instance_timeout`.
+    pub batch_sent_at: Option<NaiveDateTime>,
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
@@ -40,6 +43,8 @@ pub struct ReapplyItem {
     /// `pending`, `sent`, `answered`, `applied`, `skipped`, `failed`.
     pub state: String,
     pub batch: Option<i32>,
+    /// When the item's cast went out: set when its batch is settled, from the batch's stamp (or the
+    /// answer, if that is earlier).
     pub sent_at: Option<NaiveDateTime>,
     pub answered_at: Option<NaiveDateTime>,
     pub status: Option<String>,
