@@ -3,13 +3,20 @@
 //! Logs go to stdout (journald adds timestamps under systemd). `RUST_LOG` filters (INFO by default);
 //! `RUST_LOG_FORMAT=json` switches to JSON lines for log shippers.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the subscriber for a service binary.
 pub fn init(service: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("RUST_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::stdout().is_terminal();
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi);
     let res = if json {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -5,8 +5,8 @@
 //! - `contents.dat`: the decoded contents, which the driver reads;
 //! - `result.json`: the [`ModuleResult`] record that module-apply and module-query return.
 //!
-//! Both are written atomically (temporary file, fsync, rename, fsync of the directory), so a crash
-//! leaves the old file or the new one, never a torn one. Both are private to the guest's user, because
+//! Both are written atomically (temporary file, fsync, rename; then one fsync of their directory for
+//! both renames), so a crash leaves the old file or the new one, never a torn one. Both are private to the guest's user, because
 //! contents can be licence keys.
 //!
 //! All methods block (file I/O, and drivers may run commands for up to tens of seconds): call them
@@ -181,7 +181,9 @@ impl ModuleManager {
         } = checked;
         create_private_dir(&dir)?;
         let data_file = dir.join(CONTENTS_FILE);
-        write_atomic(&data_file, &contents)?;
+        // The directory is synced once, after `result.json` (below) is renamed into the same one: that
+        // makes both renames durable, and a crash before it leaves the old pair.
+        write_atomic(&data_file, &contents, DirSync::Later)?;
         drop(contents);
 
         let now = (self.now)();
@@ -417,7 +419,7 @@ fn write_result(path: &Path, result: &ModuleResult) -> Result<(), ApplyError> {
         path: path.to_owned(),
         source,
     })?;
-    write_atomic(path, &json)
+    write_atomic(path, &json, DirSync::Now)
 }
 
 /// Creates `dir` and its parents, readable by the guest's user only.
@@ -429,11 +431,21 @@ fn create_private_dir(dir: &Path) -> Result<(), ApplyError> {
         .map_err(ApplyError::io(dir))
 }
 
+/// Whether [`write_atomic`] syncs the directory after its rename.
+#[derive(Clone, Copy, Debug)]
+enum DirSync {
+    /// Sync it: the rename survives a crash once this returns.
+    Now,
+    /// The caller renames another file into the same directory next and syncs it then.
+    Later,
+}
+
 /// Replaces `path` with `bytes` so that readers and crashes see the old file or the new one, never a
 /// mix: the bytes go to a fresh temporary file in the same directory (a rename is only atomic within
-/// one file system), which is synced and renamed over `path`; the directory is then synced so that
-/// the rename itself survives a crash. The temporary file is removed if any step fails.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
+/// one file system), which is synced and renamed over `path`; the directory is then synced (now, or
+/// by the caller's next write there) so that the rename itself survives a crash. The temporary file is
+/// removed if any step fails.
+fn write_atomic(path: &Path, bytes: &[u8], dir_sync: DirSync) -> Result<(), ApplyError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -451,7 +463,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
         file.sync_all()?;
         drop(file);
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        match dir_sync {
+            DirSync::Now => File::open(dir)?.sync_all(),
+            DirSync::Later => Ok(()),
+        }
     })();
     if let Err(err) = written {
         // After a successful rename there is nothing left to remove, and that is fine.
@@ -802,7 +817,7 @@ mod tests {
         // A non-empty directory cannot be renamed over, so the last step fails.
         fs::create_dir(&target).unwrap();
         fs::write(target.join("keep"), b"old").unwrap();
-        let err = write_atomic(&target, b"new").unwrap_err();
+        let err = write_atomic(&target, b"new", DirSync::Now).unwrap_err();
         assert!(matches!(err, ApplyError::Io { .. }));
         let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
