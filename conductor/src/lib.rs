@@ -21,8 +21,8 @@ pub const BATCHES_IN_FLIGHT: usize = 4;
 /// Serves the conductor queue and runs the heartbeat sweep until `shutdown` is cancelled.
 ///
 /// Declares and consumes `broker.names().conductor()`: the deliveries waiting, up to
-/// `[amqp] conductor_batch_size` at a time, are handled in one database transaction
-/// ([`bulk::apply_batch`]) and acked only after it commits; up to [`BATCHES_IN_FLIGHT`] batches are
+/// `[amqp] conductor_batch_size` at a time, are applied together ([`bulk::apply_batch`]) and acked
+/// only after their work commits; up to [`BATCHES_IN_FLIGHT`] batches are
 /// in flight. Beside it, [`sweep::run`] marks guests whose heartbeats stopped SHUTDOWN every
 /// `agent_heartbeat_time` seconds. On cancel it stops taking
 /// deliveries, lets the ones in flight finish and be acked, closes its channel, stops the sweep and

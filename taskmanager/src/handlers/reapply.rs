@@ -8,9 +8,10 @@
 //!    `module_apply` **concurrently** with the job id (at most `module_reapply_casts_in_flight`
 //!    awaiting their confirms at once), then stamp the batch (`batch_sent_at`, on the job row) once
 //!    the broker has confirmed the casts; each guest reports to the conductor, which marks its item
-//!    answered; when every item of the batch is answered or the batch has timed out
-//!    (`module_reapply_instance_timeout` after the stamp), `record()` the answered instances (§11) in
-//!    one transaction, give each item its `sent_at`, wait `batch_delay`, and go on. Items still
+//!    answered, and the driver records the answers in every 250 ms, from the batch's first cast on;
+//!    when every item of the batch is answered or the batch has timed out
+//!    (`module_reapply_instance_timeout` after the stamp), `record()` the answers left (§11) in one
+//!    transaction, give each item its `sent_at`, wait `batch_delay`, and go on. Items still
 //!    unanswered halfway through the timeout are cast once more (`recast_at`): the broker may have
 //!    lost the first cast after confirming it (a transient cast and a broker restart).
 //!
@@ -695,7 +696,28 @@ async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
             })
         })
         .await?;
-    cast_items(ctx, job, batch, Stamp::Sent).await
+    // Guests answer while the rest of the batch is still being cast: record those answers as they
+    // come, beside the casting.
+    let cast_done = tokio_util::sync::CancellationToken::new();
+    let casting = async {
+        let cast = cast_items(ctx, job, batch, Stamp::Sent).await;
+        cast_done.cancel();
+        cast
+    };
+    let recording = async {
+        loop {
+            tokio::select! {
+                _ = cast_done.cancelled() => break,
+                _ = tokio::time::sleep(RECORD_EVERY) => {}
+            }
+            let id = job.id.clone();
+            if let Err(e) = ctx.db.run(move |c| record_progress(c, &id)).await {
+                // The driver's own loop records them later.
+                tracing::warn!(error = %e, "could not record the answers in so far");
+            }
+        }
+    };
+    tokio::join!(casting, recording).0
 }
 
 /// What [`cast_items`] stamps once its casts are confirmed.
