@@ -442,6 +442,7 @@ where
         topic,
         1,
         usize::from(prefetch.max(1)),
+        Duration::ZERO,
         move |mut batch: Vec<lapin::message::Delivery>| {
             let one = batch.pop().map(&handler);
             async move {
@@ -501,15 +502,17 @@ pub async fn settle(acker: &lapin::Acker, outcome: Outcome, reconnect_delay: Dur
     }
 }
 
-/// [`consume`], but the handler takes the deliveries that are waiting, up to `max_batch` at a time
-/// (never waiting for more: a lone message is handled at once), and returns one outcome per
-/// delivery, in order. At most `in_flight` batches run at once, and the channel's prefetch is
-/// `in_flight × max_batch`. For consumers whose work commits in one transaction per batch.
+/// [`consume`], but the handler takes the deliveries that are waiting, up to `max_batch` at a time,
+/// and returns one outcome per delivery, in order. At most `in_flight` batches run at once, and the
+/// channel's prefetch is `in_flight × max_batch`. A lone message is handled at once when nothing
+/// else is; while other batches run, a batch waits up to `linger` to fill. For consumers whose work
+/// commits once per batch.
 pub async fn consume_batches<H, F>(
     broker: Arc<Broker>,
     topic: String,
     max_batch: u16,
     in_flight: usize,
+    linger: Duration,
     handler: H,
     shutdown: CancellationToken,
 ) -> Result<(), AmqpError>
@@ -556,6 +559,20 @@ where
                 match consumer.next().now_or_never() {
                     Some(next) => ended = !take_delivery(&mut batch, next, &topic),
                     None => break,
+                }
+            }
+            // While other batches are being handled the work is queueing anyway: wait up to
+            // `linger` for this one to fill, so a busy consumer writes fewer, larger batches. An
+            // idle one handles a lone message at once.
+            let busy = limit.available_permits() + 1 < in_flight;
+            if busy && !linger.is_zero() && !ended && batch.len() < max_batch {
+                let until = tokio::time::Instant::now() + linger;
+                while !ended && batch.len() < max_batch {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until(until) => break,
+                        next = consumer.next() => ended = !take_delivery(&mut batch, next, &topic),
+                    }
                 }
             }
             if batch.is_empty() {
