@@ -205,9 +205,13 @@ pub struct AmqpSection {
     /// When above zero, server queues expire after this many milliseconds unused (`x-expires`); for
     /// test brokers shared by many short-lived topologies.
     pub queue_expires_ms: u64,
-    /// The conductor handles up to this many waiting deliveries in one database transaction (one
-    /// savepoint each), and holds up to four such batches unacknowledged.
+    /// The conductor applies up to this many waiting deliveries together (heartbeats in one
+    /// statement, reapply answers in another, anything else one savepoint each).
     pub conductor_batch_size: u16,
+    /// Batches the conductor applies at once; its prefetch is this times `conductor_batch_size`.
+    pub conductor_batches_in_flight: u16,
+    /// While other batches are being applied, a batch waits up to this long (milliseconds) to fill.
+    pub conductor_batch_linger_ms: u64,
 }
 
 impl Default for AmqpSection {
@@ -219,6 +223,8 @@ impl Default for AmqpSection {
             reconnect_delay: 1.0,
             queue_expires_ms: 0,
             conductor_batch_size: 64,
+            conductor_batches_in_flight: 4,
+            conductor_batch_linger_ms: 10,
         }
     }
 }
@@ -484,6 +490,15 @@ impl Settings {
         if self.amqp.conductor_batch_size == 0 || self.amqp.conductor_batch_size > 1000 {
             return invalid("amqp.conductor_batch_size", "must be between 1 and 1000");
         }
+        if !(1..=64).contains(&self.amqp.conductor_batches_in_flight) {
+            return invalid(
+                "amqp.conductor_batches_in_flight",
+                "must be between 1 and 64",
+            );
+        }
+        if self.amqp.conductor_batch_linger_ms > 1000 {
+            return invalid("amqp.conductor_batch_linger_ms", "must be at most 1000");
+        }
         if self.api.max_body_size == 0 {
             return invalid("api.max_body_size", "must be greater than zero");
         }
@@ -623,6 +638,14 @@ mod tests {
             err.contains("DEFAULT.module_reapply_casts_in_flight"),
             "{err}"
         );
+        for (bad, name) in [
+            ("conductor_batches_in_flight = 0", "amqp.conductor_batches_in_flight"),
+            ("conductor_batch_linger_ms = 5000", "amqp.conductor_batch_linger_ms"),
+        ] {
+            let f = write(&format!("[amqp]\n{bad}\n"));
+            let err = load(&[f.path().into()]).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -15,23 +15,16 @@ use trove_common::db::Db;
 
 pub use dispatch::Dispatcher;
 
-/// Batches the conductor holds unacknowledged at once.
-pub const BATCHES_IN_FLIGHT: usize = 4;
-
-/// How long a batch waits to fill while other batches are being applied: under load, fewer and
-/// larger batches cost the database less per message. An idle conductor applies a lone message at
-/// once.
-pub const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
-
 /// Serves the conductor queue and runs the heartbeat sweep until `shutdown` is cancelled.
 ///
 /// Declares and consumes `broker.names().conductor()`: the deliveries waiting, up to
 /// `[amqp] conductor_batch_size` at a time, are applied together ([`bulk::apply_batch`]) and acked
-/// only after their work commits; up to [`BATCHES_IN_FLIGHT`] batches are
-/// in flight. Beside it, [`sweep::run`] marks guests whose heartbeats stopped SHUTDOWN every
-/// `agent_heartbeat_time` seconds. On cancel it stops taking
-/// deliveries, lets the ones in flight finish and be acked, closes its channel, stops the sweep and
-/// returns. The broker connection belongs to the caller, who closes it.
+/// only after their work commits; up to `[amqp] conductor_batches_in_flight` batches are in flight,
+/// and while others are, a batch waits up to `conductor_batch_linger_ms` to fill. Beside it,
+/// [`sweep::run`] marks guests whose heartbeats stopped SHUTDOWN every `agent_heartbeat_time`
+/// seconds. On cancel it stops taking deliveries, lets the ones in flight finish and be acked,
+/// closes its channel, stops the sweep and returns. The broker connection belongs to the caller,
+/// who closes it.
 pub async fn run(
     settings: Arc<Settings>,
     db: Db,
@@ -40,6 +33,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let queue = broker.names().conductor();
     let batch = settings.amqp.conductor_batch_size.max(1);
+    let in_flight = usize::from(settings.amqp.conductor_batches_in_flight.max(1));
+    let linger = std::time::Duration::from_millis(settings.amqp.conductor_batch_linger_ms);
     let dispatcher = Arc::new(Dispatcher::new(settings.clone(), db.clone()));
     tracing::info!(queue = %queue, batch, "conductor consuming");
     // The sweep also stops if consuming ever ends on its own, so `run` never returns half-running.
@@ -49,8 +44,8 @@ pub async fn run(
             broker,
             queue.clone(),
             batch,
-            BATCHES_IN_FLIGHT,
-            BATCH_LINGER,
+            in_flight,
+            linger,
             move |deliveries| {
                 let dispatcher = dispatcher.clone();
                 async move {
