@@ -639,8 +639,14 @@ mod tests {
             "{err}"
         );
         for (bad, name) in [
-            ("conductor_batches_in_flight = 0", "amqp.conductor_batches_in_flight"),
-            ("conductor_batch_linger_ms = 5000", "amqp.conductor_batch_linger_ms"),
+            (
+                "conductor_batches_in_flight = 0",
+                "amqp.conductor_batches_in_flight",
+            ),
+            (
+                "conductor_batch_linger_ms = 5000",
+                "amqp.conductor_batch_linger_ms",
+            ),
         ] {
             let f = write(&format!("[amqp]\n{bad}\n"));
             let err = load(&[f.path().into()]).unwrap_err().to_string();
