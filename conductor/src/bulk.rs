@@ -92,20 +92,20 @@ pub fn apply_batch(
         AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth(),
         Ok(Some(_))
     );
-    for (kind, idx) in [("heartbeats", &beats), ("reapply answers", &answers)] {
+    type Statement<'a> = &'a dyn Fn(&mut PgConnection) -> QueryResult<Vec<Applied>>;
+    let statements: [(&str, &[usize], Statement<'_>); 2] = [
+        ("heartbeats", &beats, &|c| heartbeats(c, msgs, &beats)),
+        ("reapply answers", &answers, &|c| {
+            reapply_answers(c, msgs, &answers, jobs)
+        }),
+    ];
+    for (kind, idx, run) in statements {
         if idx.is_empty() {
             continue;
         }
-        let run = |c: &mut PgConnection| {
-            if kind == "heartbeats" {
-                heartbeats(c, msgs, idx)
-            } else {
-                reapply_answers(c, msgs, idx, jobs)
-            }
-        };
         // A statement is atomic: only inside a transaction does it need a savepoint to fail alone.
         let applied = if in_transaction {
-            conn.transaction(run)
+            conn.transaction(|c| run(c))
         } else {
             run(conn)
         };
