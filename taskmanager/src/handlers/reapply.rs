@@ -434,9 +434,11 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
                         .filter(items::state.eq(state))
                 };
                 let sent = || in_state("sent");
-                let unanswered = diesel::select(diesel::dsl::exists(sent())).get_result(c)?;
-                let answers_in =
-                    diesel::select(diesel::dsl::exists(in_state("answered"))).get_result(c)?;
+                let (unanswered, answers_in): (bool, bool) = diesel::select((
+                    diesel::dsl::exists(sent()),
+                    diesel::dsl::exists(in_state("answered")),
+                ))
+                .get_result(c)?;
                 let silent = if unanswered && halfway {
                     sent()
                         .filter(items::recast_at.is_null())
@@ -530,12 +532,11 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
         ),
     ))
     .execute(c)?;
-    let (applied, failed) = counters(c, job_id)?;
-    let pending: i64 = items::table
-        .filter(items::job_id.eq(job_id))
-        .filter(items::state.eq("pending"))
-        .count()
-        .get_result(c)?;
+    let Counts {
+        applied,
+        failed,
+        pending,
+    } = counts(c, job_id)?;
     let n = now();
     if pending == 0 {
         diesel::update(jobs::table.find(job_id))
@@ -587,7 +588,9 @@ fn record_progress(c: &mut PgConnection, job_id: &str) -> Result<usize, DbError>
         }
         let settled = record_answered(c, &job)?;
         if settled > 0 {
-            let (applied, failed) = counters(c, job_id)?;
+            let Counts {
+                applied, failed, ..
+            } = counts(c, job_id)?;
             diesel::update(jobs::table.find(job_id))
                 .set((jobs::applied.eq(applied), jobs::failed.eq(failed)))
                 .execute(c)?;
@@ -596,17 +599,32 @@ fn record_progress(c: &mut PgConnection, job_id: &str) -> Result<usize, DbError>
     })
 }
 
-/// The job's applied and failed items.
-fn counters(c: &mut PgConnection, job_id: &str) -> Result<(i32, i32), DbError> {
-    let mut count = |s: &str| -> Result<i32, DbError> {
-        let n: i64 = items::table
-            .filter(items::job_id.eq(job_id))
-            .filter(items::state.eq(s.to_owned()))
-            .count()
-            .get_result(c)?;
-        Ok(n as i32)
+/// How many of a job's items are in the states its row counts.
+struct Counts {
+    applied: i32,
+    failed: i32,
+    pending: i32,
+}
+
+/// The job's items per state, in one query.
+fn counts(c: &mut PgConnection, job_id: &str) -> Result<Counts, DbError> {
+    let per_state: Vec<(String, i64)> = items::table
+        .filter(items::job_id.eq(job_id))
+        .filter(items::state.eq_any(["applied", "failed", "pending"]))
+        .group_by(items::state)
+        .select((items::state, diesel::dsl::count_star()))
+        .load(c)?;
+    let of = |state: &str| {
+        per_state
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n as i32)
     };
-    Ok((count("applied")?, count("failed")?))
+    Ok(Counts {
+        applied: of("applied"),
+        failed: of("failed"),
+        pending: of("pending"),
+    })
 }
 
 /// Settles the answered items of `job` (its row locked by the caller): Trove's `record()` (§11) for
