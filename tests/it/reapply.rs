@@ -224,6 +224,34 @@ async fn wait_guest_results(db_url: &str, module: &str, md5: &str, n: i64, timeo
     .unwrap();
 }
 
+/// Module `name` (contents `message=<v1>`) on `n` new instances `<name>-<i>`, every one ACTIVE (within
+/// `active_within`) and its guest's result for it stored: (module id, instance ids).
+async fn module_on_instances(
+    env: &TestEnv,
+    api: &Api,
+    name: &str,
+    v1: &str,
+    n: usize,
+    active_within: Duration,
+) -> (String, Vec<String>) {
+    let module = api.create_module(name, v1).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(api.create_instance(&format!("{name}-{i}"), &module).await);
+    }
+    wait_active(api, &ids, active_within).await;
+    let md5 = md5_of(v1);
+    wait_guest_results(
+        &env.db.url,
+        &module,
+        &md5,
+        n as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    (module, ids)
+}
+
 /// The guest's own record of the module (`modules/ping/<id>/result.json` in its state directory).
 fn guest_result(state_path: &Path, instance: &str, module: &str) -> Value {
     let file = state_path
@@ -480,13 +508,15 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
         .unwrap();
     let api = Api::new(env.base(ADMIN), ADMIN);
     let (v1, v2) = (md5_of("Down.V1"), md5_of("Down.V2"));
-    let module = api.create_module("downmod", "Down.V1").await;
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        ids.push(api.create_instance(&format!("down-{i}"), &module).await);
-    }
-    wait_active(&api, &ids, Duration::from_secs(120)).await;
-    wait_guest_results(&env.db.url, &module, &v1, 6, Duration::from_secs(60)).await;
+    let (module, ids) = module_on_instances(
+        &env,
+        &api,
+        "downmod",
+        "Down.V1",
+        6,
+        Duration::from_secs(120),
+    )
+    .await;
 
     // SIGKILL two guests (their queues stay: casts to them are accepted and never answered).
     let down: BTreeSet<String> = [ids[1].clone(), ids[4].clone()].into();
@@ -699,14 +729,16 @@ async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
         .await
         .unwrap();
     let api = Api::new(env.base(ADMIN), ADMIN);
-    let (v1, v2) = (md5_of("Claim.V1"), md5_of("Claim.V2"));
-    let module = api.create_module("claimmod", "Claim.V1").await;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(api.create_instance(&format!("claim-{i}"), &module).await);
-    }
-    wait_active(&api, &ids, Duration::from_secs(60)).await;
-    wait_guest_results(&env.db.url, &module, &v1, 3, Duration::from_secs(60)).await;
+    let v2 = md5_of("Claim.V2");
+    let (module, ids) = module_on_instances(
+        &env,
+        &api,
+        "claimmod",
+        "Claim.V1",
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
     api.update_module(&module, "Claim.V2").await;
 
     // The state a SIGKILL between the claim and the casts leaves: batch 0 claimed, nothing sent.
@@ -834,14 +866,16 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
     .await
     .unwrap();
     let api = Api::new(env.base(ADMIN), ADMIN);
-    let (v1, v2) = (md5_of("Lost.V1"), md5_of("Lost.V2"));
-    let module = api.create_module("lostmod", "Lost.V1").await;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(api.create_instance(&format!("lost-{i}"), &module).await);
-    }
-    wait_active(&api, &ids, Duration::from_secs(120)).await;
-    wait_guest_results(&env.db.url, &module, &v1, 3, Duration::from_secs(60)).await;
+    let v2 = md5_of("Lost.V2");
+    let (module, ids) = module_on_instances(
+        &env,
+        &api,
+        "lostmod",
+        "Lost.V1",
+        3,
+        Duration::from_secs(120),
+    )
+    .await;
 
     // Stop one guest: its queue stays and takes the cast, which is then dropped from the queue.
     let victim = ids[1].clone();
