@@ -229,7 +229,7 @@ fn heartbeats(
         descrs.push(status.map(ServiceStatus::description));
         statuses.push(status);
     }
-    let facts = diesel::sql_query(
+    let facts = trove_common::db::prepared(
         "WITH u AS (
            SELECT * FROM unnest($1::text[], $2::float8[], $3::int4[], $4::text[])
                       AS u(instance_id, sent, code, descr)
@@ -351,7 +351,7 @@ fn reapply_answers(
             )
         })
         .collect();
-    let facts = diesel::sql_query(
+    let facts = trove_common::db::prepared(
         "WITH live AS (
            SELECT id FROM instances WHERE id = ANY($1) AND deleted = false
          ), r AS (

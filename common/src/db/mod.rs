@@ -5,9 +5,11 @@
 
 pub mod models;
 pub mod pool;
+pub mod prepared;
 pub mod schema;
 
 pub use pool::{Conn, Db, DbError};
+pub use prepared::prepared;
 
 /// Now, in UTC, as stored in `timestamp without time zone` columns.
 pub fn now() -> chrono::NaiveDateTime {

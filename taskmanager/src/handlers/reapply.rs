@@ -661,7 +661,7 @@ fn record_answered(c: &mut PgConnection, job: &ReapplyJob) -> Result<usize, DbEr
     // and an answer proves the send).
     for (state, ids) in [("applied", &ok), ("failed", &not_ok)] {
         for chunk in ids.chunks(5000) {
-            diesel::sql_query(
+            trove_common::db::prepared(
                 "UPDATE reapply_job_items
                     SET state = $3, sent_at = COALESCE(sent_at, LEAST(answered_at, $4))
                   WHERE job_id = $1 AND instance_id = ANY($2)",

@@ -29,7 +29,7 @@ impl GuestModuleResult {
     /// the stored one changes nothing, so a redelivered old report never rolls the row back. Returns
     /// the number of rows written (0 or 1).
     pub fn upsert(conn: &mut PgConnection, r: &Self) -> QueryResult<usize> {
-        diesel::sql_query(
+        crate::db::prepared(
             "INSERT INTO guest_module_results
                (instance_id, module_id, md5, status, message, guest_created, guest_updated, reported_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)

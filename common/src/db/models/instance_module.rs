@@ -230,7 +230,8 @@ impl InstanceModule {
         include_clustered: bool,
         tenant: Option<&str>,
     ) -> QueryResult<Vec<Md5Count>> {
-        let q = diesel::sql_query(Self::count_by_md5_sql(include_clustered, tenant.is_some()))
+        let sql = Self::count_by_md5_sql(include_clustered, tenant.is_some());
+        let q = crate::db::prepared(&sql)
             .bind::<Text, _>(module_id)
             .bind::<Text, _>(module_md5);
         match tenant {

@@ -11,7 +11,7 @@ pub fn accept(
     method: &str,
     sent: f64,
 ) -> QueryResult<bool> {
-    let n = diesel::sql_query(
+    let n = crate::db::prepared(
         "INSERT INTO conductor_lastseen (instance_id, method_name, sent) VALUES ($1, $2, $3)
          ON CONFLICT (instance_id, method_name) DO UPDATE SET sent = excluded.sent
          WHERE excluded.sent > conductor_lastseen.sent",
