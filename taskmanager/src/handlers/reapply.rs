@@ -3,6 +3,7 @@
 //! The api writes a `reapply_jobs` row and casts `reapply_module` in one transaction. Here:
 //! 1. **Select** (one transaction, then the message is acked): the candidates of §12 become
 //!    `reapply_job_items` in `created, id` order; the ones Trove would skip are counted as skipped.
+//!    The first `batch_size` items are claimed (`sent`, batch 0) as they are made.
 //! 2. **Drive** (a task per job, outside any delivery, so nothing stays unacked for long): claim the
 //!    next `batch_size` pending items (`sent`, and the job's `batch_sent_at` cleared), cast them
 //!    `module_apply` **concurrently** with the job id (at most `module_reapply_casts_in_flight`
@@ -236,12 +237,15 @@ fn select(
             skipped += 1;
             continue;
         }
+        // The first batch is claimed here, in the transaction that makes the items: claiming it
+        // later would lock and rewrite every one of them (all of them at batch_size = N).
+        let first = (pending.len() as i64) < size;
         pending.push(ReapplyItem {
             job_id: job.id.clone(),
             instance_id: inst.id.clone(),
             seq: pending.len() as i32,
-            state: "pending".into(),
-            batch: None,
+            state: if first { "sent" } else { "pending" }.into(),
+            batch: first.then_some(0),
             sent_at: None,
             answered_at: None,
             status: None,
@@ -377,11 +381,13 @@ async fn drive(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
             })
             .await?;
         if !unconfirmed.is_empty() {
+            // The first batch (claimed at selection), or one claimed by a driver that stopped
+            // before the broker confirmed its casts.
             tracing::info!(
                 count = unconfirmed.len(),
-                "casting again the items whose send was never confirmed"
+                "casting the claimed batch, whose sends are not confirmed yet"
             );
-            cast_items(ctx, &job, unconfirmed, Stamp::Sent).await?;
+            cast_batch(ctx, &job, unconfirmed).await?;
         } else {
             // Every item of the claimed batch answered before the stamp: the answers prove the
             // send, so stamp the batch now (its end starts the delay before the next one).
@@ -714,6 +720,11 @@ async fn send_batch(ctx: &Ctx, job: &ReapplyJob) -> anyhow::Result<()> {
             })
         })
         .await?;
+    cast_batch(ctx, job, batch).await
+}
+
+/// Casts a claimed batch and stamps it once the broker has confirmed the casts.
+async fn cast_batch(ctx: &Ctx, job: &ReapplyJob, batch: Vec<String>) -> anyhow::Result<()> {
     // Guests answer while the rest of the batch is still being cast: record those answers as they
     // come, beside the casting.
     let cast_done = tokio_util::sync::CancellationToken::new();
