@@ -922,7 +922,7 @@ fn modules_row(c: &mut PgConnection, id: &str) -> QueryResult<Option<Module>> {
     use trove_common::db::schema::modules;
     modules::table
         .find(id)
-        .filter(modules::deleted.eq(false))
+        .filter(diesel::dsl::not(modules::deleted))
         .select(Module::as_select())
         .first(c)
         .optional()

@@ -29,7 +29,7 @@ impl Cluster {
     ) -> QueryResult<Option<Self>> {
         let mut q = clusters::table
             .filter(clusters::id.eq(id))
-            .filter(clusters::deleted.eq(false))
+            .filter(diesel::dsl::not(clusters::deleted))
             .into_boxed();
         if let Some(t) = tenant {
             q = q.filter(clusters::tenant_id.eq(t.to_owned()));
@@ -68,7 +68,7 @@ impl Cluster {
     /// Live clusters with a task in progress (the taskmanager resumes them after a restart).
     pub fn in_progress(conn: &mut PgConnection) -> QueryResult<Vec<Self>> {
         clusters::table
-            .filter(clusters::deleted.eq(false))
+            .filter(diesel::dsl::not(clusters::deleted))
             .filter(clusters::task_id.ne(ClusterTask::None.code()))
             .select(Self::as_select())
             .load(conn)
@@ -82,7 +82,7 @@ impl Cluster {
     ) -> QueryResult<Vec<Self>> {
         let mut q = clusters::table
             .filter(clusters::tenant_id.eq(tenant))
-            .filter(clusters::deleted.eq(false))
+            .filter(diesel::dsl::not(clusters::deleted))
             .into_boxed();
         if let Some(m) = marker {
             q = q.filter(clusters::id.gt(m.to_owned()));
@@ -108,7 +108,7 @@ impl Cluster {
             clusters::table
                 .find(id)
                 .filter(clusters::task_id.eq(from.code()))
-                .filter(clusters::deleted.eq(false)),
+                .filter(diesel::dsl::not(clusters::deleted)),
         )
         .set((
             clusters::task_id.eq(to.code()),

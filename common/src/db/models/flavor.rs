@@ -20,7 +20,7 @@ impl Flavor {
     pub fn find(conn: &mut PgConnection, id: &str) -> QueryResult<Option<Self>> {
         flavors::table
             .find(id)
-            .filter(flavors::deleted.eq(false))
+            .filter(diesel::dsl::not(flavors::deleted))
             .select(Self::as_select())
             .first(conn)
             .optional()
@@ -28,7 +28,7 @@ impl Flavor {
 
     pub fn all(conn: &mut PgConnection) -> QueryResult<Vec<Self>> {
         flavors::table
-            .filter(flavors::deleted.eq(false))
+            .filter(diesel::dsl::not(flavors::deleted))
             .order(flavors::id)
             .select(Self::as_select())
             .load(conn)

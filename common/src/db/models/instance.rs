@@ -83,7 +83,7 @@ impl Instance {
     pub fn find(conn: &mut PgConnection, id: &str, scope: Scope<'_>) -> QueryResult<Option<Self>> {
         let mut q = instances::table
             .filter(instances::id.eq(id))
-            .filter(instances::deleted.eq(false))
+            .filter(diesel::dsl::not(instances::deleted))
             .into_boxed();
         if let Scope::Tenant(t) = scope {
             q = q.filter(instances::tenant_id.eq(t.to_owned()));
@@ -103,7 +103,7 @@ impl Instance {
         for chunk in ids.chunks(5000) {
             let mut q = instances::table
                 .filter(instances::id.eq_any(chunk))
-                .filter(instances::deleted.eq(false))
+                .filter(diesel::dsl::not(instances::deleted))
                 .into_boxed();
             if let Scope::Tenant(t) = scope {
                 q = q.filter(instances::tenant_id.eq(t.to_owned()));
@@ -194,7 +194,7 @@ impl Instance {
         diesel::update(
             instance_modules::table
                 .filter(instance_modules::instance_id.eq(id))
-                .filter(instance_modules::deleted.eq(false)),
+                .filter(diesel::dsl::not(instance_modules::deleted)),
         )
         .set((
             instance_modules::deleted.eq(true),
@@ -206,7 +206,7 @@ impl Instance {
     /// Live instances whose task is not NONE (builds and deletes in progress).
     pub fn in_progress(conn: &mut PgConnection) -> QueryResult<Vec<Self>> {
         instances::table
-            .filter(instances::deleted.eq(false))
+            .filter(diesel::dsl::not(instances::deleted))
             .filter(instances::task_id.ne(InstanceTask::None.code()))
             .select(Self::as_select())
             .load(conn)
@@ -215,7 +215,7 @@ impl Instance {
     pub fn cluster_members(conn: &mut PgConnection, cluster_id: &str) -> QueryResult<Vec<Self>> {
         instances::table
             .filter(instances::cluster_id.eq(cluster_id))
-            .filter(instances::deleted.eq(false))
+            .filter(diesel::dsl::not(instances::deleted))
             .order(instances::name)
             .select(Self::as_select())
             .load(conn)
@@ -245,7 +245,7 @@ impl Instance {
             .load(conn)?;
         let faults: Vec<(String, String, String, NaiveDateTime)> = instance_faults::table
             .filter(instance_faults::instance_id.eq_any(&ids))
-            .filter(instance_faults::deleted.eq(false))
+            .filter(diesel::dsl::not(instance_faults::deleted))
             .select((
                 instance_faults::instance_id,
                 instance_faults::message,
@@ -285,7 +285,7 @@ impl Instance {
     ) -> QueryResult<Vec<Self>> {
         let mut q = instances::table
             .filter(instances::tenant_id.eq(tenant))
-            .filter(instances::deleted.eq(false))
+            .filter(diesel::dsl::not(instances::deleted))
             .into_boxed();
         if !include_clustered {
             q = q.filter(instances::cluster_id.is_null());
@@ -352,7 +352,7 @@ pub fn record_fault(
     let n = diesel::update(
         instance_faults::table
             .filter(instance_faults::instance_id.eq(instance_id))
-            .filter(instance_faults::deleted.eq(false)),
+            .filter(diesel::dsl::not(instance_faults::deleted)),
     )
     .set((
         instance_faults::message.eq(message),
@@ -389,7 +389,7 @@ impl Instance {
             instances::table
                 .find(id)
                 .filter(instances::task_id.eq(from.code()))
-                .filter(instances::deleted.eq(false)),
+                .filter(diesel::dsl::not(instances::deleted)),
         )
         .set((
             instances::task_id.eq(to.code()),
@@ -404,7 +404,7 @@ impl Instance {
     pub fn with_tasks(conn: &mut PgConnection, tasks: &[InstanceTask]) -> QueryResult<Vec<Self>> {
         let codes: Vec<i32> = tasks.iter().map(|t| t.code()).collect();
         instances::table
-            .filter(instances::deleted.eq(false))
+            .filter(diesel::dsl::not(instances::deleted))
             .filter(instances::task_id.eq_any(codes))
             .select(Self::as_select())
             .load(conn)
@@ -438,7 +438,7 @@ impl ServiceStatusRow {
         cutoff: NaiveDateTime,
     ) -> QueryResult<Vec<String>> {
         let quiet_instances = instances::table
-            .filter(instances::deleted.eq(false))
+            .filter(diesel::dsl::not(instances::deleted))
             .filter(instances::task_id.eq(InstanceTask::None.code()))
             .select(instances::id);
         diesel::update(

@@ -80,7 +80,7 @@ impl InstanceModule {
         let live: Vec<Self> = instance_modules::table
             .filter(instance_modules::instance_id.eq(instance_id))
             .filter(instance_modules::module_id.eq(module_id))
-            .filter(instance_modules::deleted.eq(false))
+            .filter(diesel::dsl::not(instance_modules::deleted))
             .order((instance_modules::created, instance_modules::id))
             .for_update()
             .select(Self::as_select())
@@ -143,7 +143,7 @@ impl InstanceModule {
                 instance_modules::table
                     .filter(instance_modules::instance_id.eq_any(chunk))
                     .filter(instance_modules::module_id.eq(module_id))
-                    .filter(instance_modules::deleted.eq(false))
+                    .filter(diesel::dsl::not(instance_modules::deleted))
                     .order((
                         instance_modules::instance_id,
                         instance_modules::created,
@@ -206,7 +206,7 @@ impl InstanceModule {
             instance_modules::table
                 .filter(instance_modules::instance_id.eq(instance_id))
                 .filter(instance_modules::module_id.eq(module_id))
-                .filter(instance_modules::deleted.eq(false)),
+                .filter(diesel::dsl::not(instance_modules::deleted)),
         )
         .set((
             instance_modules::deleted.eq(true),
@@ -303,10 +303,10 @@ impl InstanceModule {
     ) -> QueryResult<Vec<super::Instance>> {
         let holders = instance_modules::table
             .filter(instance_modules::module_id.eq(module_id.to_owned()))
-            .filter(instance_modules::deleted.eq(false))
+            .filter(diesel::dsl::not(instance_modules::deleted))
             .select(instance_modules::instance_id);
         let mut q = instances::table
-            .filter(instances::deleted.eq(false))
+            .filter(diesel::dsl::not(instances::deleted))
             .filter(instances::id.eq_any(holders))
             .into_boxed();
         if !include_clustered {
@@ -332,7 +332,7 @@ impl InstanceModule {
     ) -> QueryResult<Vec<Self>> {
         let mut q = instance_modules::table
             .filter(instance_modules::module_id.eq(module_id.to_owned()))
-            .filter(instance_modules::deleted.eq(false))
+            .filter(diesel::dsl::not(instance_modules::deleted))
             .into_boxed();
         if let Some(m) = md5 {
             q = q.filter(instance_modules::md5.eq(m.to_owned()));
@@ -346,7 +346,7 @@ impl InstanceModule {
     pub fn for_instance(conn: &mut PgConnection, instance_id: &str) -> QueryResult<Vec<Self>> {
         instance_modules::table
             .filter(instance_modules::instance_id.eq(instance_id))
-            .filter(instance_modules::deleted.eq(false))
+            .filter(diesel::dsl::not(instance_modules::deleted))
             .select(Self::as_select())
             .load(conn)
     }
@@ -364,7 +364,7 @@ fn lock_live_instances(
         live.extend(
             instances::table
                 .filter(instances::id.eq_any(chunk))
-                .filter(instances::deleted.eq(false))
+                .filter(diesel::dsl::not(instances::deleted))
                 .order(instances::id)
                 .for_share()
                 .select((instances::id, instances::cluster_id.is_not_null()))

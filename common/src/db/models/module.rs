@@ -54,7 +54,7 @@ impl Module {
     ) -> QueryResult<Option<Self>> {
         let mut q = modules::table
             .filter(modules::id.eq(id))
-            .filter(modules::deleted.eq(false))
+            .filter(diesel::dsl::not(modules::deleted))
             .into_boxed();
         if !caller.is_admin {
             q = q.filter(modules::visible.eq(true)).filter(
@@ -75,7 +75,7 @@ impl Module {
     ) -> QueryResult<Vec<Self>> {
         let mut q = modules::table
             .filter(modules::id.eq_any(ids))
-            .filter(modules::deleted.eq(false))
+            .filter(diesel::dsl::not(modules::deleted))
             .into_boxed();
         if !caller.is_admin {
             q = q.filter(
@@ -104,7 +104,7 @@ impl Module {
         ver_id: &str,
     ) -> QueryResult<Vec<Self>> {
         modules::table
-            .filter(modules::deleted.eq(false))
+            .filter(diesel::dsl::not(modules::deleted))
             .filter(modules::auto_apply.eq(true))
             .filter(
                 modules::tenant_id
@@ -134,7 +134,7 @@ impl Module {
         datastore: Option<Option<&str>>,
     ) -> QueryResult<Vec<Self>> {
         let mut q = modules::table
-            .filter(modules::deleted.eq(false))
+            .filter(diesel::dsl::not(modules::deleted))
             .into_boxed();
         if !caller.is_admin {
             q = q.filter(modules::visible.eq(true)).filter(
@@ -156,7 +156,7 @@ impl Module {
     /// Another live module with the same uniqueness key (§3 step 5), type compared lower-cased.
     pub fn duplicate_exists(conn: &mut PgConnection, m: &Self) -> QueryResult<bool> {
         let mut q = modules::table
-            .filter(modules::deleted.eq(false))
+            .filter(diesel::dsl::not(modules::deleted))
             .filter(modules::id.ne(&m.id))
             .filter(modules::name.eq(&m.name))
             .filter(
