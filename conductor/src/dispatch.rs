@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::{field, Instrument as _};
 use trove_common::amqp::Outcome;
 use trove_common::config::Settings;
@@ -22,7 +22,7 @@ use trove_common::db::models::Instance;
 use trove_common::db::{Db, DbError};
 use trove_common::rpc::conductor::ConductorMsg;
 use trove_common::rpc::keys::guest_keyring;
-use trove_common::rpc::{decode_request, from_request, peek_guest_instance_id};
+use trove_common::rpc::{take_message, Envelope};
 
 use crate::handlers;
 
@@ -169,7 +169,10 @@ impl Dispatcher {
     /// delivery that needs no database work (a notification) or will never succeed.
     async fn prepare(&self, body: &[u8]) -> Result<ConductorMsg, Outcome> {
         let span = tracing::Span::current();
-        let sealer = peek_guest_instance_id(body);
+        let undecodable = |e| Outcome::DeadLetter(format!("undecodable conductor message: {e}"));
+        // Parsed once: who sealed it picks the key, and its arguments are checked before opening.
+        let envelope = Envelope::parse(body).map_err(undecodable)?;
+        let sealer = envelope.guest_instance_id().map(str::to_owned);
         if let Some(id) = &sealer {
             span.record("instance.id", id.as_str());
         }
@@ -177,30 +180,32 @@ impl Dispatcher {
             Some(id) => self.keyring(id).await.map_err(KeyError::into_outcome)?,
             None => None,
         };
-        let req = decode_request(body, keys.as_ref())
-            .map_err(|e| Outcome::DeadLetter(format!("undecodable conductor message: {e}")))?;
+        let args_sealed = sealer
+            .as_deref()
+            .is_some_and(|s| args_sealed_by(envelope.raw_args(), s));
+        let mut req = envelope.open(keys.as_ref()).map_err(undecodable)?;
         span.record("rpc.method", req.method.as_str());
         span.record("rpc.request_id", req.context.request_id.as_str());
         if NOTIFICATIONS.contains(&req.method.as_str()) {
             tracing::debug!("notification ignored");
             return Err(Outcome::Ack);
         }
-        let msg = from_request::<ConductorMsg>(&req)
+        let msg = take_message::<ConductorMsg>(&mut req)
             .map_err(|e| Outcome::DeadLetter(format!("unusable conductor message: {e}")))?;
         let claimed = msg.instance_id().to_owned();
         span.record("instance.id", claimed.as_str());
-        self.authenticate(body, sealer.as_deref(), keys.is_some(), &claimed)
+        self.authenticate(args_sealed, sealer.as_deref(), keys.is_some(), &claimed)
             .await?;
         Ok(msg)
     }
 
     /// Checks that the instance a message speaks for is the one that sealed it:
     /// - a sealed message must claim its sealer's id, and every argument must be sealed (plain values
-    ///   would pass through `decode_request` unchecked);
+    ///   would pass through `decode_request` unchecked): `args_sealed`, from [`args_sealed_by`];
     /// - a plain message is accepted only for an instance that has no key.
     async fn authenticate(
         &self,
-        body: &[u8],
+        args_sealed: bool,
         sealer: Option<&str>,
         sealed: bool,
         claimed: &str,
@@ -209,7 +214,7 @@ impl Dispatcher {
             Some(s) if s != claimed => Err(Outcome::DeadLetter(format!(
                 "message sealed by instance {s} speaks for instance {claimed}"
             ))),
-            Some(s) if sealed && !args_sealed_by(body, s) => Err(Outcome::DeadLetter(format!(
+            Some(s) if sealed && !args_sealed => Err(Outcome::DeadLetter(format!(
                 "message from instance {s} carries unsealed arguments"
             ))),
             Some(_) => Ok(()),
@@ -246,12 +251,8 @@ impl Dispatcher {
 
 /// True when every argument of the message is the guest→conductor wrapper
 /// `{"entity": <sealed>, "csz-instance-id": <sealer>}` (as a JSON string).
-fn args_sealed_by(body: &[u8], sealer: &str) -> bool {
-    let inner = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|outer| outer.get("oslo.message")?.as_str().map(str::to_owned))
-        .and_then(|inner| serde_json::from_str::<Value>(&inner).ok());
-    let Some(Value::Object(args)) = inner.as_ref().and_then(|i| i.get("args")) else {
+fn args_sealed_by(args: Option<&Map<String, Value>>, sealer: &str) -> bool {
+    let Some(args) = args else {
         return false;
     };
     args.values().all(|v| {
@@ -269,7 +270,7 @@ fn args_sealed_by(body: &[u8], sealer: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Map};
+    use serde_json::json;
     use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
 
     fn heartbeat_args(instance_id: &str) -> Map<String, Value> {
@@ -295,8 +296,10 @@ mod tests {
             None,
             &sec,
         );
-        assert!(args_sealed_by(&body, "i1"));
-        assert!(!args_sealed_by(&body, "i2"));
+        let sealed = Envelope::parse(&body).unwrap();
+        assert_eq!(sealed.guest_instance_id(), Some("i1"));
+        assert!(args_sealed_by(sealed.raw_args(), "i1"));
+        assert!(!args_sealed_by(sealed.raw_args(), "i2"));
         let plain = encode_request(
             "heartbeat",
             heartbeat_args("i1"),
@@ -305,8 +308,11 @@ mod tests {
             None,
             &Security::Plain,
         );
-        assert!(!args_sealed_by(&plain, "i1"));
-        assert!(!args_sealed_by(b"garbage", "i1"));
+        let plain = Envelope::parse(&plain).unwrap();
+        assert_eq!(plain.guest_instance_id(), None);
+        assert!(!args_sealed_by(plain.raw_args(), "i1"));
+        assert!(!args_sealed_by(None, "i1"));
+        assert!(Envelope::parse(b"garbage").is_err());
     }
 
     #[test]

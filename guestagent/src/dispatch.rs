@@ -111,12 +111,12 @@ pub async fn handle_message(agent: Arc<Agent>, body: &[u8]) -> Outcome {
 }
 
 /// Handles one decoded request (see the module docs).
-pub async fn handle_request(agent: &Arc<Agent>, req: Request) -> Outcome {
+pub async fn handle_request(agent: &Arc<Agent>, mut req: Request) -> Outcome {
     if !agent.first_sighting(&req.unique_id) {
         tracing::info!(unique_id = %req.unique_id, "duplicate message dropped");
         return Outcome::Ack;
     }
-    let outcome = match rpc::from_request::<GuestMsg>(&req) {
+    let outcome = match rpc::take_message::<GuestMsg>(&mut req) {
         Ok(msg) => {
             let started = Instant::now();
             let result = dispatch(agent, &req, msg).await;

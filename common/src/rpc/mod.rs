@@ -159,13 +159,21 @@ pub fn to_method_args<T: Serialize>(msg: &T) -> (String, Map<String, Value>) {
 
 /// Rebuilds a typed message from a decoded request.
 pub fn from_request<T: DeserializeOwned>(req: &Request) -> Result<T, DecodeError> {
+    typed(req.method.clone(), req.args.clone())
+}
+
+/// [`from_request`] that moves the arguments out of `req` instead of copying them (`req.args` is
+/// left empty; the method, context and reply address stay).
+pub fn take_message<T: DeserializeOwned>(req: &mut Request) -> Result<T, DecodeError> {
+    typed(req.method.clone(), std::mem::take(&mut req.args))
+}
+
+fn typed<T: DeserializeOwned>(method: String, args: Map<String, Value>) -> Result<T, DecodeError> {
     let mut obj = Map::new();
-    obj.insert("method".into(), Value::String(req.method.clone()));
-    obj.insert("args".into(), Value::Object(req.args.clone()));
-    serde_json::from_value(Value::Object(obj)).map_err(|source| DecodeError::Args {
-        method: req.method.clone(),
-        source,
-    })
+    obj.insert("method".into(), Value::String(method.clone()));
+    obj.insert("args".into(), Value::Object(args));
+    serde_json::from_value(Value::Object(obj))
+        .map_err(|source| DecodeError::Args { method, source })
 }
 
 /// Encodes a request. `reply` makes it a call.
@@ -262,17 +270,54 @@ fn unwrap_envelope(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
 /// The instance id a guest put on a message to the conductor, if any: the conductor uses it to pick the
 /// key before calling [`decode_request`].
 pub fn peek_guest_instance_id(body: &[u8]) -> Option<String> {
-    let inner = unwrap_envelope(body).ok()?;
-    inner
-        .get("_context_csz-instance-id")
-        .and_then(Value::as_str)
+    Envelope::parse(body)
+        .ok()?
+        .guest_instance_id()
         .map(str::to_owned)
 }
 
 /// Decodes a request. With `keys`, encrypted values are opened (authentication failures are errors);
 /// values that are not ours pass through as they stand, as Trove's serializers do.
 pub fn decode_request(body: &[u8], keys: Option<&Keyring>) -> Result<Request, DecodeError> {
-    let mut inner = unwrap_envelope(body)?;
+    Envelope::parse(body)?.open(keys)
+}
+
+/// A request's inner message, parsed but not yet opened: a server that must look at it first (the
+/// conductor reads who sealed it to find the key, and checks that every argument is sealed) parses
+/// the body once.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    inner: Map<String, Value>,
+}
+
+impl Envelope {
+    /// Parses the oslo envelope and the inner message it carries as a string.
+    pub fn parse(body: &[u8]) -> Result<Self, DecodeError> {
+        unwrap_envelope(body).map(|inner| Self { inner })
+    }
+
+    /// The instance id a guest tags its messages to the conductor with (`_context_csz-instance-id`).
+    pub fn guest_instance_id(&self) -> Option<&str> {
+        self.inner
+            .get("_context_csz-instance-id")
+            .and_then(Value::as_str)
+    }
+
+    /// The arguments as they travel (sealed values still sealed); None if there are none.
+    pub fn raw_args(&self) -> Option<&Map<String, Value>> {
+        self.inner.get("args").and_then(Value::as_object)
+    }
+
+    /// Opens the request (see [`decode_request`]).
+    pub fn open(self, keys: Option<&Keyring>) -> Result<Request, DecodeError> {
+        open_request(self.inner, keys)
+    }
+}
+
+fn open_request(
+    mut inner: Map<String, Value>,
+    keys: Option<&Keyring>,
+) -> Result<Request, DecodeError> {
     let method = match inner.remove("method") {
         Some(Value::String(m)) if !m.is_empty() => m,
         _ => return Err(DecodeError::NoMethod),
