@@ -9,7 +9,7 @@
 //! key `hex(md5(passphrase))`, so a database migrated from Trove keeps working. Trove's base64 alphabet
 //! never contains `:`, so the two forms cannot be confused.
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng};
+use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -62,11 +62,30 @@ impl std::fmt::Debug for SecretKey {
 }
 
 /// The active GCM key, older GCM keys for reading, and Trove's CBC key for reading legacy rows.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Keyring {
     active_id: u8,
-    keys: Vec<(u8, SecretKey)>,
+    /// The GCM ciphers, their keys expanded once; the active one first.
+    keys: Vec<(u8, Aes256Gcm)>,
     legacy_cbc: Option<SecretKey>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key ids only, never keys.
+        f.debug_struct("Keyring")
+            .field("active_id", &self.active_id)
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .field("legacy_cbc", &self.legacy_cbc.is_some())
+            .finish()
+    }
+}
+
+fn gcm(key: &SecretKey) -> Aes256Gcm {
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key.0))
 }
 
 impl Keyring {
@@ -74,7 +93,7 @@ impl Keyring {
     pub fn new(active_id: u8, active: SecretKey) -> Self {
         Self {
             active_id,
-            keys: vec![(active_id, active)],
+            keys: vec![(active_id, gcm(&active))],
             legacy_cbc: None,
         }
     }
@@ -82,7 +101,7 @@ impl Keyring {
     /// Adds a key that is accepted for reading only.
     pub fn with_old_key(mut self, id: u8, key: SecretKey) -> Self {
         if !self.keys.iter().any(|(k, _)| *k == id) {
-            self.keys.push((id, key));
+            self.keys.push((id, gcm(&key)));
         }
         self
     }
@@ -95,9 +114,10 @@ impl Keyring {
 
     /// Encrypts `plaintext` with the active key.
     pub fn encrypt(&self, plaintext: &[u8]) -> String {
-        let key = &self.keys[0].1;
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key.0));
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let cipher = &self.keys[0].1;
+        // A random 96-bit nonce from the thread's CSPRNG (seeded from the OS), without a system
+        // call per value.
+        let nonce = Aes256Gcm::generate_nonce(&mut rand::thread_rng());
         let ct = cipher
             .encrypt(&nonce, plaintext)
             .expect("AES-GCM encryption cannot fail for in-memory data");
@@ -111,18 +131,18 @@ impl Keyring {
     pub fn decrypt(&self, text: &str) -> Result<Vec<u8>, CryptoError> {
         match parse_gcm_header(text) {
             Some((id, body)) => {
-                let key = self
+                let cipher = self
                     .keys
                     .iter()
                     .find(|(k, _)| *k == id)
-                    .map(|(_, k)| k)
+                    .map(|(_, c)| c)
                     .ok_or(CryptoError::UnknownKey(id))?;
                 let raw = B64.decode(body).map_err(|_| CryptoError::Encoding)?;
                 if raw.len() < 12 + 16 {
                     return Err(CryptoError::Malformed);
                 }
                 let (nonce, ct) = raw.split_at(12);
-                Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key.0))
+                cipher
                     .decrypt(Nonce::from_slice(nonce), ct)
                     .map_err(|_| CryptoError::Authentication)
             }
