@@ -65,8 +65,9 @@ impl std::fmt::Debug for SecretKey {
 #[derive(Clone)]
 pub struct Keyring {
     active_id: u8,
-    /// The GCM ciphers, their keys expanded once; the active one first.
-    keys: Vec<(u8, Aes256Gcm)>,
+    /// The GCM keys, the active one first. Kept as 32 bytes, expanded at each use: the conductor
+    /// caches thousands of keyrings, and an expanded AES-256 key schedule is about a kilobyte.
+    keys: Vec<(u8, SecretKey)>,
     legacy_cbc: Option<SecretKey>,
 }
 
@@ -93,7 +94,7 @@ impl Keyring {
     pub fn new(active_id: u8, active: SecretKey) -> Self {
         Self {
             active_id,
-            keys: vec![(active_id, gcm(&active))],
+            keys: vec![(active_id, active)],
             legacy_cbc: None,
         }
     }
@@ -101,7 +102,7 @@ impl Keyring {
     /// Adds a key that is accepted for reading only.
     pub fn with_old_key(mut self, id: u8, key: SecretKey) -> Self {
         if !self.keys.iter().any(|(k, _)| *k == id) {
-            self.keys.push((id, gcm(&key)));
+            self.keys.push((id, key));
         }
         self
     }
@@ -114,7 +115,7 @@ impl Keyring {
 
     /// Encrypts `plaintext` with the active key.
     pub fn encrypt(&self, plaintext: &[u8]) -> String {
-        let cipher = &self.keys[0].1;
+        let cipher = gcm(&self.keys[0].1);
         // A random 96-bit nonce from the thread's CSPRNG (seeded from the OS), without a system
         // call per value.
         let nonce = Aes256Gcm::generate_nonce(&mut rand::thread_rng());
@@ -131,18 +132,18 @@ impl Keyring {
     pub fn decrypt(&self, text: &str) -> Result<Vec<u8>, CryptoError> {
         match parse_gcm_header(text) {
             Some((id, body)) => {
-                let cipher = self
+                let key = self
                     .keys
                     .iter()
                     .find(|(k, _)| *k == id)
-                    .map(|(_, c)| c)
+                    .map(|(_, key)| key)
                     .ok_or(CryptoError::UnknownKey(id))?;
                 let raw = B64.decode(body).map_err(|_| CryptoError::Encoding)?;
                 if raw.len() < 12 + 16 {
                     return Err(CryptoError::Malformed);
                 }
                 let (nonce, ct) = raw.split_at(12);
-                cipher
+                gcm(key)
                     .decrypt(Nonce::from_slice(nonce), ct)
                     .map_err(|_| CryptoError::Authentication)
             }

@@ -180,9 +180,11 @@ impl Dispatcher {
             Some(id) => self.keyring(id).await.map_err(KeyError::into_outcome)?,
             None => None,
         };
-        let args_sealed = sealer
-            .as_deref()
-            .is_some_and(|s| args_sealed_by(envelope.raw_args(), s));
+        // Only a message opened with a key must have every argument sealed.
+        let args_sealed = keys.is_some()
+            && sealer
+                .as_deref()
+                .is_some_and(|s| args_sealed_by(envelope.raw_args(), s));
         let mut req = envelope.open(keys.as_ref()).map_err(undecodable)?;
         span.record("rpc.method", req.method.as_str());
         span.record("rpc.request_id", req.context.request_id.as_str());
@@ -201,7 +203,7 @@ impl Dispatcher {
 
     /// Checks that the instance a message speaks for is the one that sealed it:
     /// - a sealed message must claim its sealer's id, and every argument must be sealed (plain values
-    ///   would pass through `decode_request` unchecked): `args_sealed`, from [`args_sealed_by`];
+    ///   would pass through [`Envelope::open`] unchecked): `args_sealed`, from [`args_sealed_by`];
     /// - a plain message is accepted only for an instance that has no key.
     async fn authenticate(
         &self,

@@ -267,8 +267,8 @@ fn unwrap_envelope(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     }
 }
 
-/// The instance id a guest put on a message to the conductor, if any: the conductor uses it to pick the
-/// key before calling [`decode_request`].
+/// The instance id a guest put on a message to the conductor, if any (what the conductor reads from
+/// [`Envelope::guest_instance_id`] to pick the key).
 pub fn peek_guest_instance_id(body: &[u8]) -> Option<String> {
     Envelope::parse(body)
         .ok()?
@@ -303,7 +303,8 @@ impl Envelope {
             .and_then(Value::as_str)
     }
 
-    /// The arguments as they travel (sealed values still sealed); None if there are none.
+    /// The arguments as they travel (sealed values still sealed). None when `args` is missing or not
+    /// an object (an empty object is `Some`).
     pub fn raw_args(&self) -> Option<&Map<String, Value>> {
         self.inner.get("args").and_then(Value::as_object)
     }
