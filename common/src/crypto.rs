@@ -62,27 +62,13 @@ impl std::fmt::Debug for SecretKey {
 }
 
 /// The active GCM key, older GCM keys for reading, and Trove's CBC key for reading legacy rows.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Keyring {
     active_id: u8,
     /// The GCM keys, the active one first. Kept as 32 bytes, expanded at each use: the conductor
     /// caches thousands of keyrings, and an expanded AES-256 key schedule is about a kilobyte.
     keys: Vec<(u8, SecretKey)>,
     legacy_cbc: Option<SecretKey>,
-}
-
-impl std::fmt::Debug for Keyring {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Key ids only, never keys.
-        f.debug_struct("Keyring")
-            .field("active_id", &self.active_id)
-            .field(
-                "key_ids",
-                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-            )
-            .field("legacy_cbc", &self.legacy_cbc.is_some())
-            .finish()
-    }
 }
 
 fn gcm(key: &SecretKey) -> Aes256Gcm {

@@ -17,7 +17,7 @@ use trove_common::amqp::{AmqpError, Outcome};
 use trove_common::crypto::Keyring;
 use trove_common::db::DbError;
 use trove_common::rpc::taskmanager::TaskManagerMsg;
-use trove_common::rpc::{self, from_request, RpcContext};
+use trove_common::rpc::{self, take_message, RpcContext};
 
 use crate::handlers::{self, ReapplyArgs};
 use crate::{Ctx, Interrupted};
@@ -55,9 +55,9 @@ pub async fn handle_delivery(ctx: Arc<Ctx>, body: &[u8]) -> Outcome {
 /// Opens a taskmanager message: the envelope, the values sealed with the taskmanager key, then the typed
 /// method. The error says why it can never be handled.
 pub fn decode(body: &[u8], keys: Option<&Keyring>) -> Result<(RpcContext, TaskManagerMsg), String> {
-    let req = rpc::decode_request(body, keys)
+    let mut req = rpc::decode_request(body, keys)
         .map_err(|e| format!("undecodable taskmanager message: {e}"))?;
-    let msg = from_request::<TaskManagerMsg>(&req)
+    let msg = take_message::<TaskManagerMsg>(&mut req)
         .map_err(|e| format!("unusable taskmanager message: {e}"))?;
     Ok((req.context, msg))
 }

@@ -157,21 +157,13 @@ pub fn to_method_args<T: Serialize>(msg: &T) -> (String, Map<String, Value>) {
     (method, args)
 }
 
-/// Rebuilds a typed message from a decoded request.
-pub fn from_request<T: DeserializeOwned>(req: &Request) -> Result<T, DecodeError> {
-    typed(req.method.clone(), req.args.clone())
-}
-
-/// [`from_request`] that moves the arguments out of `req` instead of copying them (`req.args` is
+/// Rebuilds a typed message from a decoded request, moving the arguments out of `req` (`req.args` is
 /// left empty; the method, context and reply address stay).
 pub fn take_message<T: DeserializeOwned>(req: &mut Request) -> Result<T, DecodeError> {
-    typed(req.method.clone(), std::mem::take(&mut req.args))
-}
-
-fn typed<T: DeserializeOwned>(method: String, args: Map<String, Value>) -> Result<T, DecodeError> {
+    let method = req.method.clone();
     let mut obj = Map::new();
     obj.insert("method".into(), Value::String(method.clone()));
-    obj.insert("args".into(), Value::Object(args));
+    obj.insert("args".into(), Value::Object(std::mem::take(&mut req.args)));
     serde_json::from_value(Value::Object(obj))
         .map_err(|source| DecodeError::Args { method, source })
 }
@@ -267,15 +259,6 @@ fn unwrap_envelope(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     }
 }
 
-/// The instance id a guest put on a message to the conductor, if any (what the conductor reads from
-/// [`Envelope::guest_instance_id`] to pick the key).
-pub fn peek_guest_instance_id(body: &[u8]) -> Option<String> {
-    Envelope::parse(body)
-        .ok()?
-        .guest_instance_id()
-        .map(str::to_owned)
-}
-
 /// Decodes a request. With `keys`, encrypted values are opened (authentication failures are errors);
 /// values that are not ours pass through as they stand, as Trove's serializers do.
 pub fn decode_request(body: &[u8], keys: Option<&Keyring>) -> Result<Request, DecodeError> {
@@ -311,72 +294,66 @@ impl Envelope {
 
     /// Opens the request (see [`decode_request`]).
     pub fn open(self, keys: Option<&Keyring>) -> Result<Request, DecodeError> {
-        open_request(self.inner, keys)
-    }
-}
-
-fn open_request(
-    mut inner: Map<String, Value>,
-    keys: Option<&Keyring>,
-) -> Result<Request, DecodeError> {
-    let method = match inner.remove("method") {
-        Some(Value::String(m)) if !m.is_empty() => m,
-        _ => return Err(DecodeError::NoMethod),
-    };
-    let raw_args = match inner.remove("args") {
-        Some(Value::Object(a)) => a,
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => return Err(DecodeError::Envelope("args is not an object".into())),
-    };
-    let mut args = Map::new();
-    for (k, v) in raw_args {
-        let opened = open_value(keys, v).map_err(|source| DecodeError::Crypto {
-            arg: k.clone(),
-            source,
-        })?;
-        args.insert(k, opened);
-    }
-    let mut ctx = Map::new();
-    let mut reply_q = None;
-    let mut msg_id = None;
-    let mut version = "1.0".to_owned();
-    let mut unique_id = String::new();
-    for (k, v) in inner {
-        match k.as_str() {
-            "_msg_id" => msg_id = v.as_str().map(str::to_owned),
-            "_reply_q" => reply_q = v.as_str().map(str::to_owned),
-            "_unique_id" => unique_id = v.as_str().unwrap_or_default().to_owned(),
-            "version" => version = v.as_str().unwrap_or("1.0").to_owned(),
-            "_context_context" => {
-                let opened = open_value(keys, v).map_err(|source| DecodeError::Crypto {
-                    arg: "context".into(),
-                    source,
-                })?;
-                if let Value::Object(m) = opened {
-                    ctx.extend(m);
+        let mut inner = self.inner;
+        let method = match inner.remove("method") {
+            Some(Value::String(m)) if !m.is_empty() => m,
+            _ => return Err(DecodeError::NoMethod),
+        };
+        let raw_args = match inner.remove("args") {
+            Some(Value::Object(a)) => a,
+            None | Some(Value::Null) => Map::new(),
+            Some(_) => return Err(DecodeError::Envelope("args is not an object".into())),
+        };
+        let mut args = Map::new();
+        for (k, v) in raw_args {
+            let opened = open_value(keys, v).map_err(|source| DecodeError::Crypto {
+                arg: k.clone(),
+                source,
+            })?;
+            args.insert(k, opened);
+        }
+        let mut ctx = Map::new();
+        let mut reply_q = None;
+        let mut msg_id = None;
+        let mut version = "1.0".to_owned();
+        let mut unique_id = String::new();
+        for (k, v) in inner {
+            match k.as_str() {
+                "_msg_id" => msg_id = v.as_str().map(str::to_owned),
+                "_reply_q" => reply_q = v.as_str().map(str::to_owned),
+                "_unique_id" => unique_id = v.as_str().unwrap_or_default().to_owned(),
+                "version" => version = v.as_str().unwrap_or("1.0").to_owned(),
+                "_context_context" => {
+                    let opened = open_value(keys, v).map_err(|source| DecodeError::Crypto {
+                        arg: "context".into(),
+                        source,
+                    })?;
+                    if let Value::Object(m) = opened {
+                        ctx.extend(m);
+                    }
                 }
-            }
-            _ => {
-                if let Some(key) = k.strip_prefix("_context_") {
-                    ctx.insert(key.to_owned(), v);
+                _ => {
+                    if let Some(key) = k.strip_prefix("_context_") {
+                        ctx.insert(key.to_owned(), v);
+                    }
                 }
             }
         }
+        ctx.remove("csz-instance-id");
+        let context: RpcContext = serde_json::from_value(Value::Object(ctx)).unwrap_or_default();
+        let reply = match (msg_id, reply_q) {
+            (Some(msg_id), Some(reply_q)) => Some(ReplyTo { msg_id, reply_q }),
+            _ => None,
+        };
+        Ok(Request {
+            method,
+            args,
+            version,
+            unique_id,
+            context,
+            reply,
+        })
     }
-    ctx.remove("csz-instance-id");
-    let context: RpcContext = serde_json::from_value(Value::Object(ctx)).unwrap_or_default();
-    let reply = match (msg_id, reply_q) {
-        (Some(msg_id), Some(reply_q)) => Some(ReplyTo { msg_id, reply_q }),
-        _ => None,
-    };
-    Ok(Request {
-        method,
-        args,
-        version,
-        unique_id,
-        context,
-        reply,
-    })
 }
 
 /// Opens one value: our sealed strings, the guest→conductor wrapper, or plain values.
@@ -544,7 +521,10 @@ mod tests {
             keys: keys.clone(),
         };
         let body = encode_request("heartbeat", args, &ctx(), "1.0", None, &sec);
-        assert_eq!(peek_guest_instance_id(&body).as_deref(), Some("i1"));
+        assert_eq!(
+            Envelope::parse(&body).unwrap().guest_instance_id(),
+            Some("i1")
+        );
         let req = decode_request(&body, Some(&keys)).unwrap();
         assert_eq!(req.args["instance_id"], "i1");
         assert!(req.context.is_admin);

@@ -150,8 +150,8 @@ impl Guest {
             .iter()
             .map(|(topic, body)| {
                 assert_eq!(topic, "t1.trove-conductor");
-                let req = rpc::decode_request(body, self.keys.as_ref()).unwrap();
-                rpc::from_request(&req).unwrap()
+                let mut req = rpc::decode_request(body, self.keys.as_ref()).unwrap();
+                rpc::take_message(&mut req).unwrap()
             })
             .collect()
     }
@@ -385,7 +385,10 @@ async fn reports_to_the_conductor_are_tagged_with_the_guest_id() {
     g.cast("prepare", json!({"memory_mb": 1})).await;
     let casts = g.out.casts.lock().unwrap();
     for (_, body) in casts.iter() {
-        assert_eq!(rpc::peek_guest_instance_id(body).as_deref(), Some(GUEST));
+        assert_eq!(
+            rpc::Envelope::parse(body).unwrap().guest_instance_id(),
+            Some(GUEST)
+        );
         let text = String::from_utf8_lossy(body);
         assert!(
             !text.contains("building") && !text.contains("running"),
