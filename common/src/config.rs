@@ -52,6 +52,10 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct DefaultSection {
+    /// This machine's name among the control plane's hosts (oslo's `host`; the machine's hostname by
+    /// default). The local compute driver records it on each instance it starts: the guests of a host
+    /// are that host's taskmanager's to start and stop.
+    pub host: String,
     /// API listen address.
     pub bind_host: String,
     /// API listen port (Trove's 8779).
@@ -125,6 +129,7 @@ pub struct DefaultSection {
 impl Default for DefaultSection {
     fn default() -> Self {
         Self {
+            host: machine_hostname(),
             bind_host: "0.0.0.0".into(),
             bind_port: 8779,
             transport_url: "rabbit://guest:guest@127.0.0.1:5672/".into(),
@@ -258,6 +263,15 @@ pub struct ComputeSection {
     pub guestagent_path: String,
     /// Each guest gets `<state_path>/<instance id>/`.
     pub state_path: PathBuf,
+    /// The address every instance's database server listens on, and the one the API shows as its
+    /// `ip`. The local driver's instances share this host, so each gets a port of its own.
+    pub instance_bind_host: String,
+    /// The first port the local driver hands out to an instance's database server.
+    pub port_range_start: u16,
+    /// The last port the local driver hands out (inclusive). Keep the range below the kernel's
+    /// ephemeral ports (`net.ipv4.ip_local_port_range`, 32768 and up by default) and 10,000 below
+    /// 65,536: a Redis Cluster member also listens on its port + 10,000 (the cluster bus).
+    pub port_range_end: u16,
 }
 
 impl Default for ComputeSection {
@@ -266,6 +280,9 @@ impl Default for ComputeSection {
             driver: "local".into(),
             guestagent_path: String::new(),
             state_path: PathBuf::from("/var/lib/trove/guests"),
+            instance_bind_host: "127.0.0.1".into(),
+            port_range_start: 10000,
+            port_range_end: 19999,
         }
     }
 }
@@ -386,14 +403,52 @@ impl KeystoneAuthtokenSection {
     }
 }
 
-/// `[guest]`: the identity of one guest agent, written by the compute driver.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[guest]`: one guest agent's identity and its datastore server, written by the compute driver into
+/// each guest's `guest.conf`. In the taskmanager's own file, the tuning options here
+/// (`health_check_interval`, `server_start_timeout`, `server_restart_delay`) are the values it writes
+/// for every guest.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct GuestSection {
     pub guest_id: String,
     pub datastore_manager: String,
     pub instance_rpc_encr_key: Option<SecretString>,
     pub state_dir: PathBuf,
+    /// The address the datastore server listens on.
+    pub bind_host: String,
+    /// The port the datastore server listens on (0: the datastore's standard port, as on a VM).
+    pub port: u16,
+    /// Where the datastore's server binaries are (the local driver's stand-in for a guest image: the
+    /// datastore version's `image_id`). Empty: the host's (`PATH`, then `/usr/sbin` and `/usr/local/sbin`).
+    pub datastore_bin_dir: PathBuf,
+    /// A directory shared by the guests of one host that caches an initialised data directory per
+    /// server version (MySQL), so a new instance copies it instead of initialising its own. Empty: no
+    /// cache.
+    pub template_dir: PathBuf,
+    /// Seconds between two health checks of the datastore server (a query to it).
+    pub health_check_interval: f64,
+    /// Seconds a starting datastore server gets to answer before `prepare` (or a restart) fails.
+    pub server_start_timeout: u64,
+    /// Seconds before a server that died is started again (doubling after each failure, up to 30 s).
+    pub server_restart_delay: f64,
+}
+
+impl Default for GuestSection {
+    fn default() -> Self {
+        Self {
+            guest_id: String::new(),
+            datastore_manager: String::new(),
+            instance_rpc_encr_key: None,
+            state_dir: PathBuf::new(),
+            bind_host: "127.0.0.1".into(),
+            port: 0,
+            datastore_bin_dir: PathBuf::new(),
+            template_dir: PathBuf::new(),
+            health_check_interval: 10.0,
+            server_start_timeout: 120,
+            server_restart_delay: 1.0,
+        }
+    }
 }
 
 impl Settings {
@@ -505,6 +560,32 @@ impl Settings {
         if self.compute.driver != "local" {
             return invalid("compute.driver", "the only driver is 'local'");
         }
+        let c = &self.compute;
+        if c.port_range_start == 0 || c.port_range_start > c.port_range_end {
+            return invalid(
+                "compute.port_range_start",
+                "must be above 0 and not above compute.port_range_end",
+            );
+        }
+        if u32::from(c.port_range_end) + 10000 > 65535 {
+            return invalid(
+                "compute.port_range_end",
+                "must leave room for the Redis Cluster bus port (port + 10000 <= 65535)",
+            );
+        }
+        if d.host.trim().is_empty() {
+            return invalid("DEFAULT.host", "must not be empty");
+        }
+        let g = &self.guest;
+        if g.health_check_interval.is_nan() || g.health_check_interval <= 0.0 {
+            return invalid("guest.health_check_interval", "must be greater than zero");
+        }
+        if g.server_restart_delay.is_nan() || g.server_restart_delay < 0.0 {
+            return invalid("guest.server_restart_delay", "must not be negative");
+        }
+        if g.server_start_timeout == 0 {
+            return invalid("guest.server_start_timeout", "must be greater than zero");
+        }
         Ok(())
     }
 
@@ -517,6 +598,15 @@ impl Settings {
     pub fn low_timeout(&self) -> Duration {
         Duration::from_secs(self.default.agent_call_low_timeout)
     }
+}
+
+/// The kernel's hostname, or `localhost` when it cannot be read.
+fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Parses one `id:key` entry of `module_contents_old_keys`.

@@ -23,6 +23,7 @@ use trove_common::rpc::conductor::{ConductorMsg, HeartbeatPayload};
 use trove_common::rpc::{self, RemoteError, ReplyTo, RpcContext, Security};
 use trove_common::status::ServiceStatus;
 
+use crate::datastore::{self, Datastore, DatastoreConfig};
 use crate::dedup::RecentIds;
 use crate::module::{load_drivers, ModuleManager};
 use crate::state::{self, GuestState};
@@ -76,6 +77,10 @@ pub struct Agent {
     state: tokio::sync::Mutex<GuestState>,
     /// One `prepare` at a time: a redelivered one waits, then sees `prepared` and only re-reports.
     pub(crate) prepare_lock: tokio::sync::Mutex<()>,
+    /// The datastore manager, or why there is none (an unknown manager name).
+    datastore: Result<Arc<dyn Datastore>, String>,
+    /// Serialises what starts and stops the server: prepare, the health monitor, restart, stop_db.
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
     seen: Mutex<RecentIds>,
     /// Cancelled by `delete_queue` (and by the process's shutdown): stop consuming and exit.
     stop: CancellationToken,
@@ -141,7 +146,11 @@ impl Agent {
             load_drivers(&settings.default.module_types),
             guest.datastore_manager.clone(),
         );
+        let datastore = datastore::for_manager(DatastoreConfig::from_settings(settings))
+            .map_err(|e| e.to_string());
         Ok(Self {
+            datastore,
+            lifecycle: tokio::sync::Mutex::new(()),
             instance_id: guest.guest_id.clone(),
             datastore_manager: guest.datastore_manager.clone(),
             state_dir: guest.state_dir.clone(),
@@ -203,6 +212,11 @@ impl Agent {
             .context("the module manager task failed")
     }
 
+    /// The datastore manager, or why this guest has none.
+    pub fn datastore(&self) -> Result<&Arc<dyn Datastore>, &str> {
+        self.datastore.as_ref().map_err(String::as_str)
+    }
+
     /// Sets the service status (and `prepared`, when given), persists it, then heartbeats it at once.
     /// On a write failure nothing changes and nothing is sent.
     pub async fn set_status(
@@ -211,20 +225,51 @@ impl Agent {
         prepared: Option<bool>,
         ctx: &RpcContext,
     ) -> anyhow::Result<()> {
+        self.update_status(status, ctx, |s| {
+            if let Some(prepared) = prepared {
+                s.prepared = prepared;
+            }
+        })
+        .await
+    }
+
+    /// Sets the service status and whatever `change` sets in the record, persists it, then heartbeats
+    /// the status at once. On a write failure nothing changes and nothing is sent.
+    pub async fn update_status(
+        &self,
+        status: ServiceStatus,
+        ctx: &RpcContext,
+        change: impl FnOnce(&mut GuestState),
+    ) -> anyhow::Result<()> {
         let mut current = self.state.lock().await;
         let now = epoch_now();
         let mut next = current.with_status(status, now);
-        if let Some(prepared) = prepared {
-            next.prepared = prepared;
-        }
+        change(&mut next);
+        let changed = current.service_status != next.service_status;
         persist(self.state_dir.join(state::STATE_FILE), next.clone()).await?;
         *current = next;
-        tracing::info!(
-            service_status = status.description(),
-            "service status changed"
-        );
+        if changed {
+            tracing::info!(
+                service_status = status.description(),
+                "service status changed"
+            );
+        }
         self.send_heartbeat(status.description(), ctx).await;
         Ok(())
+    }
+
+    /// Reports a failed guest operation to the conductor, which records it as the instance's fault.
+    pub async fn report_fault(&self, message: &str, exception: &str, ctx: &RpcContext) {
+        let msg = ConductorMsg::NotifyExcInfo {
+            instance_id: self.instance_id.clone(),
+            message: message.to_owned(),
+            exception: exception.to_owned(),
+            sent: epoch_now(),
+            serialized_notification: None,
+        };
+        if let Err(e) = self.cast_conductor(&msg, ctx).await {
+            tracing::warn!(error = %e, "fault report not delivered");
+        }
     }
 
     /// Heartbeats the current status now, if there is one (a guest never prepared has none).

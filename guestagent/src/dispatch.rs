@@ -21,12 +21,14 @@ use tracing::Instrument as _;
 use trove_common::amqp::{AmqpError, Outcome};
 use trove_common::epoch_now;
 use trove_common::rpc::conductor::ConductorMsg;
-use trove_common::rpc::guest::{GuestMsg, ModuleEntry, ModuleResult, Prepare};
+use trove_common::rpc::guest::{
+    DatabaseSpec, GuestMsg, ModuleEntry, ModuleResult, Prepare, UserSpec,
+};
 use trove_common::rpc::{self, DecodeError, RemoteError, ReplyTo, Request, RpcContext};
 use trove_common::status::ServiceStatus;
 
 use crate::agent::{service_context, Agent};
-use crate::datastore;
+use crate::datastore::{self, DatastoreError};
 use crate::module::ApplyError;
 
 /// Why a handler failed.
@@ -38,6 +40,9 @@ pub enum HandlerError {
     /// A report to the conductor was not confirmed by the broker: retry the message.
     #[error("report not delivered: {0}")]
     Broker(#[from] AmqpError),
+    /// The datastore server refused or could not do what was asked.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
     /// Anything else that failed on the guest (a state file that cannot be written...).
     #[error("{0:#}")]
     Guest(#[from] anyhow::Error),
@@ -52,6 +57,7 @@ impl HandlerError {
                 remote.module = e.class_module().to_owned();
                 remote
             }
+            Self::Datastore(e) => RemoteError::new(e.class_name(), e.to_string()),
             Self::Broker(_) | Self::Guest(_) => RemoteError::new("GuestError", self.to_string()),
         }
     }
@@ -192,11 +198,121 @@ async fn dispatch(agent: &Arc<Agent>, req: &Request, msg: GuestMsg) -> HandlerRe
             do_not_start_on_reboot: _,
         } => handle_stop_db(agent, ctx).await,
         GuestMsg::DeleteQueue {} => Ok(handle_delete_queue(agent)),
+        GuestMsg::Restart {} => handle_restart(agent, ctx).await,
+        GuestMsg::CreateDatabase { databases } => handle_create_database(agent, databases).await,
+        GuestMsg::ListDatabases {
+            limit,
+            marker,
+            include_marker,
+        } => {
+            let ds = datastore_of(agent)?;
+            Ok(ds
+                .list_databases(limit, marker.as_deref(), include_marker)
+                .await?)
+        }
+        GuestMsg::DeleteDatabase { database } => {
+            datastore_of(agent)?.delete_database(&database).await?;
+            Ok(Value::Null)
+        }
+        GuestMsg::CreateUser { users } => handle_create_user(agent, users).await,
+        GuestMsg::ListUsers {
+            limit,
+            marker,
+            include_marker,
+        } => {
+            let ds = datastore_of(agent)?;
+            Ok(ds
+                .list_users(limit, marker.as_deref(), include_marker)
+                .await?)
+        }
+        GuestMsg::DeleteUser { user } => {
+            datastore_of(agent)?.delete_user(&user).await?;
+            Ok(Value::Null)
+        }
+        GuestMsg::EnableRoot {} => Ok(datastore_of(agent)?.enable_root(None).await?),
+        GuestMsg::EnableRootWithPassword { root_password } => Ok(datastore_of(agent)?
+            .enable_root(root_password.as_deref())
+            .await?),
+        GuestMsg::IsRootEnabled {} => {
+            Ok(Value::Bool(datastore_of(agent)?.is_root_enabled().await?))
+        }
+        GuestMsg::ClusterMeet { ip, port } => {
+            datastore_of(agent)?.cluster_meet(&ip, port).await?;
+            Ok(Value::Null)
+        }
+        GuestMsg::ClusterAddslots {
+            first_slot,
+            last_slot,
+        } => {
+            datastore_of(agent)?
+                .cluster_addslots(first_slot, last_slot)
+                .await?;
+            Ok(Value::Null)
+        }
     }
 }
 
-/// `prepare` (cast): `building` → set up the datastore → the final status, reported at once → apply
-/// the modules → report their results to the conductor. Idempotent: once prepared, it only re-reports.
+/// The datastore manager, or the call's failure when this guest has none.
+fn datastore_of(agent: &Agent) -> anyhow::Result<Arc<dyn datastore::Datastore>> {
+    agent
+        .datastore()
+        .cloned()
+        .map_err(|why| anyhow::anyhow!("{why}"))
+}
+
+/// `create_database` (call): the databases are created before the reply.
+async fn handle_create_database(agent: &Agent, databases: Vec<DatabaseSpec>) -> HandlerResult {
+    datastore_of(agent)?.create_databases(&databases).await?;
+    Ok(Value::Null)
+}
+
+/// `create_user` (call): the users and their grants exist before the reply.
+async fn handle_create_user(agent: &Agent, users: Vec<UserSpec>) -> HandlerResult {
+    datastore_of(agent)?.create_users(&users).await?;
+    Ok(Value::Null)
+}
+
+/// `restart` (call): stop the server and start it again; `shutdown`, then the healthy status (or
+/// `crashed` when it does not come back, with a fault).
+async fn handle_restart(agent: &Agent, ctx: &RpcContext) -> HandlerResult {
+    let ds = datastore_of(agent)?;
+    let report_ctx = service_context(Some(ctx));
+    let _lifecycle = agent.lifecycle.lock().await;
+    ds.stop().await?;
+    agent
+        .update_status(ServiceStatus::Shutdown, &report_ctx, |_| {})
+        .await?;
+    if let Err(e) = ds.start().await {
+        agent
+            .report_fault(
+                "The datastore server did not restart.",
+                &e.to_string(),
+                &report_ctx,
+            )
+            .await;
+        agent
+            .update_status(ServiceStatus::Crashed, &report_ctx, |s| {
+                s.server_stopped = false
+            })
+            .await?;
+        return Err(e.into());
+    }
+    let healthy = if agent.state().await.cluster_pending {
+        ServiceStatus::InstanceReady
+    } else {
+        ServiceStatus::Running
+    };
+    agent
+        .update_status(healthy, &report_ctx, |s| s.server_stopped = false)
+        .await?;
+    tracing::info!("datastore server restarted");
+    Ok(Value::Null)
+}
+
+/// `prepare` (cast): `building` → set up the datastore (its server started and answering) → the final
+/// status, reported at once → apply the modules → report their results to the conductor. A failure is
+/// reported as the instance's fault, then `failed to spawn`. Idempotent: once prepared, it only
+/// re-reports.
 async fn handle_prepare(agent: &Agent, ctx: &RpcContext, args: Prepare) -> HandlerResult {
     let report_ctx = service_context(Some(ctx));
     let _one_at_a_time = agent.prepare_lock.lock().await;
@@ -209,28 +325,41 @@ async fn handle_prepare(agent: &Agent, ctx: &RpcContext, args: Prepare) -> Handl
         .set_status(ServiceStatus::Building, Some(false), &report_ctx)
         .await?;
 
+    let lifecycle = agent.lifecycle.lock().await;
     let (dir, manager) = (agent.state_dir.clone(), agent.datastore_manager.clone());
-    let (args, setup) = tokio::task::spawn_blocking(move || {
-        let setup = datastore::prepare(&dir, &manager, &args, epoch_now());
-        (args, setup)
+    let (args, recorded) = tokio::task::spawn_blocking(move || {
+        let recorded = datastore::record::prepare(&dir, &manager, &args, epoch_now());
+        (args, recorded)
     })
     .await
     .context("the datastore set-up task failed")?;
-    match setup {
-        Ok(path) => {
-            tracing::info!(datastore.manager = %agent.datastore_manager, path = %path.display(), "datastore configured")
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "prepare failed");
-            agent
-                .set_status(ServiceStatus::Failed, Some(false), &report_ctx)
-                .await?;
-            return Ok(Value::Null);
-        }
+    let set_up = match (recorded, agent.datastore()) {
+        (Err(e), _) => Err(format!("{e:#}")),
+        (Ok(_), Err(why)) => Err(why.to_owned()),
+        (Ok(_), Ok(ds)) => ds.prepare(&args).await.map_err(|e| e.to_string()),
+    };
+    if let Err(why) = set_up {
+        tracing::error!(error = %why, "prepare failed");
+        let message = format!(
+            "Failed to prepare the {} datastore.",
+            agent.datastore_manager
+        );
+        agent.report_fault(&message, &why, &report_ctx).await;
+        agent
+            .set_status(ServiceStatus::Failed, Some(false), &report_ctx)
+            .await?;
+        return Ok(Value::Null);
     }
+    tracing::info!(datastore.manager = %agent.datastore_manager, "datastore ready");
+    let status = final_status(&args);
     agent
-        .set_status(final_status(&args), Some(true), &report_ctx)
+        .update_status(status, &report_ctx, |s| {
+            s.prepared = true;
+            s.server_stopped = false;
+            s.cluster_pending = status == ServiceStatus::InstanceReady;
+        })
         .await?;
+    drop(lifecycle);
 
     if !args.modules.is_empty() {
         apply_prepare_modules(agent, &report_ctx, args.modules).await;
@@ -337,10 +466,20 @@ fn handle_rpc_ping() -> Value {
     Value::Bool(true)
 }
 
-/// `cluster_complete` (call): the cluster is joined, so report the real status, `running`.
+/// How long `cluster_complete` waits for this node to see `cluster_state:ok`.
+const CLUSTER_OK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `cluster_complete` (call): once this node sees its cluster ok (redis: `cluster_state:ok`, every
+/// slot served), report the real status, `running`. A cluster not ok in time is the call's failure, and
+/// the taskmanager tries again.
 async fn handle_cluster_complete(agent: &Agent, ctx: &RpcContext) -> HandlerResult {
+    datastore_of(agent)?
+        .cluster_wait_ok(CLUSTER_OK_WAIT)
+        .await?;
     agent
-        .set_status(ServiceStatus::Running, None, &service_context(Some(ctx)))
+        .update_status(ServiceStatus::Running, &service_context(Some(ctx)), |s| {
+            s.cluster_pending = false
+        })
         .await?;
     Ok(Value::Null)
 }
@@ -355,10 +494,17 @@ async fn handle_get_filesystem_stats(agent: &Agent, _fs_path: Option<String>) ->
     Ok(stats)
 }
 
-/// `stop_db` (cast, before the guest is deleted): the datastore is stopped, report `shutdown`.
+/// `stop_db` (cast, before the guest is deleted): stop the datastore server and keep it stopped (the
+/// health monitor leaves it alone until `restart`), report `shutdown`.
 async fn handle_stop_db(agent: &Agent, ctx: &RpcContext) -> HandlerResult {
+    let _lifecycle = agent.lifecycle.lock().await;
+    if let Ok(ds) = agent.datastore() {
+        ds.stop().await?;
+    }
     agent
-        .set_status(ServiceStatus::Shutdown, None, &service_context(Some(ctx)))
+        .update_status(ServiceStatus::Shutdown, &service_context(Some(ctx)), |s| {
+            s.server_stopped = true
+        })
         .await?;
     Ok(Value::Null)
 }

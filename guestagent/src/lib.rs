@@ -5,6 +5,7 @@ pub mod datastore;
 pub mod dedup;
 pub mod dispatch;
 pub mod fleet;
+pub mod health;
 pub mod module;
 pub mod state;
 
@@ -15,6 +16,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use trove_common::amqp::{self, Broker};
 use trove_common::config::Settings;
+use trove_common::status::ServiceStatus;
 
 pub use agent::{Agent, Transport};
 
@@ -63,6 +65,15 @@ async fn serve(
 
     let interval = heartbeat_interval(settings.default.report_interval);
     let heartbeats = tokio::spawn(agent::run_heartbeats(agent.clone(), interval, stop.clone()));
+    let monitor = tokio::spawn(health::run(
+        agent.clone(),
+        seconds(
+            settings.guest.health_check_interval,
+            Duration::from_secs(10),
+        ),
+        seconds(settings.guest.server_restart_delay, Duration::from_secs(1)),
+        stop.clone(),
+    ));
     let handler_agent = agent.clone();
     let consumed = amqp::consume(
         broker,
@@ -79,7 +90,40 @@ async fn serve(
     if let Err(e) = heartbeats.await {
         tracing::warn!(error = %e, "heartbeat task ended abnormally");
     }
+    if let Err(e) = monitor.await {
+        tracing::warn!(error = %e, "health monitor ended abnormally");
+    }
+    // The guest is going away (SIGTERM, as at a VM's shutdown, or delete_queue): stop the server
+    // cleanly so its data is flushed. A guest that is killed leaves it running for the next guest to
+    // adopt.
+    if let Ok(ds) = agent.datastore() {
+        let _lifecycle = agent.lifecycle.lock().await;
+        if ds.server().is_running() {
+            match ds.stop().await {
+                // Down until a guest starts it again: the control plane must not show it ACTIVE
+                // meanwhile. Not `server_stopped`: the next guest starts it.
+                Ok(()) => {
+                    let ctx = agent::service_context(None);
+                    if let Err(e) = agent
+                        .update_status(ServiceStatus::Shutdown, &ctx, |_| {})
+                        .await
+                    {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot record the shutdown");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot stop the datastore server"),
+            }
+        }
+    }
     consumed.context("consuming the guest queue")
+}
+
+/// A period in seconds from the configuration; a value tokio cannot use falls back to `default`.
+fn seconds(value: f64, default: Duration) -> Duration {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
 }
 
 /// The `[guest]` options a guest cannot run without, checked before connecting.

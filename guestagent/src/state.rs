@@ -30,6 +30,12 @@ pub struct GuestState {
     pub prepared: bool,
     /// When the status last changed (epoch seconds, guest clock), for operators reading the file.
     pub updated: Option<f64>,
+    /// Set by `stop_db`: the datastore server stays stopped (the health monitor does not restart it,
+    /// nor does a restarted guest start it) until `restart`.
+    pub server_stopped: bool,
+    /// A cluster member whose cluster is not complete yet: its healthy status is `instance ready`,
+    /// not `running`, until `cluster_complete`.
+    pub cluster_pending: bool,
 }
 
 impl GuestState {

@@ -38,6 +38,21 @@ pub enum ConductorMsg {
         #[serde(default)]
         user: Option<serde_json::Value>,
     },
+    /// A guest operation failed (Trove's method name; our guests send it when `prepare` or a restart
+    /// of the datastore server fails). The conductor records it as the instance's fault, which the
+    /// API shows in `fault` once the instance is in ERROR.
+    NotifyExcInfo {
+        instance_id: String,
+        /// What failed, for the fault's `message` ("Failed to start redis-server.").
+        message: String,
+        /// Why, for the fault's `details` (the server's own words, never a secret).
+        exception: String,
+        /// Guest clock, as for heartbeats.
+        sent: f64,
+        /// Trove sends the request's notification context here; kept for the wire, unused.
+        #[serde(default)]
+        serialized_notification: Option<serde_json::Value>,
+    },
 }
 
 impl ConductorMsg {
@@ -46,7 +61,8 @@ impl ConductorMsg {
         match self {
             Self::Heartbeat { instance_id, .. }
             | Self::ModuleResults { instance_id, .. }
-            | Self::ReportRoot { instance_id, .. } => instance_id,
+            | Self::ReportRoot { instance_id, .. }
+            | Self::NotifyExcInfo { instance_id, .. } => instance_id,
         }
     }
 
@@ -55,6 +71,7 @@ impl ConductorMsg {
             Self::Heartbeat { .. } => "heartbeat",
             Self::ModuleResults { .. } => "module_results",
             Self::ReportRoot { .. } => "report_root",
+            Self::NotifyExcInfo { .. } => "notify_exc_info",
         }
     }
 }

@@ -123,6 +123,97 @@ pub enum GuestMsg {
         do_not_start_on_reboot: bool,
     },
     DeleteQueue {},
+    /// Stop the datastore server and start it again (Trove's `trove restart`); a call.
+    Restart {},
+    /// Create databases (mysql); a call from the api. Names are checked by the api and again here.
+    CreateDatabase {
+        databases: Vec<DatabaseSpec>,
+    },
+    /// One page of databases (call) → `[[database...], next_marker]`, as Trove's guest answers.
+    ListDatabases {
+        #[serde(default)]
+        limit: Option<i64>,
+        #[serde(default)]
+        marker: Option<String>,
+        #[serde(default)]
+        include_marker: bool,
+    },
+    DeleteDatabase {
+        database: DatabaseSpec,
+    },
+    /// Create users with their grants (mysql); a call from the api.
+    CreateUser {
+        users: Vec<UserSpec>,
+    },
+    /// One page of users (call) → `[[user...], next_marker]`.
+    ListUsers {
+        #[serde(default)]
+        limit: Option<i64>,
+        #[serde(default)]
+        marker: Option<String>,
+        #[serde(default)]
+        include_marker: bool,
+    },
+    DeleteUser {
+        user: UserSpec,
+    },
+    /// Enable root with a generated password (call) → the root user, password included.
+    EnableRoot {},
+    /// Enable root with the caller's password, or a generated one when `None` (call) → the root user.
+    EnableRootWithPassword {
+        #[serde(default)]
+        root_password: Option<String>,
+    },
+    /// Whether root is enabled (call) → bool.
+    IsRootEnabled {},
+    /// Redis Cluster: join the cluster `ip:port` belongs to (call, Trove's redis cluster strategy).
+    ClusterMeet {
+        ip: String,
+        port: u16,
+    },
+    /// Redis Cluster: own the hash slots `first_slot..=last_slot` (call). Idempotent: slots this node
+    /// already owns are skipped.
+    ClusterAddslots {
+        first_slot: u32,
+        last_slot: u32,
+    },
+}
+
+/// A database as Trove serialises it between api and guest (`MySQLSchema.serialize()`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseSpec {
+    #[serde(rename = "_name")]
+    pub name: String,
+    #[serde(rename = "_character_set", default)]
+    pub character_set: Option<String>,
+    #[serde(rename = "_collate", default)]
+    pub collate: Option<String>,
+}
+
+/// A user as Trove serialises it between api and guest (`MySQLUser.serialize()`). Its `Debug` never
+/// shows the password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    #[serde(rename = "_name")]
+    pub name: String,
+    /// `%` when not given.
+    #[serde(rename = "_host", default)]
+    pub host: Option<String>,
+    #[serde(rename = "_password", default)]
+    pub password: Option<String>,
+    #[serde(rename = "_databases", default)]
+    pub databases: Vec<DatabaseSpec>,
+}
+
+impl std::fmt::Debug for UserSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSpec")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("databases", &self.databases)
+            .finish()
+    }
 }
 
 impl GuestMsg {
@@ -137,6 +228,18 @@ impl GuestMsg {
             Self::GetFilesystemStats { .. } => "get_filesystem_stats",
             Self::StopDb { .. } => "stop_db",
             Self::DeleteQueue {} => "delete_queue",
+            Self::Restart {} => "restart",
+            Self::CreateDatabase { .. } => "create_database",
+            Self::ListDatabases { .. } => "list_databases",
+            Self::DeleteDatabase { .. } => "delete_database",
+            Self::CreateUser { .. } => "create_user",
+            Self::ListUsers { .. } => "list_users",
+            Self::DeleteUser { .. } => "delete_user",
+            Self::EnableRoot {} => "enable_root",
+            Self::EnableRootWithPassword { .. } => "enable_root_with_password",
+            Self::IsRootEnabled {} => "is_root_enabled",
+            Self::ClusterMeet { .. } => "cluster_meet",
+            Self::ClusterAddslots { .. } => "cluster_addslots",
         }
     }
 }

@@ -65,13 +65,49 @@ struct Guest {
     keys: Option<Keyring>,
 }
 
+/// A port nobody listens on now, for a test's own redis-server.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Drop for Guest {
+    /// The test's redis-server must not outlive it.
+    fn drop(&mut self) {
+        let pid_file = self.settings.guest.state_dir.join("datastore/server.pid");
+        if let Ok(pid) = std::fs::read_to_string(pid_file) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 impl Guest {
+    /// A mysql guest that is never prepared here (module and RPC tests).
     fn new(secure: bool) -> Self {
+        Self::with_manager(secure, "mysql")
+    }
+
+    /// A redis guest: `prepare` starts a real redis-server on a free port.
+    fn redis(secure: bool) -> Self {
+        Self::with_manager(secure, "redis")
+    }
+
+    fn with_manager(secure: bool, manager: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::default();
         settings.amqp.prefix = "t1.".into();
         settings.guest.guest_id = GUEST.into();
-        settings.guest.datastore_manager = "mysql".into();
+        settings.guest.datastore_manager = manager.into();
+        settings.guest.port = free_port();
+        settings.guest.server_start_timeout = 20;
         settings.guest.state_dir = dir.path().join("guest");
         settings.default.enable_secure_rpc_messaging = secure;
         settings.guest.instance_rpc_encr_key = Some(KEY.into());
@@ -339,7 +375,7 @@ async fn module_list_uses_the_callers_is_admin() {
 
 #[tokio::test]
 async fn prepare_reports_building_then_running_then_applies_modules() {
-    let g = Guest::new(true);
+    let g = Guest::redis(true);
     let args = json!({
         "memory_mb": 512, "root_password": "rootpw", "users": [{"_name": "u", "_password": "pw"}],
         "modules": [module("m1", "message=hello"), module("m2", "no message here")],
@@ -364,7 +400,7 @@ async fn prepare_reports_building_then_running_then_applies_modules() {
     let record = state::load(&g.agent.state_dir.join(state::STATE_FILE)).unwrap();
     assert!(record.prepared);
     assert_eq!(record.service_status.as_deref(), Some("running"));
-    let config = std::fs::read_to_string(g.agent.state_dir.join("datastore/mysql.json")).unwrap();
+    let config = std::fs::read_to_string(g.agent.state_dir.join("datastore/redis.json")).unwrap();
     assert!(config.contains("\"memory_mb\": 512"));
     assert!(
         !config.contains("rootpw") && !config.contains("\"pw\""),
@@ -381,7 +417,7 @@ async fn prepare_reports_building_then_running_then_applies_modules() {
 
 #[tokio::test]
 async fn reports_to_the_conductor_are_tagged_with_the_guest_id() {
-    let g = Guest::new(true);
+    let g = Guest::redis(true);
     g.cast("prepare", json!({"memory_mb": 1})).await;
     let casts = g.out.casts.lock().unwrap();
     for (_, body) in casts.iter() {
@@ -404,13 +440,25 @@ async fn reports_to_the_conductor_are_tagged_with_the_guest_id() {
 
 #[tokio::test]
 async fn a_cluster_member_waits_in_instance_ready() {
-    let g = Guest::new(false);
+    let g = Guest::redis(false);
     g.cast(
         "prepare",
         json!({"memory_mb": 1, "cluster_config": {"id": "c1", "instance_type": "member"}}),
     )
     .await;
     assert_eq!(g.heartbeats(), ["building", "instance ready"]);
+    // A cluster of one: every slot on this node, twice (the second call finds them all owned).
+    for _ in 0..2 {
+        assert_eq!(
+            g.call(
+                "cluster_addslots",
+                json!({"first_slot": 0, "last_slot": 16383})
+            )
+            .await
+            .unwrap(),
+            Value::Null
+        );
+    }
     assert_eq!(
         g.call("cluster_complete", json!({})).await.unwrap(),
         Value::Null
@@ -553,9 +601,17 @@ async fn bad_arguments_are_not_echoed() {
 
 #[tokio::test]
 async fn stop_db_reports_shutdown_and_delete_queue_stops() {
-    let g = Guest::new(false);
+    let g = Guest::redis(false);
     g.cast("prepare", json!({"memory_mb": 1})).await;
+    let ds = g.agent.datastore().unwrap().clone();
+    let pid = ds.server().pid().expect("prepare started redis-server");
     assert!(matches!(g.cast("stop_db", json!({})).await, Outcome::Ack));
+    assert!(!ds.server().is_running());
+    assert!(
+        !crate::datastore::server::is_server_process(pid, &ds.server().spec().work_dir),
+        "stop_db stops the server process"
+    );
+    assert!(g.agent.state().await.server_stopped);
     assert_eq!(g.heartbeats().last().map(String::as_str), Some("shutdown"));
     assert_eq!(
         g.restart().state().await.service_status.as_deref(),
@@ -603,14 +659,14 @@ async fn periodic_heartbeats_start_once_there_is_a_status() {
         g.heartbeats().is_empty(),
         "a guest never prepared reports nothing"
     );
-    g.cast("prepare", json!({"memory_mb": 1})).await;
+    g.agent
+        .set_status(ServiceStatus::Running, Some(true), &admin())
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(61)).await;
     stop.cancel();
     task.await.unwrap();
-    assert_eq!(
-        g.heartbeats(),
-        ["building", "running", "running", "running"]
-    );
+    assert_eq!(g.heartbeats(), ["running", "running", "running"]);
 }
 
 #[test]
@@ -666,4 +722,133 @@ fn quoted_values_are_redacted() {
     );
     assert_eq!(redact_quoted("missing field `md5`"), "missing field `md5`");
     assert_eq!(redact_quoted(r#"unterminated "secret"#), "unterminated ");
+}
+
+#[tokio::test]
+async fn a_mysql_guest_runs_mariadb_with_its_databases_users_and_root() {
+    let mut g = Guest::new(false);
+    g.settings.guest.template_dir = g._dir.path().join("templates");
+    g.agent = g.restart();
+    let args = json!({
+        "memory_mb": 512,
+        "databases": [{"_name": "db1", "_character_set": "utf8", "_collate": "utf8_general_ci"}],
+        "users": [{"_name": "bob", "_host": "%", "_password": "bobpw", "_databases": [{"_name": "db1"}]}],
+    });
+    assert!(matches!(g.cast("prepare", args).await, Outcome::Ack));
+    assert_eq!(g.heartbeats(), ["building", "running"], "{:?}", g.reports());
+    assert!(
+        !g.agent.state_dir.join("init.sql").exists(),
+        "the init file with the passwords is gone once the server answers"
+    );
+
+    let dbs = g.call("list_databases", json!({})).await.unwrap();
+    assert_eq!(dbs[0][0]["_name"], "db1", "{dbs}");
+    assert_eq!(
+        dbs[0].as_array().unwrap().len(),
+        1,
+        "system schemas are hidden: {dbs}"
+    );
+    g.call("create_database", json!({"databases": [{"_name": "db2"}]}))
+        .await
+        .unwrap();
+    let page = g.call("list_databases", json!({"limit": 1})).await.unwrap();
+    assert_eq!(
+        page,
+        json!([[{"_name": "db1", "_character_set": "utf8mb3", "_collate": "utf8mb3_general_ci"}], "db1"])
+    );
+
+    let users = g.call("list_users", json!({})).await.unwrap();
+    assert_eq!(
+        users[0],
+        json!([{"_name": "bob", "_host": "%", "_databases": [{"_name": "db1"}]}])
+    );
+    let dup = g
+        .call(
+            "create_user",
+            json!({"users": [{"_name": "bob", "_host": "%", "_password": "x"}]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(dup.class, "BadRequest", "{dup:?}");
+
+    assert_eq!(
+        g.call("is_root_enabled", json!({})).await.unwrap(),
+        json!(false)
+    );
+    let root = g
+        .call(
+            "enable_root_with_password",
+            json!({"root_password": "r00t"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(root["_name"], "root");
+    assert_eq!(root["_password"], "r00t");
+    assert_eq!(
+        g.call("is_root_enabled", json!({})).await.unwrap(),
+        json!(true)
+    );
+
+    g.call(
+        "delete_user",
+        json!({"user": {"_name": "bob", "_host": "%"}}),
+    )
+    .await
+    .unwrap();
+    let users = g.call("list_users", json!({})).await.unwrap();
+    assert_eq!(users, json!([[], null]));
+
+    // restart: down, then up again with its data.
+    let ds = g.agent.datastore().unwrap().clone();
+    let before = ds.server().pid().unwrap();
+    assert_eq!(g.call("restart", json!({})).await.unwrap(), Value::Null);
+    assert_ne!(ds.server().pid().unwrap(), before);
+    let dbs = g.call("list_databases", json!({})).await.unwrap();
+    assert_eq!(dbs[0].as_array().unwrap().len(), 2, "{dbs}");
+    assert_eq!(g.heartbeats().last().map(String::as_str), Some("running"));
+    ds.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_monitor_restarts_a_server_that_died_and_reports_it() {
+    let g = Guest::redis(false);
+    g.cast("prepare", json!({"memory_mb": 1})).await;
+    let ds = g.agent.datastore().unwrap().clone();
+    let first = ds.server().pid().unwrap();
+    let stop = CancellationToken::new();
+    let monitor = tokio::spawn(crate::health::run(
+        g.agent.clone(),
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_millis(300),
+        stop.clone(),
+    ));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let beats = g.heartbeats();
+        if beats.ends_with(&["crashed".to_owned(), "running".to_owned()]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no crash and recovery: {beats:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let second = ds.server().pid().expect("started again");
+    assert_ne!(first, second);
+    stop.cancel();
+    monitor.await.unwrap();
+
+    // A guest started on the same state directory (the old one was killed) adopts the server.
+    let again = g.restart();
+    let ds2 = again.datastore().unwrap().clone();
+    ds2.start().await.unwrap();
+    assert_eq!(ds2.server().pid(), Some(second));
+    assert!(ds2.server().is_adopted());
+    ds2.stop().await.unwrap();
 }

@@ -1,9 +1,8 @@
-//! The datastore "managers": what `prepare` sets up, and the filesystem figures a guest reports.
+//! What `prepare` was given, kept for operators, and the filesystem figures a guest reports.
 //!
-//! trove-rs guests start no real database. A manager (`mysql`, `redis`, ...) records the configuration
-//! `prepare` gave it in `<state_dir>/datastore/<manager>.json`, without the secrets (the root password,
-//! user passwords) and without the module payloads, which the module manager stores itself. That is
-//! enough for the control plane's flows (build, cluster, modules, delete) to run end to end.
+//! Each manager records the configuration `prepare` gave it in `<state_dir>/datastore/<manager>.json`,
+//! without the secrets (the root password, user passwords) and without the module payloads, which the
+//! module manager stores itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
