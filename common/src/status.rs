@@ -107,6 +107,8 @@ impl ServiceStatus {
 pub enum InstanceTask {
     None,
     Deleting,
+    /// Trove's REBOOTING: a `restart` action is in progress (the API shows `REBOOT`).
+    Rebooting,
     Building,
     BuildingErrorServer,
     BuildingErrorTimeoutGa,
@@ -117,6 +119,7 @@ impl InstanceTask {
         match self {
             Self::None => 0x01,
             Self::Deleting => 0x02,
+            Self::Rebooting => 0x03,
             Self::Building => 0x05,
             Self::BuildingErrorServer => 0x51,
             Self::BuildingErrorTimeoutGa => 0x5b,
@@ -127,10 +130,35 @@ impl InstanceTask {
         match self {
             Self::None => "No tasks for the instance.",
             Self::Deleting => "Deleting the instance.",
+            Self::Rebooting => "Rebooting the instance.",
             Self::Building => "The instance is building.",
             Self::BuildingErrorServer => "Build error: Server.",
             Self::BuildingErrorTimeoutGa => "Build error: guestagent timeout.",
         }
+    }
+}
+
+/// Trove's task `action` name for a stored task code (`NONE`, `REBOOTING`...; the build error tasks
+/// are `BUILDING`), as `validate_can_perform_action` reports it.
+pub fn task_action(code: i32) -> &'static str {
+    match code {
+        0x01 => "NONE",
+        0x02 => "DELETING",
+        0x03 => "REBOOTING",
+        0x04 => "RESIZING",
+        0x05 | 0x50..=0x54 | 0x5c => "BUILDING",
+        0x06 => "MIGRATING",
+        0x07 => "RESTART_REQUIRED",
+        0x08 | 0x55 => "PROMOTING",
+        0x09 | 0x56 => "EJECTING",
+        0x0a => "LOGGING",
+        0x0b => "DETACHING",
+        0x0c | 0x5d => "UPDATING",
+        0x57 => "GROWING",
+        0x58 => "SHRINKING",
+        0x59 | 0x5a => "UPGRADING",
+        0x5b => "ERROR",
+        _ => "UNKNOWN",
     }
 }
 
@@ -215,6 +243,9 @@ pub fn api_status(i: &StatusInputs<'_>) -> &'static str {
         } else {
             "BUILD"
         };
+    }
+    if i.task_id == InstanceTask::Rebooting.code() {
+        return "REBOOT";
     }
     if i.task_id == InstanceTask::Deleting.code() {
         return "SHUTDOWN";
@@ -303,6 +334,16 @@ mod tests {
         assert_eq!(
             api_status(&inputs(InstanceTask::None, Shutdown, 91.0)),
             "SHUTDOWN"
+        );
+        // A restart in progress shows Trove's REBOOT, whatever the guest last reported.
+        assert_eq!(
+            api_status(&inputs(InstanceTask::Rebooting, Shutdown, 1.0)),
+            "REBOOT"
+        );
+        assert_eq!(task_action(InstanceTask::Rebooting.code()), "REBOOTING");
+        assert_eq!(
+            task_action(InstanceTask::BuildingErrorServer.code()),
+            "BUILDING"
         );
         // Other statuses still go stale.
         assert_eq!(

@@ -30,8 +30,9 @@ use crate::handlers;
 /// not look each key up again.
 pub const KEY_CACHE_CAPACITY: u64 = 16_384;
 
-/// Notifications a Trove guest may send; the conductor serves them as no-ops (messaging.md §4).
-const NOTIFICATIONS: [&str; 2] = ["notify_end", "notify_exc_info"];
+/// Notifications a Trove guest may send that the conductor serves as no-ops (messaging.md §4).
+/// `notify_exc_info` is not one: it records the instance's fault ([`handlers::notify_exc_info`]).
+const NOTIFICATIONS: [&str; 1] = ["notify_end"];
 
 /// Decodes and dispatches conductor messages. One per process, shared by every delivery.
 pub struct Dispatcher {

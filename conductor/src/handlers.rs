@@ -17,6 +17,7 @@
 //! off the async threads, mostly via the set-based [`crate::bulk`], which gives the same outcomes.
 
 use diesel::prelude::*;
+use trove_common::db::models::instance::record_fault;
 use trove_common::db::models::{
     lastseen, GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
 };
@@ -27,6 +28,10 @@ use trove_common::status::ServiceStatus;
 /// The `conductor_lastseen` method names.
 pub(crate) const HEARTBEAT: &str = "heartbeat";
 const MODULE_RESULTS: &str = "module_results";
+const NOTIFY_EXC_INFO: &str = "notify_exc_info";
+
+/// Column limits of `instance_faults`: a longer message is cut (it only explains), never refused.
+const FAULT_MESSAGE_MAX: usize = 255;
 
 /// Column limits of `guest_module_results`: a guest that sends longer values must not make the insert
 /// fail (which would retry the message for ever).
@@ -276,12 +281,62 @@ fn log_module_results(outcome: &ModuleResultsOutcome, job_id: Option<&str>, sent
     }
 }
 
+/// What [`notify_exc_info`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExcInfoOutcome {
+    /// The fault was recorded (or refreshed).
+    Recorded,
+    /// A report with an equal or later `sent` was already seen: dropped.
+    Stale,
+    /// The instance is deleted (or gone): ignored.
+    InstanceGone,
+}
+
+/// Records a guest's failure report as the instance's fault, in one transaction: Trove's
+/// `notify_exc_info` on a live instance, with the same ordering rule as the other reports.
+pub fn notify_exc_info(
+    conn: &mut PgConnection,
+    instance_id: &str,
+    message: &str,
+    exception: &str,
+    sent: f64,
+) -> QueryResult<ExcInfoOutcome> {
+    conn.transaction(|conn| {
+        if !is_live(conn, instance_id)? {
+            return Ok(ExcInfoOutcome::InstanceGone);
+        }
+        if !lastseen::accept(conn, instance_id, NOTIFY_EXC_INFO, sent)? {
+            return Ok(ExcInfoOutcome::Stale);
+        }
+        let message = truncate(message, FAULT_MESSAGE_MAX);
+        record_fault(conn, instance_id, message, exception)?;
+        Ok(ExcInfoOutcome::Recorded)
+    })
+}
+
+/// Logs what a `notify_exc_info` report did (its message, never the details: they are the server's
+/// words and may be long).
+fn log_exc_info(outcome: ExcInfoOutcome, message: &str, sent: f64) {
+    match outcome {
+        ExcInfoOutcome::Recorded => {
+            tracing::warn!(fault = %message, "guest reported a failure; fault recorded")
+        }
+        ExcInfoOutcome::Stale => {
+            tracing::debug!(sent, "failure report older than the last one seen; dropped")
+        }
+        ExcInfoOutcome::InstanceGone => {
+            tracing::debug!("failure report for a deleted instance; ignored")
+        }
+    }
+}
+
 /// What applying one conductor message did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
     Heartbeat(HeartbeatOutcome),
     ModuleResults(ModuleResultsOutcome),
     ReportRoot,
+    NotifyExcInfo(ExcInfoOutcome),
 }
 
 /// The database work of one message. Each handler runs in a transaction of its own, which is a
@@ -309,6 +364,14 @@ pub fn apply(conn: &mut PgConnection, msg: &ConductorMsg) -> QueryResult<Applied
         )
         .map(Applied::ModuleResults),
         ConductorMsg::ReportRoot { .. } => Ok(Applied::ReportRoot),
+        ConductorMsg::NotifyExcInfo {
+            instance_id,
+            message,
+            exception,
+            sent,
+            ..
+        } => notify_exc_info(conn, instance_id, message, exception, *sent)
+            .map(Applied::NotifyExcInfo),
     }
 }
 
@@ -327,6 +390,9 @@ pub fn log_applied(msg: &ConductorMsg, applied: &Applied) {
             log_module_results(outcome, job_id.as_deref(), *sent)
         }
         (ConductorMsg::ReportRoot { instance_id, .. }, _) => handle_report_root(instance_id),
+        (ConductorMsg::NotifyExcInfo { message, sent, .. }, Applied::NotifyExcInfo(outcome)) => {
+            log_exc_info(*outcome, message, *sent)
+        }
         _ => {}
     }
 }

@@ -137,6 +137,9 @@ fn seed(conn: &mut PgConnection, settings: &Settings) -> QueryResult<String> {
             slave_of_id: None,
             deleted: false,
             deleted_at: None,
+            compute_host: None,
+            address: None,
+            port: None,
         },
     )?;
     Ok(id)
@@ -234,6 +237,62 @@ async fn module_results(
             .map_err(DbError::from)
     })
     .await
+}
+
+/// The instance's live fault: (message, details).
+fn fault_of(conn: &mut PgConnection, id: &str) -> QueryResult<Option<(String, String)>> {
+    use trove_common::db::schema::instance_faults;
+    instance_faults::table
+        .filter(instance_faults::instance_id.eq(id))
+        .filter(diesel::dsl::not(instance_faults::deleted))
+        .select((instance_faults::message, instance_faults::details))
+        .first(conn)
+        .optional()
+}
+
+#[tokio::test]
+async fn notify_exc_info_records_the_fault_in_order_for_live_instances() {
+    let t = TestDb::new().await;
+    let settings = Settings::default();
+    let id = t.run(move |c| seed(c, &settings)).await;
+    let msg = |message: &str, exception: &str, sent: f64| ConductorMsg::NotifyExcInfo {
+        instance_id: id.clone(),
+        message: message.into(),
+        exception: exception.into(),
+        sent,
+        serialized_notification: None,
+    };
+    let apply = |m: ConductorMsg| t.run(move |c| handlers::apply(c, &m));
+    assert_eq!(
+        apply(msg("Failed to start redis-server.", "port in use", 10.0)).await,
+        handlers::Applied::NotifyExcInfo(handlers::ExcInfoOutcome::Recorded)
+    );
+    let key = id.clone();
+    assert_eq!(
+        t.run(move |c| fault_of(c, &key)).await,
+        Some(("Failed to start redis-server.".into(), "port in use".into()))
+    );
+    // An older report (redelivered, or overtaken) changes nothing.
+    assert_eq!(
+        apply(msg("older", "older", 9.0)).await,
+        handlers::Applied::NotifyExcInfo(handlers::ExcInfoOutcome::Stale)
+    );
+    // A newer one replaces the fault; an over-long message is cut to the column.
+    let long = "m".repeat(300);
+    assert_eq!(
+        apply(msg(&long, "again", 11.0)).await,
+        handlers::Applied::NotifyExcInfo(handlers::ExcInfoOutcome::Recorded)
+    );
+    let key = id.clone();
+    let (message, details) = t.run(move |c| fault_of(c, &key)).await.unwrap();
+    assert_eq!((message.len(), details.as_str()), (255, "again"));
+    // A deleted instance records nothing.
+    let key = id.clone();
+    t.run(move |c| Instance::mark_deleted(c, &key)).await;
+    assert_eq!(
+        apply(msg("late", "late", 12.0)).await,
+        handlers::Applied::NotifyExcInfo(handlers::ExcInfoOutcome::InstanceGone)
+    );
 }
 
 #[tokio::test]

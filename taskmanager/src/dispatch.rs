@@ -86,6 +86,10 @@ pub async fn dispatch(ctx: &Arc<Ctx>, rpc: &RpcContext, msg: TaskManagerMsg) -> 
             span.record("cluster.id", cluster_id.as_str());
             handlers::cluster::handle_delete_cluster(ctx, rpc, &cluster_id).await
         }
+        TaskManagerMsg::Restart { instance_id } => {
+            span.record("instance.id", instance_id.as_str());
+            handlers::restart::handle_restart(ctx, rpc, &instance_id).await
+        }
         TaskManagerMsg::ReapplyModule {
             module_id,
             md5,

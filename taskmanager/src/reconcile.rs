@@ -4,12 +4,20 @@
 //! 1. **Instances building** (task BUILDING): the guest reports its service status through the
 //!    conductor. RUNNING, HEALTHY or INSTANCE_READY → task NONE. A failed status, or no success within
 //!    `usage_timeout` → service FAILED_TIMEOUT_GUESTAGENT, task BUILDING_ERROR_TIMEOUT_GA and a fault
-//!    (when `update_status_on_fail`). A guest that was started but no longer runs (it died while the
-//!    taskmanager was down) is started again, a few times at most.
+//!    (when `update_status_on_fail`). A failure the guest reported itself (`notify_exc_info`, recorded
+//!    by the conductor since the build started) keeps its own fault.
 //! 2. **Clusters building**: once every member is INSTANCE_READY (or already RUNNING), call
 //!    `cluster_complete` on the ready ones, then set the cluster's task to NONE. A failed member, or no
 //!    success within `cluster_usage_timeout` → every member BUILDING_ERROR_SERVER, cluster task NONE.
-//! 3. **Safety nets**: a cluster DELETING without live members is marked deleted; an instance DELETING
+//! 3. **Guests kept running**: on start and on every pass, every live instance this host owns
+//!    (`compute_host = [DEFAULT] host`, or none recorded) whose guest was started, that is not being
+//!    deleted nor in an error task, and whose guest is not running (the host rebooted, the stack was
+//!    restarted, the guest crashed) is launched again: same port, guest.conf rewritten, and the guest
+//!    starts its database on its existing data directory. Per instance the attempts back off from
+//!    [`RELAUNCH_BACKOFF_MIN`] doubling to [`RELAUNCH_BACKOFF_MAX`], reset once it is seen running;
+//!    at most [`RELAUNCHES_IN_FLIGHT`] run at once. One query per pass and a `/proc` read per
+//!    instance, so it scales to thousands of instances.
+//! 4. **Safety nets**: a cluster DELETING without live members is marked deleted; an instance DELETING
 //!    for longer than `cluster_delete_time_out` (its delete message was lost or dead-lettered) is
 //!    deleted again.
 //!
@@ -34,12 +42,58 @@ use trove_common::rpc::guest::GuestMsg;
 use trove_common::rpc::RpcContext;
 use trove_common::status::{is_error_task, ClusterTask, InstanceTask, ServiceStatus};
 
-use crate::compute::ServerState;
 use crate::handlers::instance;
 use crate::{guest, Ctx};
 
-/// How often a building instance's dead guest is started again before the build is left to time out.
-const MAX_RELAUNCHES: u32 = 3;
+/// The wait before the second attempt to start a guest that is not running (the first is at once).
+pub const RELAUNCH_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts.
+pub const RELAUNCH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How many guests are started again at the same time (after a host reboot, every one of them is).
+pub const RELAUNCHES_IN_FLIGHT: usize = 32;
+
+/// The wait after the `attempts`-th attempt to start a guest again: 1 s, 2 s, 4 s ... up to 60 s.
+/// Pure.
+pub fn relaunch_delay(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    (RELAUNCH_BACKOFF_MIN * 2u32.pow(doublings)).min(RELAUNCH_BACKOFF_MAX)
+}
+
+/// One instance's attempts at starting its guest again, since it was last seen running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Backoff {
+    attempts: u32,
+    /// No attempt before this.
+    next_at: Instant,
+}
+
+impl Backoff {
+    /// Whether an attempt may start at `now` (no attempt yet, or the wait is over).
+    fn due(entry: Option<&Self>, now: Instant) -> bool {
+        entry.is_none_or(|b| now >= b.next_at)
+    }
+
+    /// The state after one more attempt at `now`.
+    fn next(entry: Option<&Self>, now: Instant) -> Self {
+        let attempts = entry.map_or(0, |b| b.attempts) + 1;
+        Self {
+            attempts,
+            next_at: now + relaunch_delay(attempts),
+        }
+    }
+}
+
+/// Whether this host (`host`) must keep the instance's guest running: live, owned by this host (or
+/// by nobody recorded: rows from before hosts were), started once (a server id, not ERROR), and
+/// neither being deleted nor in an error task. The rule of [`Instance::to_keep_running`]. Pure.
+pub fn should_keep_running(inst: &Instance, host: &str) -> bool {
+    !inst.deleted
+        && inst.compute_host.as_deref().is_none_or(|h| h == host)
+        && inst.compute_instance_id.is_some()
+        && inst.server_status.as_deref() != Some("ERROR")
+        && inst.task_id != InstanceTask::Deleting.code()
+        && !is_error_task(inst.task_id)
+}
 
 /// What to do with a building instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +102,13 @@ pub enum BuildDecision {
     Ready,
     /// Keep waiting.
     Wait,
-    /// The build failed: record it with this fault.
-    Failed { message: String, details: String },
+    /// The build failed: record it with this fault. `guest_reported`: the guest reported a failed
+    /// status (rather than the build timing out), so a fault it reported itself is kept.
+    Failed {
+        message: String,
+        details: String,
+        guest_reported: bool,
+    },
 }
 
 /// Decides a building instance's fate from its service status (messaging.md §6 step 4). Pure.
@@ -71,6 +130,7 @@ pub fn build_decision(
                     "The guest reported '{}' while the instance was building.",
                     failed.description()
                 ),
+                guest_reported: true,
             }
         }
     }
@@ -82,6 +142,7 @@ pub fn build_decision(
                 timeout.as_secs(),
                 status.description()
             ),
+            guest_reported: false,
         };
     }
     BuildDecision::Wait
@@ -174,10 +235,11 @@ impl Drop for Busy {
 }
 
 /// What the reconciler remembers between passes (all of it may be lost on restart).
-#[derive(Default)]
 struct State {
-    /// Relaunches of a building instance's guest: how many, and when the last was.
-    relaunches: HashMap<String, (u32, Instant)>,
+    /// Attempts at starting again the guests that are not running, by instance.
+    relaunches: HashMap<String, Backoff>,
+    /// Bounds the relaunches running at once.
+    relaunch_slots: Arc<tokio::sync::Semaphore>,
     /// Failed builds already logged (with `update_status_on_fail` off they stay BUILDING).
     reported: HashSet<String>,
     /// Clusters whose `cluster_complete` calls are running.
@@ -185,6 +247,19 @@ struct State {
     /// When each stalled delete was last retried.
     delete_retries: HashMap<String, Instant>,
     tasks: JoinSet<()>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            relaunches: HashMap::new(),
+            relaunch_slots: Arc::new(tokio::sync::Semaphore::new(RELAUNCHES_IN_FLIGHT)),
+            reported: HashSet::new(),
+            completing: BusySet::default(),
+            delete_retries: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
+    }
 }
 
 /// Runs passes until `shutdown`. The current pass finishes; background calls are abandoned (they are
@@ -203,7 +278,7 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                 }
             }
         }
-        if let Err(e) = pass(&ctx, &mut st, period).await {
+        if let Err(e) = pass(&ctx, &mut st).await {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "reconcile pass failed; trying again next tick"
@@ -226,9 +301,11 @@ struct Snapshot {
     building: WithStatus,
     deleting: Vec<Instance>,
     clusters: Vec<(Cluster, WithStatus)>,
+    /// The instances whose guests this host keeps running.
+    keep_running: Vec<Instance>,
 }
 
-fn load_snapshot(c: &mut PgConnection) -> Result<Snapshot, DbError> {
+fn load_snapshot(c: &mut PgConnection, host: &str) -> Result<Snapshot, DbError> {
     let instances = Instance::with_tasks(c, &[InstanceTask::Building, InstanceTask::Deleting])?;
     let clusters = Cluster::in_progress(c)?;
     let mut members = Vec::with_capacity(clusters.len());
@@ -270,32 +347,35 @@ fn load_snapshot(c: &mut PgConnection) -> Result<Snapshot, DbError> {
             (cl, ms)
         })
         .collect();
+    let keep_running = Instance::to_keep_running(c, host)?;
     Ok(Snapshot {
         building,
         deleting,
         clusters,
+        keep_running,
     })
 }
 
-async fn pass(ctx: &Arc<Ctx>, st: &mut State, period: Duration) -> anyhow::Result<()> {
+async fn pass(ctx: &Arc<Ctx>, st: &mut State) -> anyhow::Result<()> {
     ctx.compute.maintain();
     ctx.locks.prune();
+    let host = ctx.settings.default.host.clone();
     let snap = ctx
         .db
-        .run(load_snapshot)
+        .run(move |c| load_snapshot(c, &host))
         .await
         .context("loading the work in progress")?;
     let now = db::now();
 
     let building: HashSet<String> = snap.building.iter().map(|(i, _)| i.id.clone()).collect();
-    st.relaunches.retain(|id, _| building.contains(id));
     st.reported.retain(|id| building.contains(id));
+    keep_guests_running(ctx, st, &snap.keep_running);
     let deleting: HashSet<&str> = snap.deleting.iter().map(|i| i.id.as_str()).collect();
     st.delete_retries
         .retain(|id, _| deleting.contains(id.as_str()));
 
     for (inst, status) in &snap.building {
-        check_build(ctx, st, inst, *status, now, period).await?;
+        check_build(ctx, st, inst, *status, now).await?;
     }
     for (cluster, members) in &snap.clusters {
         match ClusterTask::from_code(cluster.task_id) {
@@ -322,7 +402,6 @@ async fn check_build(
     inst: &Instance,
     status: Option<ServiceStatus>,
     now: NaiveDateTime,
-    period: Duration,
 ) -> anyhow::Result<()> {
     let started = inst.task_start_time.unwrap_or(inst.created);
     let timeout = Duration::from_secs(ctx.settings.default.usage_timeout);
@@ -341,71 +420,83 @@ async fn check_build(
                 tracing::info!(instance.id = %inst.id, status, "instance built");
             }
         }
-        BuildDecision::Wait => relaunch_if_dead(ctx, st, inst, period).await?,
-        BuildDecision::Failed { message, details } => {
-            fail_build(ctx, st, inst, message, details).await?
-        }
+        // A guest that died meanwhile is started again by `keep_guests_running`.
+        BuildDecision::Wait => {}
+        BuildDecision::Failed {
+            message,
+            details,
+            guest_reported,
+        } => fail_build(ctx, st, inst, message, details, guest_reported).await?,
     }
     Ok(())
 }
 
-/// Starts the guest of a building instance again when it was started once but is not running (it died,
-/// perhaps while the taskmanager was down). Its `prepare` is still in its durable queue if it was not
-/// done, and its state directory remembers if it was. At most [`MAX_RELAUNCHES`] times, spaced out;
-/// after that the build is left to time out.
-async fn relaunch_if_dead(
-    ctx: &Arc<Ctx>,
-    st: &mut State,
-    inst: &Instance,
-    period: Duration,
-) -> anyhow::Result<()> {
-    // Never started: the create_instance message (perhaps still queued) does that.
-    if inst.compute_instance_id.is_none() || inst.server_status.as_deref() == Some("ERROR") {
-        return Ok(());
+/// Starts again, each in a task of its own, the guests of `instances` (this host's, from
+/// [`Instance::to_keep_running`]) that are not running, with a backoff per instance. Skips instances
+/// a handler is working on (their lock is held) and, when [`RELAUNCHES_IN_FLIGHT`] are already
+/// running, leaves the rest to the next pass.
+fn keep_guests_running(ctx: &Arc<Ctx>, st: &mut State, instances: &[Instance]) {
+    let ids: HashSet<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    st.relaunches.retain(|id, _| ids.contains(id.as_str()));
+    let now = Instant::now();
+    for inst in instances {
+        if ctx.compute.is_running(&inst.id) {
+            // Seen running: the next failure starts its backoff from the beginning.
+            st.relaunches.remove(&inst.id);
+            continue;
+        }
+        if !Backoff::due(st.relaunches.get(&inst.id), now) {
+            continue;
+        }
+        // A handler (or a relaunch still running) is working on it.
+        let Some(guard) = ctx.locks.try_lock(&inst.id) else {
+            continue;
+        };
+        let Ok(slot) = st.relaunch_slots.clone().try_acquire_owned() else {
+            return;
+        };
+        let backoff = Backoff::next(st.relaunches.get(&inst.id), now);
+        st.relaunches.insert(inst.id.clone(), backoff);
+        let ctx = ctx.clone();
+        let id = inst.id.clone();
+        st.tasks.spawn(async move {
+            let _guard = guard;
+            let _slot = slot;
+            if let Err(e) = relaunch(&ctx, &id, backoff.attempts).await {
+                tracing::warn!(instance.id = %id, error = format!("{e:#}"), "cannot start the guest again yet");
+            }
+        });
     }
-    // A handler is working on it.
-    let Some(_guard) = ctx.locks.try_lock(&inst.id) else {
-        return Ok(());
-    };
-    if ctx.compute.status(&inst.id).await == ServerState::Active {
-        return Ok(());
-    }
-    let backoff = (period * 5).max(Duration::from_secs(1));
-    let (attempts, last) = st
-        .relaunches
-        .get(&inst.id)
-        .copied()
-        .unwrap_or((0, Instant::now() - backoff));
-    if attempts >= MAX_RELAUNCHES || last.elapsed() < backoff {
-        return Ok(());
-    }
-    st.relaunches
-        .insert(inst.id.clone(), (attempts + 1, Instant::now()));
+}
 
-    // Look again under the lock: a delete may have finished since the snapshot.
-    let id = inst.id.clone();
+/// Starts the instance's guest again (the caller holds its lock): same port, guest.conf rewritten;
+/// the guest starts its datastore server on its existing data directory, and a `prepare` not done
+/// yet is still in its durable queue. Looks at the instance again first: a delete may have finished
+/// since the snapshot. A building instance whose guest cannot be started fails its build; any other
+/// is tried again after its backoff.
+async fn relaunch(ctx: &Arc<Ctx>, id: &str, attempt: u32) -> anyhow::Result<()> {
+    let key = id.to_owned();
     let fresh = ctx
         .db
         .run(move |c| -> Result<_, DbError> {
-            let Some(i) = Instance::find_any(c, &id)? else {
+            let Some(i) = Instance::find_any(c, &key)? else {
                 return Ok(None);
             };
-            let manager = DatastoreVersion::find(c, &i.datastore_version_id)
-                .optional()?
-                .map(|v| v.manager);
-            Ok(Some((i, manager)))
+            let version = DatastoreVersion::find(c, &i.datastore_version_id).optional()?;
+            Ok(Some((i, version)))
         })
         .await?;
-    let Some((fresh, Some(manager))) = fresh else {
+    let Some((fresh, Some(version))) = fresh else {
         return Ok(());
     };
-    if fresh.deleted || fresh.task_id != InstanceTask::Building.code() {
+    if !should_keep_running(&fresh, &ctx.settings.default.host) || ctx.compute.is_running(id) {
         return Ok(());
     }
-    tracing::warn!(instance.id = %fresh.id, attempt = attempts + 1, "guest of a building instance is not running; starting it again");
+    let building = fresh.task_id == InstanceTask::Building.code();
+    tracing::warn!(instance.id = %id, attempt, port = fresh.port, building, "guest is not running; starting it again");
     let key = match guest::instance_key(&ctx.settings, fresh.encrypted_key.as_deref()) {
         Ok(key) => key,
-        Err(e) => {
+        Err(e) if building => {
             return instance::fail_server(
                 ctx,
                 &fresh,
@@ -413,11 +504,24 @@ async fn relaunch_if_dead(
             )
             .await
         }
+        Err(e) => anyhow::bail!("cannot open the instance's RPC key: {e}"),
     };
-    if let Err(e) = instance::ensure_guest(ctx, &fresh, &manager, key.as_deref()).await? {
-        instance::fail_server(ctx, &fresh, e.to_string()).await?;
+    match instance::ensure_guest(
+        ctx,
+        &fresh,
+        &version.manager,
+        version.image_id.as_deref(),
+        key.as_deref(),
+    )
+    .await?
+    {
+        Ok(()) => {
+            tracing::info!(instance.id = %id, attempt, "guest started again");
+            Ok(())
+        }
+        Err(e) if building => instance::fail_compute(ctx, &fresh, &e).await,
+        Err(e) => Err(anyhow::Error::new(e).context("starting the guest")),
     }
-    Ok(())
 }
 
 async fn fail_build(
@@ -426,6 +530,7 @@ async fn fail_build(
     inst: &Instance,
     message: String,
     details: String,
+    guest_reported: bool,
 ) -> anyhow::Result<()> {
     if !ctx.settings.default.update_status_on_fail {
         if st.reported.insert(inst.id.clone()) {
@@ -435,6 +540,7 @@ async fn fail_build(
     }
     let id = inst.id.clone();
     let (msg, det) = (message.clone(), details.clone());
+    let started = inst.task_start_time.unwrap_or(inst.created);
     let n = ctx
         .db
         .run(move |c| {
@@ -447,7 +553,12 @@ async fn fail_build(
                 )?;
                 if n > 0 {
                     ServiceStatusRow::set(c, &id, ServiceStatus::FailedTimeoutGuestagent, true)?;
-                    record_fault(c, &id, &msg, &det)?;
+                    // The guest's own report (`notify_exc_info`) says why better than we can.
+                    let guest_fault = guest_reported
+                        && Instance::fault_updated(c, &id)?.is_some_and(|at| at >= started);
+                    if !guest_fault {
+                        record_fault(c, &id, &msg, &det)?;
+                    }
                 }
                 Ok(n)
             })
@@ -516,9 +627,11 @@ async fn check_cluster(
                 .collect();
             let ctx = ctx.clone();
             let cluster_id = cluster.id.clone();
+            let version_id = cluster.datastore_version_id.clone();
+            let all: Vec<Instance> = members.iter().map(|(m, _)| m.clone()).collect();
             st.tasks.spawn(async move {
                 let _busy = busy;
-                if let Err(e) = complete_cluster(&ctx, &cluster_id, targets).await {
+                if let Err(e) = complete_cluster(&ctx, &cluster_id, &version_id, &all, targets).await {
                     tracing::warn!(cluster.id = %cluster_id, error = format!("{e:#}"), "cannot complete the cluster yet; trying again next pass");
                 }
             });
@@ -528,11 +641,28 @@ async fn check_cluster(
 }
 
 /// Calls `cluster_complete` on each ready member (concurrently), then ends the cluster's task.
+/// First joins the members into one cluster of their datastore (redis: Trove's meet and addslots, see
+/// `handlers::cluster::join_redis_cluster`).
 async fn complete_cluster(
     ctx: &Ctx,
     cluster_id: &str,
+    version_id: &str,
+    members: &[Instance],
     targets: Vec<(String, Option<String>)>,
 ) -> anyhow::Result<()> {
+    let version = version_id.to_owned();
+    let manager = ctx
+        .db
+        .run(move |c| {
+            DatastoreVersion::find(c, &version)
+                .optional()
+                .map_err(DbError::from)
+        })
+        .await?
+        .map(|v| v.manager);
+    if manager.as_deref() == Some("redis") {
+        crate::handlers::cluster::join_redis_cluster(ctx, cluster_id, members).await?;
+    }
     tracing::info!(cluster.id = %cluster_id, members = targets.len(), "every member is ready; completing the cluster");
     let rpc = RpcContext::service();
     let timeout = ctx.settings.high_timeout();
@@ -679,7 +809,7 @@ mod tests {
         }
         let d = build_decision(Some(Building), t0(), at(3601), HOUR);
         assert!(
-            matches!(&d, BuildDecision::Failed { message, details } if message == "Polling request timed out." && details.contains("3600 s")),
+            matches!(&d, BuildDecision::Failed { message, details, guest_reported: false } if message == "Polling request timed out." && details.contains("3600 s")),
             "{d:?}"
         );
         assert_eq!(
@@ -755,6 +885,92 @@ mod tests {
                 ClusterDecision::Failed("member b failed to build".into())
             );
         }
+    }
+
+    #[test]
+    fn relaunches_back_off_from_one_second_to_a_minute() {
+        let secs: Vec<u64> = (1..=9).map(|n| relaunch_delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(relaunch_delay(u32::MAX), RELAUNCH_BACKOFF_MAX);
+
+        let t = Instant::now();
+        // The first attempt is at once; each next one waits for the delay of the attempts so far.
+        assert!(Backoff::due(None, t));
+        let first = Backoff::next(None, t);
+        assert_eq!(first.attempts, 1);
+        assert!(!Backoff::due(Some(&first), t + Duration::from_millis(999)));
+        assert!(Backoff::due(Some(&first), t + Duration::from_secs(1)));
+        let second = Backoff::next(Some(&first), t + Duration::from_secs(1));
+        assert_eq!(second.attempts, 2);
+        assert_eq!(second.next_at, t + Duration::from_secs(3));
+        let mut b = second;
+        for _ in 0..20 {
+            b = Backoff::next(Some(&b), b.next_at);
+        }
+        let last = Backoff::next(Some(&b), b.next_at);
+        assert_eq!(last.next_at - b.next_at, RELAUNCH_BACKOFF_MAX);
+    }
+
+    fn instance(host: Option<&str>) -> Instance {
+        let now = t0();
+        Instance {
+            id: "i1".into(),
+            created: now,
+            updated: now,
+            name: "n".into(),
+            hostname: None,
+            compute_instance_id: Some("i1".into()),
+            server_status: Some("ACTIVE".into()),
+            task_id: InstanceTask::None.code(),
+            task_description: String::new(),
+            task_start_time: None,
+            volume_id: None,
+            volume_size: None,
+            flavor_id: "15".into(),
+            tenant_id: "t".into(),
+            datastore_version_id: "v".into(),
+            cluster_id: None,
+            shard_id: None,
+            instance_type: None,
+            region_id: "RegionOne".into(),
+            encrypted_key: None,
+            configuration_id: None,
+            slave_of_id: None,
+            deleted: false,
+            deleted_at: None,
+            compute_host: host.map(Into::into),
+            address: Some("127.0.0.1".into()),
+            port: Some(10000),
+        }
+    }
+
+    #[test]
+    fn only_this_hosts_started_live_instances_are_kept_running() {
+        assert!(should_keep_running(&instance(Some("h1")), "h1"));
+        // Rows from before hosts were recorded are this host's.
+        assert!(should_keep_running(&instance(None), "h1"));
+        assert!(!should_keep_running(&instance(Some("h2")), "h1"));
+        let mut building = instance(Some("h1"));
+        building.task_id = InstanceTask::Building.code();
+        assert!(should_keep_running(&building, "h1"));
+        let mut never_started = instance(Some("h1"));
+        never_started.compute_instance_id = None;
+        assert!(!should_keep_running(&never_started, "h1"));
+        let mut error = instance(Some("h1"));
+        error.server_status = Some("ERROR".into());
+        assert!(!should_keep_running(&error, "h1"));
+        for task in [
+            InstanceTask::Deleting,
+            InstanceTask::BuildingErrorServer,
+            InstanceTask::BuildingErrorTimeoutGa,
+        ] {
+            let mut i = instance(Some("h1"));
+            i.task_id = task.code();
+            assert!(!should_keep_running(&i, "h1"), "{task:?}");
+        }
+        let mut deleted = instance(Some("h1"));
+        deleted.deleted = true;
+        assert!(!should_keep_running(&deleted, "h1"));
     }
 
     #[test]

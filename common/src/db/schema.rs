@@ -185,6 +185,11 @@ diesel::table! {
         slave_of_id -> Nullable<Varchar>,
         deleted -> Bool,
         deleted_at -> Nullable<Timestamp>,
+        #[max_length = 255]
+        compute_host -> Nullable<Varchar>,
+        #[max_length = 255]
+        address -> Nullable<Varchar>,
+        port -> Nullable<Int4>,
     }
 }
 

@@ -82,6 +82,10 @@ pub enum TaskManagerMsg {
     DeleteCluster {
         cluster_id: String,
     },
+    /// Trove's `restart`: restart the instance's datastore (the api set the task to REBOOTING).
+    Restart {
+        instance_id: String,
+    },
     /// Trove's args plus `job_id`: the durable job row the api wrote with this cast.
     ReapplyModule {
         module_id: String,
@@ -108,6 +112,7 @@ impl TaskManagerMsg {
             Self::CreateCluster { .. } => "create_cluster",
             Self::DeleteInstance { .. } => "delete_instance",
             Self::DeleteCluster { .. } => "delete_cluster",
+            Self::Restart { .. } => "restart",
             Self::ReapplyModule { .. } => "reapply_module",
         }
     }
@@ -144,6 +149,13 @@ mod tests {
         let (method, args) = crate::rpc::to_method_args(&m);
         assert_eq!(method, "reapply_module");
         assert_eq!(args["batch_delay"], 3);
+        let (method, args) = crate::rpc::to_method_args(&TaskManagerMsg::Restart {
+            instance_id: "i".into(),
+        });
+        assert_eq!(
+            (method.as_str(), &args["instance_id"]),
+            ("restart", &json!("i"))
+        );
         assert!(truthy(&Some(json!(1))));
         assert!(!truthy(&Some(json!(0))));
     }

@@ -27,6 +27,13 @@ pub struct GuestSpec {
     pub datastore_manager: String,
     /// The instance's RPC key in clear, when secure messaging is on for it.
     pub instance_key: Option<SecretString>,
+    /// The address its datastore server listens on (`instances.address`): `[guest] bind_host`.
+    pub bind_host: String,
+    /// The port its datastore server listens on (`instances.port`, allocated once): `[guest] port`.
+    pub port: u16,
+    /// The datastore version's `image_id`: for the local driver, a directory of server binaries
+    /// (`[guest] datastore_bin_dir`). None: the host's binaries.
+    pub image_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for GuestSpec {
@@ -35,6 +42,9 @@ impl fmt::Debug for GuestSpec {
         f.debug_struct("GuestSpec")
             .field("instance_id", &self.instance_id)
             .field("datastore_manager", &self.datastore_manager)
+            .field("bind_host", &self.bind_host)
+            .field("port", &self.port)
+            .field("image_dir", &self.image_dir)
             .field("secure", &self.instance_key.is_some())
             .finish()
     }
@@ -94,6 +104,16 @@ pub enum ComputeError {
         instance_id: String,
         waited: Duration,
     },
+    #[error("{count} process(es) of instance {instance_id} still run {waited:?} after SIGKILL")]
+    DestroyTimeout {
+        instance_id: String,
+        count: usize,
+        waited: Duration,
+    },
+    #[error("instance {0} is deleted")]
+    Gone(String),
+    #[error("No free port in {start}-{end} on host {host}")]
+    NoFreePort { start: u16, end: u16, host: String },
 }
 
 /// Starts, checks and stops guests. Object-safe (boxed futures), so the taskmanager holds an
@@ -109,8 +129,19 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// Whether the guest is running.
     fn status<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, ServerState>;
 
+    /// Whether the guest is running, answered at once from what the host shows (a `/proc` read for
+    /// the local driver), without housekeeping: the reconciler asks this for every instance of the
+    /// host on every pass, after one [`ComputeDriver::maintain`].
+    fn is_running(&self, instance_id: &str) -> bool;
+
     /// Stops the guest (gracefully, then by force). A guest that is not running is not an error.
     fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ComputeError>>;
+
+    /// Destroys what is left of the instance once its guest is stopped, as a cloud deletes a VM: every
+    /// process still running for it (its datastore server, even one the guest no longer watches) is
+    /// killed, then its state directory (configuration with the RPC key, data, logs) is removed.
+    /// Idempotent: an instance with nothing left is not an error.
+    fn destroy<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ComputeError>>;
 
     /// Where the guest keeps its configuration, log and state.
     fn state_dir(&self, instance_id: &str) -> PathBuf;
@@ -171,6 +202,9 @@ mod tests {
             instance_id: "i1".into(),
             datastore_manager: "redis".into(),
             instance_key: Some("topsecretkey".into()),
+            bind_host: "127.0.0.1".into(),
+            port: 10000,
+            image_dir: None,
         };
         assert!(!format!("{spec:?}").contains("topsecretkey"));
     }

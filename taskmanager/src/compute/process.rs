@@ -5,7 +5,15 @@
 //!   rewritten at every launch from the taskmanager's settings;
 //! - `guest.log`: the guest's stdout and stderr, appended across launches;
 //! - `guest.pid`: the pid of the running guest;
-//! - whatever the guest keeps itself (`guest_state.json`, `modules/`, ...).
+//! - whatever the guest keeps itself (`guest_state.json`, `modules/`, `data/` (its datastore
+//!   server's working directory), `datastore/server.pid`, ...).
+//!
+//! `<state_path>/.templates/` is shared by the guests of the host (`[guest] template_dir`): an
+//! initialised data directory per server version, copied by new instances.
+//!
+//! Deleting an instance destroys it like a VM ([`ComputeDriver::destroy`]): every process whose
+//! working directory is inside its state directory is killed ([`kill_processes_under`]), then the
+//! directory is removed.
 //!
 //! Guests run detached, in their own process group with no terminal, so they outlive the taskmanager
 //! (a restart, a Ctrl-C or a SIGKILL). A restarted taskmanager finds them again through the pid file:
@@ -16,7 +24,7 @@
 //! (`try_wait`) on every status check and reconciler tick, so exited guests never linger as zombies.
 //! Guests started by an earlier taskmanager were re-parented when it died and are not ours to reap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write as _};
@@ -42,6 +50,10 @@ pub const LOG_FILE: &str = "guest.log";
 pub const PID_FILE: &str = "guest.pid";
 /// The guest agent binary's file name.
 pub const GUEST_BINARY: &str = "trove-guestagent";
+/// The directory under `[compute] state_path` the guests share for data directory templates.
+pub const TEMPLATE_DIR: &str = ".templates";
+/// A Redis Cluster member also listens on its port plus this (the cluster bus).
+pub const BUS_PORT_OFFSET: u16 = 10000;
 
 /// How long a guest gets to shut down after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -137,7 +149,103 @@ pub fn render_guest_conf(
         option: "guest.state_dir",
     })?;
     option(&mut out, "guest.state_dir", dir)?;
+    option(&mut out, "guest.bind_host", &spec.bind_host)?;
+    option(&mut out, "guest.port", &spec.port.to_string())?;
+    let bin_dir = match &spec.image_dir {
+        Some(p) => p.to_str().ok_or(ComputeError::BadConfigValue {
+            option: "guest.datastore_bin_dir",
+        })?,
+        None => "",
+    };
+    option(&mut out, "guest.datastore_bin_dir", bin_dir)?;
+    // The state directory is `<state_path>/<id>`: the templates sit beside the instances.
+    let templates = state_dir.parent().unwrap_or(state_dir).join(TEMPLATE_DIR);
+    let templates = templates.to_str().ok_or(ComputeError::BadConfigValue {
+        option: "guest.template_dir",
+    })?;
+    option(&mut out, "guest.template_dir", templates)?;
+    let g = &settings.guest;
+    option(
+        &mut out,
+        "guest.health_check_interval",
+        &g.health_check_interval.to_string(),
+    )?;
+    option(
+        &mut out,
+        "guest.server_start_timeout",
+        &g.server_start_timeout.to_string(),
+    )?;
+    option(
+        &mut out,
+        "guest.server_restart_delay",
+        &g.server_restart_delay.to_string(),
+    )?;
     Ok(out)
+}
+
+/// True when nothing on this host holds `port` or `port + 10000` (a Redis Cluster member's bus) on
+/// `host`: both can be bound right now. The port allocator's probe, so ports other programs listen
+/// on are skipped.
+pub fn ports_free(host: &str, port: u16) -> bool {
+    let Some(bus) = port.checked_add(BUS_PORT_OFFSET) else {
+        return false;
+    };
+    let main = std::net::TcpListener::bind((host, port));
+    let bus = std::net::TcpListener::bind((host, bus));
+    main.is_ok() && bus.is_ok()
+}
+
+/// The pids of the processes whose working directory is `dir` or inside it, this process excepted.
+/// Zombies have no working directory, and processes of other users whose `/proc/<pid>/cwd` cannot be
+/// read are not seen.
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd_under(&cwd, &dir))
+        })
+        .collect()
+}
+
+/// True when `cwd` is `dir` or inside it; a removed directory reads as `<path> (deleted)`.
+fn cwd_under(cwd: &Path, dir: &Path) -> bool {
+    cwd.starts_with(dir)
+        || cwd
+            .to_str()
+            .and_then(|s| s.strip_suffix(" (deleted)"))
+            .is_some_and(|s| Path::new(s).starts_with(dir))
+}
+
+/// SIGKILLs every process whose working directory is `dir` or inside it (an instance's guest and its
+/// datastore server, whoever their parent is) and returns the pids signalled. One sweep: call it
+/// until it returns nothing to be sure they are gone (a killed process leaves `/proc` once reaped,
+/// and a dying parent may have forked meanwhile).
+pub fn kill_processes_under(dir: &Path) -> Vec<u32> {
+    let pids = processes_under(dir);
+    for &pid in &pids {
+        signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    pids
+}
+
+/// [`kill_processes_under`] until nothing is left under `dir`, for at most `limit` (blocking: for
+/// synchronous callers such as a test harness's `Drop`). Returns how many processes are left.
+pub fn kill_all_under_blocking(dir: &Path, limit: Duration) -> usize {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = kill_processes_under(dir).len();
+        if left == 0 || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Writes `name = value`, escaped for the INI reader (rust-ini): backslashes and quotes escaped, and
@@ -205,21 +313,26 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// Sends `signal` (`TERM`, `KILL`) with kill(1): the workspace forbids `unsafe`, so no libc::kill.
-fn send_signal(pid: u32, signal: &str) {
-    let res = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match res {
-        Ok(s) if s.success() => {}
+/// Sends `signal` to `pid` (nix's safe `kill(2)`: the workspace forbids `unsafe`).
+fn signal_pid(pid: u32, signal: nix::sys::signal::Signal) {
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal) {
+        Ok(()) => {}
         // The process may have exited in between; the caller checks again.
-        Ok(s) => tracing::debug!(pid, signal, status = %s, "kill reported a failure"),
-        Err(e) => tracing::warn!(pid, signal, error = %e, "cannot run kill"),
+        Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, signal = %signal, error = %e, "cannot signal the process"),
     }
+}
+
+/// Sends `signal` (`TERM`, `KILL`) to a guest.
+fn send_signal(pid: u32, signal: &str) {
+    let signal = match signal {
+        "TERM" => nix::sys::signal::Signal::SIGTERM,
+        _ => nix::sys::signal::Signal::SIGKILL,
+    };
+    signal_pid(pid, signal);
 }
 
 /// The `local` driver.
@@ -438,6 +551,59 @@ impl ProcessDriver {
         }
     }
 
+    /// Kills every process left under the instance's state directory, waits until they are gone
+    /// (up to [`KILL_WAIT`]), then removes the directory.
+    async fn destroy_instance(&self, instance_id: &str) -> Result<(), ComputeError> {
+        check_instance_id(instance_id)?;
+        let dir = self.state_dir(instance_id);
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        let mut killed = HashSet::new();
+        loop {
+            let scan = dir.clone();
+            let signalled = tokio::task::spawn_blocking(move || kill_processes_under(&scan))
+                .await
+                .unwrap_or_default();
+            self.reap();
+            if signalled.is_empty() {
+                break;
+            }
+            killed.extend(signalled.iter().copied());
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ComputeError::DestroyTimeout {
+                    instance_id: instance_id.to_owned(),
+                    count: signalled.len(),
+                    waited: KILL_WAIT,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        if !killed.is_empty() {
+            tracing::warn!(instance.id = %instance_id, processes = killed.len(), "killed the processes left in the instance's state directory");
+        }
+        let remove = dir.clone();
+        let removed = tokio::task::spawn_blocking(move || fs::remove_dir_all(&remove))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match removed {
+            // NotFound: gone already; NotADirectory: it could never be made (a parent is a file).
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Err(io_err("removing", &dir)(e))
+            }
+            _ => {}
+        }
+        self.children
+            .lock()
+            .expect("children map poisoned")
+            .remove(instance_id);
+        tracing::info!(instance.id = %instance_id, "instance destroyed: no process left, state directory removed");
+        Ok(())
+    }
+
     fn guest_state(&self, instance_id: &str) -> ServerState {
         if check_instance_id(instance_id).is_err() {
             return ServerState::Missing;
@@ -465,8 +631,16 @@ impl ComputeDriver for ProcessDriver {
         Box::pin(async move { self.guest_state(instance_id) })
     }
 
+    fn is_running(&self, instance_id: &str) -> bool {
+        check_instance_id(instance_id).is_ok() && self.running_pid(instance_id).is_some()
+    }
+
     fn stop<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ComputeError>> {
         Box::pin(self.stop_guest(instance_id))
+    }
+
+    fn destroy<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ComputeError>> {
+        Box::pin(self.destroy_instance(instance_id))
     }
 
     fn state_dir(&self, instance_id: &str) -> PathBuf {
@@ -488,6 +662,9 @@ mod tests {
             instance_id: "6d0d8f0e-3f7c-4f55-9a37-1f1c5a0e0c11".into(),
             datastore_manager: "redis".into(),
             instance_key: key.map(Into::into),
+            bind_host: "127.0.0.1".into(),
+            port: 10007,
+            image_dir: Some(PathBuf::from("/opt/redis 7/bin")),
         }
     }
 
@@ -501,6 +678,9 @@ mod tests {
         settings.default.report_interval = 0.5;
         settings.default.module_types = vec!["ping".into(), "new_relic_license".into()];
         settings.amqp.prefix = " t42. ".into();
+        settings.guest.health_check_interval = 2.5;
+        settings.guest.server_start_timeout = 45;
+        settings.guest.server_restart_delay = 0.25;
         let dir = tmp.path().join("guest dir");
         let text = render_guest_conf(
             &settings,
@@ -534,6 +714,125 @@ mod tests {
             Some("AbCdEf0123456789AbCdEf0123456789")
         );
         assert_eq!(loaded.guest.state_dir, dir);
+        assert_eq!(loaded.guest.bind_host, "127.0.0.1");
+        assert_eq!(loaded.guest.port, 10007);
+        assert_eq!(
+            loaded.guest.datastore_bin_dir,
+            PathBuf::from("/opt/redis 7/bin")
+        );
+        assert_eq!(loaded.guest.template_dir, tmp.path().join(TEMPLATE_DIR));
+        assert_eq!(loaded.guest.health_check_interval, 2.5);
+        assert_eq!(loaded.guest.server_start_timeout, 45);
+        assert_eq!(loaded.guest.server_restart_delay, 0.25);
+    }
+
+    #[test]
+    fn guest_conf_without_image_uses_the_host_binaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spec = spec(None);
+        spec.image_dir = None;
+        let text = render_guest_conf(&Settings::default(), &spec, &tmp.path().join("i1")).unwrap();
+        let path = tmp.path().join("guest.conf");
+        fs::write(&path, text).unwrap();
+        let loaded = trove_common::config::load(&[path]).unwrap();
+        assert_eq!(loaded.guest.datastore_bin_dir, PathBuf::new());
+        // The taskmanager's defaults reach the guest.
+        let d = Settings::default().guest;
+        assert_eq!(loaded.guest.health_check_interval, d.health_check_interval);
+        assert_eq!(loaded.guest.server_start_timeout, d.server_start_timeout);
+        assert_eq!(loaded.guest.server_restart_delay, d.server_restart_delay);
+    }
+
+    #[test]
+    fn a_port_something_listens_on_is_not_free() {
+        // A port (and its bus port) nobody holds, found by binding port 0.
+        let probe = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let held = probe.local_addr().unwrap().port();
+        if held.checked_add(BUS_PORT_OFFSET).is_none() {
+            return; // the kernel gave a port too high to have a bus port; nothing to check
+        }
+        assert!(!ports_free("127.0.0.1", held), "port {held} is held");
+        drop(probe);
+        // The bus port held makes the port busy too.
+        let (main, bus) = loop {
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            let p = l.local_addr().unwrap().port();
+            if p > BUS_PORT_OFFSET {
+                break (p - BUS_PORT_OFFSET, l);
+            }
+        };
+        assert!(!ports_free("127.0.0.1", main), "bus port of {main} is held");
+        drop(bus);
+        assert!(
+            !ports_free("127.0.0.1", u16::MAX - 1),
+            "no room for a bus port"
+        );
+    }
+
+    #[tokio::test]
+    async fn destroy_kills_every_process_under_the_state_dir_and_removes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("guests");
+        let driver = driver_with(&tmp.path().join("unused"), &state);
+        let id = "1f0e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let data = driver.state_dir(id).join("data");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(driver.conf_path(id), b"secret").unwrap();
+        // A "datastore server" the guest no longer watches: its own session, cwd in data/.
+        let mut server = Command::new("sleep")
+            .arg("300")
+            .current_dir(&data)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // A process elsewhere is left alone.
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        let mut other = Command::new("sleep")
+            .arg("300")
+            .current_dir(&elsewhere)
+            .spawn()
+            .unwrap();
+        let pid = server.id();
+        assert_eq!(processes_under(&driver.state_dir(id)), vec![pid]);
+        assert_eq!(processes_under(&state), vec![pid]);
+
+        driver.destroy(id).await.unwrap();
+        let status = server.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "SIGKILLed"
+        );
+        assert!(!driver.state_dir(id).exists(), "state directory removed");
+        assert!(processes_under(&state).is_empty());
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "a process outside is not touched"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        // Nothing left: destroying again is fine.
+        driver.destroy(id).await.unwrap();
+    }
+
+    #[test]
+    fn the_blocking_sweep_kills_and_waits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("300")
+            .current_dir(tmp.path())
+            .spawn()
+            .unwrap();
+        // Our own child stays a zombie (no cwd) until we reap it, so the sweep does not wait on us.
+        assert_eq!(
+            kill_all_under_blocking(tmp.path(), Duration::from_secs(5)),
+            0
+        );
+        assert!(child.wait().is_ok());
+        assert!(processes_under(tmp.path()).is_empty());
+        assert!(cwd_under(Path::new("/a/b/c (deleted)"), Path::new("/a/b")));
+        assert!(!cwd_under(Path::new("/a/bc"), Path::new("/a/b")));
     }
 
     #[test]

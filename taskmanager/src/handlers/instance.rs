@@ -5,12 +5,13 @@
 //! instance is not deleted twice. Each takes the instance's lock ([`crate::InstanceLocks`]) so a create,
 //! a delete and the reconciler never act on one guest at the same time.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel::{Connection as _, OptionalExtension as _};
 use secrecy::SecretString;
-use trove_common::db::models::instance::record_fault;
+use trove_common::db::models::instance::{record_fault, PortAllocation};
 use trove_common::db::models::{DatastoreVersion, Flavor, Instance};
 use trove_common::db::DbError;
 use trove_common::rpc::guest::{GuestMsg, Prepare};
@@ -18,7 +19,7 @@ use trove_common::rpc::taskmanager::CreateInstance;
 use trove_common::rpc::RpcContext;
 use trove_common::status::InstanceTask;
 
-use crate::compute::{ComputeError, GuestSpec, ServerHandle, ServerState};
+use crate::compute::{process, ComputeError, GuestSpec, ServerHandle, ServerState};
 use crate::{guest, Ctx};
 
 /// The block device Trove hands every guest for its data.
@@ -45,16 +46,16 @@ pub async fn handle_create_instance(
                 let Some(inst) = Instance::find_any(c, &key)? else {
                     return Ok(None);
                 };
-                let manager = DatastoreVersion::find(c, &inst.datastore_version_id)
-                    .optional()?
-                    .map(|v| v.manager);
+                let version = DatastoreVersion::find(c, &inst.datastore_version_id).optional()?;
+                let image_id = version.as_ref().and_then(|v| v.image_id.clone());
+                let manager = version.map(|v| v.manager);
                 let ram = Flavor::find(c, &inst.flavor_id)?.map(|f| f.ram);
-                Ok(Some((inst, manager, ram)))
+                Ok(Some((inst, manager, image_id, ram)))
             })
             .await
             .with_context(|| format!("loading instance {id}"))?
     };
-    let Some((inst, db_manager, db_ram)) = loaded else {
+    let Some((inst, db_manager, image_id, db_ram)) = loaded else {
         tracing::warn!("create_instance for an instance that does not exist; nothing to build");
         return Ok(());
     };
@@ -89,8 +90,8 @@ pub async fn handle_create_instance(
         }
     };
 
-    if let Err(e) = ensure_guest(ctx, &inst, &manager, key.as_deref()).await? {
-        return fail_server(ctx, &inst, e.to_string()).await;
+    if let Err(e) = ensure_guest(ctx, &inst, &manager, image_id.as_deref(), key.as_deref()).await? {
+        return fail_compute(ctx, &inst, &e).await;
     }
 
     // Declare the guest's queue before casting: a cast to a queue that does not exist yet is lost
@@ -121,22 +122,38 @@ pub async fn handle_create_instance(
 }
 
 /// Makes sure the instance's guest runs: starts it unless the driver already reports it running, then
-/// records `compute_instance_id` and `server_status = ACTIVE`. The outer error is the database (retry);
-/// the inner one is the compute driver (the build failed).
+/// records `compute_instance_id` and `server_status = ACTIVE`. Before a start the instance gets its
+/// port ([`allocate_port`]; one it has is kept) and the guest its configuration. `image_id` is the
+/// datastore version's (a directory of server binaries for the local driver). The outer error is
+/// the database (retry); the inner one is the compute driver (the build failed).
 pub(crate) async fn ensure_guest(
     ctx: &Ctx,
     inst: &Instance,
     manager: &str,
+    image_id: Option<&str>,
     key: Option<&str>,
 ) -> Result<Result<(), ComputeError>, DbError> {
     let launched: Option<ServerHandle> =
         if ctx.compute.status(&inst.id).await == ServerState::Active {
             None
         } else {
+            let port = match allocate_port(ctx, &inst.id).await? {
+                Ok(port) => port,
+                Err(e) => return Ok(Err(e)),
+            };
             let spec = GuestSpec {
                 instance_id: inst.id.clone(),
                 datastore_manager: manager.to_owned(),
                 instance_key: key.map(|k| SecretString::from(k.to_owned())),
+                bind_host: inst
+                    .address
+                    .clone()
+                    .unwrap_or_else(|| ctx.settings.compute.instance_bind_host.clone()),
+                port,
+                image_dir: image_id
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty())
+                    .map(PathBuf::from),
             };
             match ctx.compute.launch(&spec).await {
                 Ok(handle) => Some(handle),
@@ -166,9 +183,67 @@ pub(crate) async fn ensure_guest(
     Ok(Ok(()))
 }
 
+/// The instance's port on this host (`[DEFAULT] host`): the one it has, or the lowest free one of
+/// `[compute] port_range_start..=port_range_end` that nothing else on the host listens on (both the
+/// port and its Redis Cluster bus port, probed by binding them on `[compute] instance_bind_host`).
+pub(crate) async fn allocate_port(
+    ctx: &Ctx,
+    id: &str,
+) -> Result<Result<u16, ComputeError>, DbError> {
+    let c = &ctx.settings.compute;
+    let (start, end) = (c.port_range_start, c.port_range_end);
+    let host = ctx.settings.default.host.clone();
+    let bind = c.instance_bind_host.clone();
+    let (key, h) = (id.to_owned(), host.clone());
+    let allocation = ctx
+        .db
+        .run(move |conn| {
+            Instance::allocate_port(conn, &key, &h, &bind, start..=end, |p| {
+                process::ports_free(&bind, p)
+            })
+            .map_err(DbError::from)
+        })
+        .await?;
+    Ok(match allocation {
+        PortAllocation::Kept(port) => Ok(port),
+        PortAllocation::Allocated(port) => {
+            tracing::info!(instance.id = %id, port, host = %host, "port allocated");
+            Ok(port)
+        }
+        PortAllocation::NoFreePort => Err(ComputeError::NoFreePort { start, end, host }),
+        PortAllocation::Gone => Err(ComputeError::Gone(id.to_owned())),
+    })
+}
+
+/// [`fail_server`] for a compute error: a missing port is its own fault message, anything else the
+/// generic one with the error as details.
+pub(crate) async fn fail_compute(
+    ctx: &Ctx,
+    inst: &Instance,
+    e: &ComputeError,
+) -> anyhow::Result<()> {
+    match e {
+        ComputeError::NoFreePort { .. } => {
+            fail_server_with(ctx, inst, e.to_string(), format!("{e}: every port of the range is held by a live instance of this host or by another program (it cannot be bound). Delete instances or widen [compute] port_range_start/port_range_end.")).await
+        }
+        _ => fail_server(ctx, inst, e.to_string()).await,
+    }
+}
+
 /// The guest could not be started: server ERROR, task BUILDING_ERROR_SERVER and a fault, unless the
 /// instance has moved on meanwhile (a delete). The message is done either way.
 pub(crate) async fn fail_server(ctx: &Ctx, inst: &Instance, details: String) -> anyhow::Result<()> {
+    let message = format!("Error creating the guest for instance {}.", inst.id);
+    fail_server_with(ctx, inst, message, details).await
+}
+
+/// [`fail_server`] with the fault's message given.
+pub(crate) async fn fail_server_with(
+    ctx: &Ctx,
+    inst: &Instance,
+    message: String,
+    details: String,
+) -> anyhow::Result<()> {
     tracing::error!(error = %details, "cannot start the guest; the build failed");
     let id = inst.id.clone();
     let server_id = inst.compute_instance_id.clone();
@@ -183,12 +258,7 @@ pub(crate) async fn fail_server(ctx: &Ctx, inst: &Instance, details: String) -> 
                 )? == 1
                 {
                     Instance::set_server(c, &id, server_id.as_deref(), "ERROR")?;
-                    record_fault(
-                        c,
-                        &id,
-                        &format!("Error creating the guest for instance {id}."),
-                        &details,
-                    )?;
+                    record_fault(c, &id, &message, &details)?;
                 }
                 Ok(())
             })
@@ -296,10 +366,16 @@ pub(crate) async fn delete_locked(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    if let Err(e) = ctx.compute.stop(instance_id).await {
+        // The destroy below kills it (and whatever else runs for the instance) anyway.
+        tracing::warn!(instance.id = %instance_id, error = %e, "the guest did not stop; destroying it");
+    }
+    // Like a VM's delete: nothing of the instance may outlive it, neither its datastore server (even
+    // one the guest no longer watches) nor its state directory (guest.conf holds the RPC key).
     ctx.compute
-        .stop(instance_id)
+        .destroy(instance_id)
         .await
-        .with_context(|| format!("stopping the guest of instance {instance_id}"))?;
+        .with_context(|| format!("destroying the guest of instance {instance_id}"))?;
     let topic = ctx.broker.names().guest(instance_id);
     ctx.broker
         .delete_queue(&topic)

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod instance;
 pub mod reapply;
+pub mod restart;
 
 use serde_json::Value;
 

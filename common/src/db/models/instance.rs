@@ -36,6 +36,13 @@ pub struct Instance {
     pub slave_of_id: Option<String>,
     pub deleted: bool,
     pub deleted_at: Option<NaiveDateTime>,
+    /// The `[DEFAULT] host` of the taskmanager whose compute driver runs the guest (None: a row from
+    /// before hosts were recorded, which the taskmanager treats as its own).
+    pub compute_host: Option<String>,
+    /// The address the instance's database server listens on (the API's `ip`).
+    pub address: Option<String>,
+    /// The port it listens on, unique among the live instances of its host; kept while it lives.
+    pub port: Option<i32>,
 }
 
 /// An instance row about to be inserted.
@@ -456,5 +463,148 @@ impl ServiceStatusRow {
         ))
         .returning(service_statuses::instance_id)
         .get_results(conn)
+    }
+}
+
+/// What [`Instance::allocate_port`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortAllocation {
+    /// The instance already had this port: kept.
+    Kept(u16),
+    /// The instance got this port now.
+    Allocated(u16),
+    /// Every port of the range is taken (by a live instance, or by whatever `is_free` refused).
+    NoFreePort,
+    /// The instance is deleted or does not exist.
+    Gone,
+}
+
+/// How many times [`Instance::allocate_port`] picks again after losing a race.
+const PORT_ALLOCATION_ATTEMPTS: usize = 64;
+
+/// Port allocation for the `local` compute driver's instances, which share one host.
+impl Instance {
+    /// Gives the instance a port on `host`, once: an instance that has one keeps it (it survives
+    /// restarts of its guest and of the host, and is never reallocated while the instance lives).
+    /// Otherwise it takes the lowest port of `range` that no live instance of `host` holds and that
+    /// `is_free` accepts (the caller probes that nothing else on the host listens on it), and records
+    /// `compute_host`, `address` and `port` together.
+    ///
+    /// Concurrent allocations are safe without a lock: the write only applies to a row that still
+    /// has no port, and the unique index on `(compute_host, port)` makes the loser of a race for one
+    /// port fail, after which it reads the taken ports again and picks the next. Ports `is_free`
+    /// refused are not probed again within one call. Takes no transaction of its own beyond a
+    /// savepoint around the write, so it can run inside the caller's.
+    pub fn allocate_port(
+        conn: &mut PgConnection,
+        id: &str,
+        host: &str,
+        address: &str,
+        range: std::ops::RangeInclusive<u16>,
+        mut is_free: impl FnMut(u16) -> bool,
+    ) -> QueryResult<PortAllocation> {
+        let mut refused = std::collections::HashSet::new();
+        for _ in 0..PORT_ALLOCATION_ATTEMPTS {
+            let current: Option<(bool, Option<i32>)> = instances::table
+                .find(id)
+                .select((instances::deleted, instances::port))
+                .first(conn)
+                .optional()?;
+            match current {
+                None | Some((true, _)) => return Ok(PortAllocation::Gone),
+                Some((false, Some(port))) => {
+                    return Ok(PortAllocation::Kept(
+                        u16::try_from(port).unwrap_or_default(),
+                    ))
+                }
+                Some((false, None)) => {}
+            }
+            let taken: std::collections::HashSet<i32> = instances::table
+                .filter(instances::compute_host.eq(host))
+                .filter(diesel::dsl::not(instances::deleted))
+                .filter(instances::port.is_not_null())
+                .select(instances::port.assume_not_null())
+                .load::<i32>(conn)?
+                .into_iter()
+                .collect();
+            let pick = range.clone().find(|&p| {
+                if taken.contains(&i32::from(p)) || refused.contains(&p) {
+                    return false;
+                }
+                let free = is_free(p);
+                if !free {
+                    refused.insert(p);
+                }
+                free
+            });
+            let Some(port) = pick else {
+                return Ok(PortAllocation::NoFreePort);
+            };
+            let written = conn.transaction(|c| {
+                diesel::update(
+                    instances::table
+                        .find(id)
+                        .filter(instances::port.is_null())
+                        .filter(diesel::dsl::not(instances::deleted)),
+                )
+                .set((
+                    instances::compute_host.eq(host),
+                    instances::address.eq(address),
+                    instances::port.eq(i32::from(port)),
+                    instances::updated.eq(crate::db::now()),
+                ))
+                .execute(c)
+            });
+            match written {
+                Ok(1) => return Ok(PortAllocation::Allocated(port)),
+                // The row changed meanwhile (another allocation for it, or a delete): read it again.
+                Ok(_) => {}
+                // Another instance of this host took the port first: pick again.
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                )) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(diesel::result::Error::QueryBuilderError(
+            format!("no port could be allocated for instance {id} after {PORT_ALLOCATION_ATTEMPTS} attempts").into(),
+        ))
+    }
+
+    /// When the instance's live fault was last written, if it has one.
+    pub fn fault_updated(conn: &mut PgConnection, id: &str) -> QueryResult<Option<NaiveDateTime>> {
+        instance_faults::table
+            .filter(instance_faults::instance_id.eq(id))
+            .filter(diesel::dsl::not(instance_faults::deleted))
+            .select(instance_faults::updated)
+            .order(instance_faults::updated.desc())
+            .first(conn)
+            .optional()
+    }
+
+    /// The live instances `host` runs (and those with no host recorded, from before hosts were),
+    /// whose guest was started and should be running: a server id, a server status other than
+    /// ERROR, and a task that is neither a delete nor an error. One query, for the reconciler's
+    /// relaunch of guests that are not running.
+    pub fn to_keep_running(conn: &mut PgConnection, host: &str) -> QueryResult<Vec<Self>> {
+        instances::table
+            .filter(diesel::dsl::not(instances::deleted))
+            .filter(
+                instances::compute_host
+                    .eq(host)
+                    .or(instances::compute_host.is_null()),
+            )
+            .filter(instances::compute_instance_id.is_not_null())
+            .filter(
+                instances::server_status
+                    .ne("ERROR")
+                    .or(instances::server_status.is_null()),
+            )
+            .filter(instances::task_id.ne(InstanceTask::Deleting.code()))
+            // Every 0x5x code is an error task (`status::is_error_task`).
+            .filter(diesel::dsl::not(instances::task_id.between(0x50, 0x5f)))
+            .select(Self::as_select())
+            .load(conn)
     }
 }
