@@ -8,7 +8,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::handlers::{clusters, datastores, instance_modules, instances, modules};
+use crate::handlers::{
+    actions, clusters, databases, datastores, instance_modules, instances, modules, root, users,
+};
 
 /// `GET /`: the version document (no auth).
 async fn versions(headers: axum::http::HeaderMap) -> Json<serde_json::Value> {
@@ -68,6 +70,30 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{t}/instances/{{id}}/modules/{{module_id}}"),
             axum::routing::delete(instance_modules::remove),
+        )
+        .route(
+            &format!("{t}/instances/{{id}}/action"),
+            axum::routing::post(actions::action),
+        )
+        .route(
+            &format!("{t}/instances/{{id}}/databases"),
+            get(databases::index).post(databases::create),
+        )
+        .route(
+            &format!("{t}/instances/{{id}}/databases/{{name}}"),
+            axum::routing::delete(databases::delete),
+        )
+        .route(
+            &format!("{t}/instances/{{id}}/users"),
+            get(users::index).post(users::create),
+        )
+        .route(
+            &format!("{t}/instances/{{id}}/users/{{name}}"),
+            axum::routing::delete(users::delete),
+        )
+        .route(
+            &format!("{t}/instances/{{id}}/root"),
+            get(root::show).post(root::create),
         )
         .route(
             &format!("{t}/clusters"),

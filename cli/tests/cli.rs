@@ -580,3 +580,158 @@ fn service_root_and_project_build_the_base_url() {
     );
     assert!(!request.headers.contains_key("x-auth-token"));
 }
+
+const INSTANCE_ID: &str = "5a1a0b3e-7b4c-4a43-9a5e-0a6f0f1c2d3e";
+
+/// Answers an instance lookup by id, pages of databases and users, root and the restart action.
+fn data_plane_routes(r: &Recorded) -> (u16, String) {
+    let inst = format!("/v1.0/t1/instances/{INSTANCE_ID}");
+    let path = r.path.as_str();
+    match (r.method.as_str(), path) {
+        ("GET", p) if p == inst => (
+            200,
+            json!({"instance": {"id": INSTANCE_ID, "name": "inst1"}}).to_string(),
+        ),
+        ("GET", p) if p == format!("{inst}/databases") => (
+            200,
+            json!({"databases": [{"name": "db2"}],
+                   "links": [{"rel": "next", "href": format!("https://x{inst}/databases?marker=db2")}]})
+            .to_string(),
+        ),
+        ("GET", p) if p == format!("{inst}/databases?marker=db2") => {
+            (200, json!({"databases": [{"name": "db1"}]}).to_string())
+        }
+        ("GET", p) if p == format!("{inst}/users") => (
+            200,
+            json!({"users": [{"name": "bob", "host": "%",
+                              "databases": [{"name": "db1"}, {"name": "db2"}]},
+                             {"name": "amy", "host": "10.0.0.1", "databases": []}]})
+            .to_string(),
+        ),
+        ("POST", p) if p == format!("{inst}/root") => (
+            200,
+            json!({"user": {"name": "root", "password": "pw123"}}).to_string(),
+        ),
+        ("GET", p) if p == format!("{inst}/root") => {
+            (200, json!({"rootEnabled": false}).to_string())
+        }
+        ("POST" | "DELETE", _) => (202, String::new()),
+        _ => not_found("The resource could not be found."),
+    }
+}
+
+#[test]
+fn database_user_and_root_commands_print_troveclient_tables() {
+    let fake = Fake::start(data_plane_routes);
+    let (code, out, err) = fake.run(&["database-list", INSTANCE_ID]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        "+------+\n| Name |\n+------+\n| db1  |\n| db2  |\n+------+\n"
+    );
+
+    let (code, out, _) = fake.run(&["user-list", INSTANCE_ID]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "+------+----------+-----------+\n\
+         | Name | Host     | Databases |\n\
+         +------+----------+-----------+\n\
+         | amy  | 10.0.0.1 |           |\n\
+         | bob  | %        | db1, db2  |\n\
+         +------+----------+-----------+\n"
+    );
+
+    let (code, out, _) = fake.run(&["root-enable", INSTANCE_ID]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "+----------+-------+\n\
+         | Property | Value |\n\
+         +----------+-------+\n\
+         | name     | root  |\n\
+         | password | pw123 |\n\
+         +----------+-------+\n"
+    );
+    let (code, out, _) = fake.run(&["root-show", INSTANCE_ID]);
+    assert_eq!(code, 0);
+    assert!(out.contains("| is_root_enabled | False |"), "{out}");
+
+    let (code, _, _) = fake.run(&["root-enable", INSTANCE_ID, "--root_password", "s3cret"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = fake.run(&[
+        "database-create",
+        INSTANCE_ID,
+        "db3",
+        "--character_set",
+        "utf8mb4",
+    ]);
+    assert_eq!(code, 0);
+    let (code, _, _) = fake.run(&[
+        "user-create",
+        INSTANCE_ID,
+        "carl",
+        "pw1",
+        "--host",
+        "10.0.0.2",
+        "--databases",
+        "db1",
+        "db3",
+    ]);
+    assert_eq!(code, 0);
+    let (code, _, _) = fake.run(&["user-delete", INSTANCE_ID, "carl", "--host", "10.0.0.2"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = fake.run(&["database-delete", INSTANCE_ID, "db3"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = fake.run(&["restart", INSTANCE_ID]);
+    assert_eq!(code, 0);
+
+    let writes: Vec<Recorded> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    let inst = format!("/v1.0/t1/instances/{INSTANCE_ID}");
+    let calls: Vec<String> = writes
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            format!("POST {inst}/root"),
+            format!("POST {inst}/root"),
+            format!("POST {inst}/databases"),
+            format!("POST {inst}/users"),
+            format!("DELETE {inst}/users/carl%4010%2e0%2e0%2e2"),
+            format!("DELETE {inst}/databases/db3"),
+            format!("POST {inst}/action"),
+        ]
+    );
+    assert_eq!(
+        writes[0].body, "",
+        "root-enable without a password sends no body"
+    );
+    assert_eq!(writes[1].json(), json!({"password": "s3cret"}));
+    assert_eq!(
+        writes[2].json(),
+        json!({"databases": [{"name": "db3", "character_set": "utf8mb4"}]})
+    );
+    assert_eq!(
+        writes[3].json(),
+        json!({"users": [{"name": "carl", "password": "pw1", "host": "10.0.0.2",
+                          "databases": [{"name": "db1"}, {"name": "db3"}]}]})
+    );
+    assert_eq!(writes[6].json(), json!({"restart": {}}));
+}
+
+#[test]
+fn data_plane_commands_name_a_missing_instance_or_cluster() {
+    let fake = Fake::start(|_| not_found("The resource could not be found."));
+    let (code, _, err) = fake.run(&["database-list", "nope"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("No instance or cluster with a name or ID of 'nope' exists."),
+        "{err}"
+    );
+}

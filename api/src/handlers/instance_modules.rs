@@ -11,9 +11,8 @@ use serde_json::{json, Map, Value};
 use trove_common::db::models::{InstanceModule, Module};
 use trove_common::module::check_datastore;
 use trove_common::rpc::guest::ModuleEntry;
-use trove_common::rpc::{keys, to_method_args};
 
-use super::{guest_error, load_instance, ok_empty};
+use super::{call_guest, load_instance, ok_empty};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Context, JsonBody};
@@ -22,30 +21,6 @@ use crate::service::catalog::Catalog;
 use crate::service::instances::payloads;
 use crate::validate::Checker;
 use crate::views::modules::payload;
-
-/// Calls `method` on the instance's guest with its key and the high timeout.
-async fn call_guest(
-    st: &AppState,
-    ctx: &Context,
-    instance_id: &str,
-    encrypted_key: Option<&str>,
-    msg: &trove_common::rpc::guest::GuestMsg,
-) -> ApiResult<Value> {
-    let keys = keys::guest_keyring(&st.settings, encrypted_key)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("instance {instance_id} key: {e}")))?;
-    let (method, args) = to_method_args(msg);
-    st.rpc
-        .call(
-            &st.broker.names().guest(instance_id),
-            &method,
-            args,
-            &ctx.rpc(),
-            keys.as_ref(),
-            st.settings.high_timeout(),
-        )
-        .await
-        .map_err(guest_error)
-}
 
 /// `GET /instances/{id}/modules`: what the guest reports (module-query, module-retrieve).
 pub async fn query(

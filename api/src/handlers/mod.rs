@@ -1,10 +1,14 @@
 //! HTTP handlers: extract, call a service function inside `Db::run`, map to a view. No SQL here.
 
+pub mod actions;
 pub mod clusters;
+pub mod databases;
 pub mod datastores;
 pub mod instance_modules;
 pub mod instances;
 pub mod modules;
+pub mod root;
+pub mod users;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -111,9 +115,38 @@ pub async fn load_instance(state: &AppState, ctx: &Context, id: &str) -> ApiResu
         .await
 }
 
-/// Maps a failed guest call to Trove's GuestError / GuestTimeout texts.
+/// Calls `msg` on the instance's guest with its key and the high timeout; failures are mapped by
+/// [`guest_error`].
+pub async fn call_guest(
+    st: &AppState,
+    ctx: &Context,
+    instance_id: &str,
+    encrypted_key: Option<&str>,
+    msg: &trove_common::rpc::guest::GuestMsg,
+) -> ApiResult<Value> {
+    let keys = trove_common::rpc::keys::guest_keyring(&st.settings, encrypted_key)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("instance {instance_id} key: {e}")))?;
+    let (method, args) = trove_common::rpc::to_method_args(msg);
+    st.rpc
+        .call(
+            &st.broker.names().guest(instance_id),
+            &method,
+            args,
+            &ctx.rpc(),
+            keys.as_ref(),
+            st.settings.high_timeout(),
+        )
+        .await
+        .map_err(guest_error)
+}
+
+/// Maps a failed guest call to Trove's GuestError / GuestTimeout texts; an operation the
+/// datastore lacks (the guest's `DatastoreOperationNotSupported`) is Trove's 501 with its text.
 pub fn guest_error(e: AmqpError) -> ApiError {
     match e {
+        AmqpError::Remote(r) if r.class == "DatastoreOperationNotSupported" => {
+            ApiError::NotImplemented(r.message)
+        }
         AmqpError::CallTimeout { .. } => {
             ApiError::bad("Timeout trying to connect to the Guest Agent.")
         }

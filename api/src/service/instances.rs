@@ -133,6 +133,9 @@ pub fn insert_instance(
         slave_of_id: None,
         deleted: false,
         deleted_at: None,
+        compute_host: None,
+        address: None,
+        port: None,
     };
     Instance::insert(conn, &instance)?;
     for m in mods {

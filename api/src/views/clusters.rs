@@ -19,6 +19,9 @@ pub fn view(
     expiry: u64,
 ) -> Map<String, Value> {
     let task = ClusterTask::from_code(c.task_id);
+    // Trove (`ClusterView._build_instances`): with the servers loaded (show), each member has its
+    // `ip`, and the cluster lists the ips of its `member`-type instances.
+    let mut cluster_ips: Vec<String> = Vec::new();
     let instances: Vec<Value> = members
         .iter()
         .map(|d| {
@@ -30,6 +33,16 @@ pub fn view(
                 m["flavor"] = json!({"id": i.flavor_id, "links": links(base, &i.tenant_id, "flavors", &i.flavor_id)});
                 if let Some(s) = i.volume_size {
                     m["volume"] = json!({"size": s});
+                }
+                let ips = super::instances::ips(i);
+                if !ips.is_empty() {
+                    if i.instance_type.as_deref().unwrap_or("member") == "member" {
+                        cluster_ips.extend(ips.iter().cloned());
+                    }
+                    m["ip"] = json!(ips);
+                    if let Some(addresses) = super::instances::addresses(i) {
+                        m["addresses"] = addresses;
+                    }
                 }
             }
             m
@@ -47,5 +60,8 @@ pub fn view(
     o.insert("links".into(), links(base, &c.tenant_id, "clusters", &c.id));
     o.insert("datastore".into(), json!({"type": ds, "version": ver}));
     o.insert("instances".into(), Value::Array(instances));
+    if !cluster_ips.is_empty() {
+        o.insert("ip".into(), json!(cluster_ips));
+    }
     o
 }

@@ -3,6 +3,7 @@
 use serde_json::{json, Map, Value};
 use trove_common::api_time;
 use trove_common::db::models::instance::InstanceDetail;
+use trove_common::db::models::Instance;
 use trove_common::status::{api_status, StatusInputs};
 
 use super::links;
@@ -53,10 +54,32 @@ pub fn list_item(
     if let Some(h) = &i.hostname {
         o.insert("hostname".into(), json!(h));
     }
+    if let Some(addresses) = addresses(i) {
+        o.insert("ip".into(), json!(ips(i)));
+        o.insert("addresses".into(), addresses);
+    }
     if is_admin {
         o.insert("tenant_id".into(), json!(i.tenant_id));
     }
     o
+}
+
+/// The addresses a user connects to, as Trove's `ip` (the addresses alone, which python-troveclient
+/// joins for `trove show`): empty until the instance's server has an address.
+pub fn ips(i: &Instance) -> Vec<String> {
+    i.address.iter().cloned().collect()
+}
+
+/// Trove's `addresses` (`[{"address": .., "type": "private"}]`), with the database server's `port`
+/// in each entry: our instances share their host, so the address alone does not say where to
+/// connect. None until the instance has an address.
+pub fn addresses(i: &Instance) -> Option<Value> {
+    let address = i.address.as_ref()?;
+    let mut entry = json!({"address": address, "type": "private"});
+    if let Some(port) = i.port {
+        entry["port"] = json!(port);
+    }
+    Some(json!([entry]))
 }
 
 /// The detail view.

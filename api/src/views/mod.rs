@@ -1,6 +1,7 @@
 //! Response bodies, shaped like Trove's `views.py` modules.
 
 pub mod clusters;
+pub mod databases;
 pub mod datastores;
 pub mod instances;
 pub mod modules;

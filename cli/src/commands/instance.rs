@@ -1,4 +1,4 @@
-//! Instance commands: `create`, `list`, `show`, `delete`.
+//! Instance commands: `create`, `list`, `show`, `delete`, `restart`.
 
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -425,6 +425,20 @@ pub fn delete(ctx: &mut Context<'_>, args: DeleteArgs) -> anyhow::Result<()> {
             Ok(())
         },
     )
+}
+
+/// `trove restart <instance>`: `POST /instances/<id>/action` with `{"restart": {}}`.
+pub fn restart(ctx: &mut Context<'_>, args: ShowArgs) -> anyhow::Result<()> {
+    let instance = find(&ctx.client, &INSTANCE, &args.instance)?;
+    let id = instance
+        .get("id")
+        .map(Json::py_str)
+        .ok_or_else(|| anyhow!("Invalid response: the instance has no id"))?;
+    ctx.client.post(
+        &format!("/instances/{}/action", segment(&id)),
+        &json!({"restart": {}}),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

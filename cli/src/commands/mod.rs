@@ -5,6 +5,7 @@
 //! [`dispatch`] is the one `match` that routes a parsed [`Command`] to it.
 
 pub mod cluster;
+pub mod database;
 pub mod datastore;
 pub mod flavor;
 pub mod instance;
@@ -117,6 +118,8 @@ pub enum Command {
     Show(instance::ShowArgs),
     /// Delete specified instance(s).
     Delete(instance::DeleteArgs),
+    /// Restarts an instance.
+    Restart(instance::ShowArgs),
     /// Creates a new cluster.
     ClusterCreate(cluster::CreateArgs),
     /// Lists all the clusters.
@@ -129,6 +132,22 @@ pub enum Command {
     ClusterDelete(cluster::DeleteArgs),
     /// Lists all modules for each instance of a cluster.
     ClusterModules(cluster::ClusterArg),
+    /// Creates a database on an instance.
+    DatabaseCreate(database::DatabaseCreateArgs),
+    /// Lists available databases on an instance.
+    DatabaseList(database::InstanceArg),
+    /// Deletes a database from an instance.
+    DatabaseDelete(database::DatabaseDeleteArgs),
+    /// Creates a user on an instance.
+    UserCreate(database::UserCreateArgs),
+    /// Lists the users for an instance.
+    UserList(database::InstanceArg),
+    /// Deletes a user from an instance.
+    UserDelete(database::UserDeleteArgs),
+    /// Enables root for an instance and resets if already exists.
+    RootEnable(database::RootEnableArgs),
+    /// Gets status if root was ever enabled for an instance or cluster.
+    RootShow(database::RootShowArgs),
     /// Lists available datastores.
     DatastoreList,
     /// Shows details of a datastore.
@@ -240,6 +259,15 @@ pub fn dispatch(ctx: &mut Context<'_>, command: Command) -> anyhow::Result<()> {
         Command::List(args) => instance::list(ctx, args),
         Command::Show(args) => instance::show(ctx, args),
         Command::Delete(args) => instance::delete(ctx, args),
+        Command::Restart(args) => instance::restart(ctx, args),
+        Command::DatabaseCreate(args) => database::database_create(ctx, args),
+        Command::DatabaseList(args) => database::database_list(ctx, args),
+        Command::DatabaseDelete(args) => database::database_delete(ctx, args),
+        Command::UserCreate(args) => database::user_create(ctx, args),
+        Command::UserList(args) => database::user_list(ctx, args),
+        Command::UserDelete(args) => database::user_delete(ctx, args),
+        Command::RootEnable(args) => database::root_enable(ctx, args),
+        Command::RootShow(args) => database::root_show(ctx, args),
         Command::ClusterCreate(args) => cluster::create(ctx, args),
         Command::ClusterList(args) => cluster::list(ctx, args),
         Command::ClusterShow(args) => cluster::show(ctx, args),
