@@ -2,11 +2,13 @@
 
 mod binaries;
 mod counts;
+mod databases;
 mod instance_modules;
 mod isolation;
 mod keystone;
 mod modules_api;
 mod modules_at_rest;
+mod real_databases;
 mod reapply;
 mod resilience;
 mod walkthrough;

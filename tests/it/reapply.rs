@@ -191,6 +191,67 @@ fn count(conn: &mut PgConnection, sql: &str) -> i64 {
         .expect("a count")
 }
 
+/// A `compute_host` no taskmanager of these tests runs as.
+const DOWN_HOST: &str = "a-host-that-is-down";
+
+/// Records the instance as living on `host` (its `compute_host`) and returns the host it was on. A
+/// taskmanager starts again only the dead guests of its own host (`[DEFAULT] host`), so a guest
+/// SIGKILLed while its instance is on [`DOWN_HOST`] stays down, as the guest of a host that is down
+/// does: its queue stays, and casts to it are accepted and never answered. Moved back, the
+/// taskmanager finds the guest dead and starts a new one. (Its relaunch reads the instance again
+/// before starting anything, so a reconciler pass already under way when the instance moves does not
+/// start the guest either.)
+fn move_to_host(conn: &mut PgConnection, id: &str, host: Option<&str>) -> Option<String> {
+    use diesel::{ExpressionMethods as _, QueryDsl as _};
+    use trove_common::db::schema::instances;
+    let was: Option<String> = instances::table
+        .find(id)
+        .select(instances::compute_host)
+        .first(conn)
+        .expect("the instance's host");
+    let moved = diesel::update(instances::table.find(id))
+        .set(instances::compute_host.eq(host))
+        .execute(conn)
+        .expect("moving the instance");
+    assert_eq!(moved, 1, "{id} moved to {host:?}");
+    was
+}
+
+/// Asserts that nothing started the guest of `id` again since `killed` was SIGKILLed: `guest.pid`
+/// still names the dead pid (a launch rewrites it), and no process of the instance's `guest.conf`
+/// runs.
+fn assert_still_down(state_path: &Path, id: &str, killed: u32) {
+    assert_eq!(
+        trove_tests::guest_pid(state_path, id),
+        Some(killed),
+        "{id}: a guest was started again"
+    );
+    assert!(!trove_tests::process_alive(killed), "{id}: {killed} runs");
+    let conf = state_path.join(id).join("guest.conf");
+    let running: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| trove_taskmanager::compute::process::is_guest_process(*pid, &conf))
+        .collect();
+    assert_eq!(
+        running,
+        Vec::<u32>::new(),
+        "{id}: guests of its guest.conf run"
+    );
+}
+
+/// Waits until the guest of `id` is a live process other than `killed` (the taskmanager started a new
+/// one); returns its pid.
+async fn wait_new_guest(state_path: &Path, id: &str, killed: u32, timeout: Duration) -> u32 {
+    trove_tests::eventually(timeout, &format!("a new guest for {id}"), || async {
+        trove_tests::guest_pid(state_path, id)
+            .filter(|pid| *pid != killed && trove_tests::process_alive(*pid))
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls until every instance in `ids` is ACTIVE; fails fast on an error status.
 async fn wait_active(api: &Api, ids: &[String], timeout: Duration) {
     trove_tests::eventually(timeout, "every instance ACTIVE", || async {
@@ -518,10 +579,16 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
     )
     .await;
 
-    // SIGKILL two guests (their queues stay: casts to them are accepted and never answered).
+    // Two guests go down with their host: their instances move to a host that is down (so this
+    // host's taskmanager does not start their guests again), then their guests are SIGKILLed (their
+    // queues stay: casts to them are accepted and never answered).
     let down: BTreeSet<String> = [ids[1].clone(), ids[4].clone()].into();
+    let mut conn = env.db.conn();
+    let mut killed = BTreeMap::new();
     for id in &down {
-        trove_tests::sigkill_guest(env.state_dir.path(), id).await;
+        move_to_host(&mut conn, id, Some(DOWN_HOST));
+        let pid = trove_tests::sigkill_guest(env.state_dir.path(), id).await;
+        killed.insert(id.clone(), pid);
     }
     let built = t0.elapsed();
 
@@ -544,6 +611,10 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
         )
         .await;
     let reapply_time = t_reapply.elapsed();
+    // They were down throughout the job.
+    for (id, pid) in &killed {
+        assert_still_down(env.state_dir.path(), id, *pid);
+    }
     // Not a terminal: no progress bar, one summary line on stdout.
     let summary =
         Regex::new(r"^Reapply [0-9a-f-]{36}: finished, 4 applied, 0 skipped, 2 failed of 6\n$")
@@ -578,7 +649,6 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
     assert!(out.stdout.contains(job["id"].as_str().unwrap()));
 
     // The failed items are exactly the dead guests, failed by the timeout.
-    let mut conn = env.db.conn();
     let failed: BTreeSet<String> = strings(
         &mut conn,
         &format!(
@@ -877,9 +947,11 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
     )
     .await;
 
-    // Stop one guest: its queue stays and takes the cast, which is then dropped from the queue.
+    // Stop one guest, on a host that is down so that no taskmanager starts it again yet: its queue
+    // stays and takes the cast, which is then dropped from the queue.
     let victim = ids[1].clone();
-    trove_tests::sigkill_guest(env.state_dir.path(), &victim).await;
+    let home = move_to_host(&mut env.db.conn(), &victim, Some(DOWN_HOST));
+    let killed = trove_tests::sigkill_guest(env.state_dir.path(), &victim).await;
 
     api.update_module(&module, "Lost.V2").await;
     ok(&env
@@ -914,8 +986,17 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
         .await
         .unwrap();
     assert_eq!(purged, 1, "the victim's queue held its cast");
-    // Bring the guest back, as its init system would, with nothing in its queue.
-    let _guest = trove_tests::restart_guest(env.state_dir.path(), &victim);
+    assert_still_down(env.state_dir.path(), &victim, killed);
+    // Bring the guest back with nothing in its queue: its host is up again, and the taskmanager
+    // starts a new guest.
+    move_to_host(&mut env.db.conn(), &victim, home.as_deref());
+    wait_new_guest(
+        env.state_dir.path(),
+        &victim,
+        killed,
+        Duration::from_secs(30),
+    )
+    .await;
 
     env.eventually(Duration::from_secs(60), "the job finished", || async {
         let jobs = api.jobs(&module).await;

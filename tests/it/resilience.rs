@@ -13,7 +13,7 @@ use serde_json::{json, Map};
 use trove_common::amqp::{amqp_uri, Names};
 use trove_common::rpc::{encode_request, RpcContext, Security};
 use trove_tests::ok;
-use trove_tests::{property, restart_guest, sigkill_guest, transport_url, TestEnv};
+use trove_tests::{guest_pid, process_alive, property, sigkill_guest, transport_url, TestEnv};
 
 /// A 32-character project id (an ordinary member, not admin).
 const TENANT: &str = "c0ffee00e5f60718293a4b5c6d7e8f90";
@@ -49,11 +49,15 @@ fn epoch_now() -> f64 {
         .as_secs_f64()
 }
 
-/// A guest started by hand; killed and reaped on drop.
+/// A SIGKILLed guest stops heartbeating: the conductor marks its instance SHUTDOWN once the last
+/// heartbeat is older than the expiry, and the taskmanager starts a new guest, which brings it back to
+/// ACTIVE. The taskmanager starts a dead guest again within a reconciler pass, far sooner than the
+/// expiry, so it is stopped while the guest is dead (as a taskmanager being restarted is) for the
+/// SHUTDOWN phase to be seen; started again, it finds the guest dead and starts a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_guest_goes_shutdown_and_comes_back_active() {
     let started = Instant::now();
-    let env = TestEnv::start_with(|s| {
+    let mut env = TestEnv::start_with(|s| {
         s.default.agent_heartbeat_expiry = 3;
         s.default.agent_heartbeat_time = 1;
     })
@@ -64,8 +68,10 @@ async fn killed_guest_goes_shutdown_and_comes_back_active() {
     wait_status(&env, &victim, "ACTIVE", Duration::from_secs(30)).await;
     wait_status(&env, &bystander, "ACTIVE", Duration::from_secs(30)).await;
 
-    // SIGKILL: no goodbye, the heartbeats just stop.
-    sigkill_guest(env.state_dir.path(), &victim).await;
+    // SIGKILL: no goodbye, the heartbeats just stop. No taskmanager runs meanwhile, so nothing
+    // starts the guest again before the conductor notices.
+    env.stop_taskmanager().await;
+    let killed = sigkill_guest(env.state_dir.path(), &victim).await;
     let kill_time = Instant::now();
     wait_status(&env, &victim, "SHUTDOWN", Duration::from_secs(30)).await;
     let to_shutdown = kill_time.elapsed();
@@ -89,13 +95,49 @@ async fn killed_guest_goes_shutdown_and_comes_back_active() {
         "a heartbeating guest must stay ACTIVE"
     );
 
-    // Restart the guest as a guest image's init system would: the same binary and guest.conf.
-    let _guest = restart_guest(env.state_dir.path(), &victim);
+    // Nothing brought the guest back while the taskmanager was stopped.
+    assert_eq!(
+        guest_pid(env.state_dir.path(), &victim),
+        Some(killed),
+        "no other guest was started"
+    );
+    assert!(!process_alive(killed));
+
+    // The taskmanager, started again, finds the guest dead and starts a new one (the same binary and
+    // guest.conf, a new process), which brings the instance back.
+    env.start_taskmanager().await.unwrap();
     let restart_time = Instant::now();
+    let relaunched = env
+        .eventually(
+            Duration::from_secs(30),
+            "a new guest for the victim",
+            || async {
+                guest_pid(env.state_dir.path(), &victim)
+                    .filter(|pid| *pid != killed && process_alive(*pid))
+            },
+        )
+        .await
+        .unwrap();
+    let to_relaunch = restart_time.elapsed();
     wait_status(&env, &victim, "ACTIVE", Duration::from_secs(30)).await;
+    // The guest that brought it back is the taskmanager's, still the one running.
+    assert_eq!(guest_pid(env.state_dir.path(), &victim), Some(relaunched));
+    assert!(process_alive(relaunched), "the new guest {relaunched} runs");
+    let stored = env.query_strings(&format!(
+        "SELECT status_description AS v FROM service_statuses WHERE instance_id = '{victim}'"
+    ));
+    assert!(
+        matches!(stored[..], [ref s] if s == "running" || s == "healthy"),
+        "the new guest's report replaced the sweep's shutdown: {stored:?}"
+    );
+    assert_eq!(
+        status(&env, &bystander).await.as_deref(),
+        Some("ACTIVE"),
+        "the bystander stays ACTIVE throughout"
+    );
     eprintln!(
-        "resilience/killed guest: SHUTDOWN {to_shutdown:?} after SIGKILL, ACTIVE {:?} after restart, \
-         total {:?}",
+        "resilience/killed guest: SHUTDOWN {to_shutdown:?} after SIGKILL, new guest \
+         {to_relaunch:?} and ACTIVE {:?} after the taskmanager started, total {:?}",
         restart_time.elapsed(),
         started.elapsed()
     );

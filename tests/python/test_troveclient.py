@@ -85,6 +85,16 @@ CLUSTER = {
     "id": UUID, "name": str, "task": dict, "created": API_TIME, "updated": API_TIME,
     "links": LINKS, "datastore": dict, "instances": list,
 }
+# Once its server has an address: Trove's `ip` (strings) and `addresses` (dicts; ours add `port`).
+ADDRESSED = {"ip": list, "addresses": list}
+CLUSTER_BUILT = dict(CLUSTER, ip=list)
+
+
+def check_address(info, what):
+    """The address a client connects to: `ip` names the `addresses` entry, which has a port."""
+    entry = info["addresses"][0]
+    assert info["ip"] == [entry["address"]], f"{what}: {info}"
+    assert isinstance(entry["port"], int) and entry["port"] > 0, f"{what}: {info}"
 
 
 def wait(what, fn, timeout=120):
@@ -144,7 +154,9 @@ def main():
     assert isinstance(info["flavor"]["id"], str) and isinstance(info["volume"]["size"], int)
     step("instances.create")
     wait("pyinst ACTIVE", lambda: cs.instances.get(inst.id).status == "ACTIVE")
-    check(cs.instances.get(inst.id), INSTANCE_DETAIL_ADMIN, "instance-show")
+    shown = check(cs.instances.get(inst.id), dict(INSTANCE_DETAIL_ADMIN, **ADDRESSED),
+                  "instance-show")
+    check_address(shown, "instance-show")
     step("instances.get ACTIVE")
 
     # trove module-query pyinst
@@ -164,7 +176,7 @@ def main():
     step("modules.instances count_only")
     members = cs.modules.instances(mod)
     assert [m.id for m in members] == [inst.id]
-    check(members[0], INSTANCE_LIST_ITEM_ADMIN, "module-instances item")
+    check(members[0], dict(INSTANCE_LIST_ITEM_ADMIN, **ADDRESSED), "module-instances item")
     step("modules.instances")
 
     # trove module-update pymod --file ping2.dat
@@ -190,7 +202,8 @@ def main():
         return c if c.task["name"] == "NONE" and states == ["ACTIVE"] * 3 else None
 
     shown = wait("pyclust ready", cluster_ready)
-    check(shown, CLUSTER, "cluster-show")
+    info = check(shown, CLUSTER_BUILT, "cluster-show")
+    assert len(info["ip"]) == 3, info
     step("clusters.get")
 
     # trove module-apply <instance> pymod: the single instance gets V2
@@ -207,7 +220,8 @@ def main():
     wait("pyinst_2 ACTIVE", lambda: cs.instances.get(inst2.id).status == "ACTIVE")
     wait("pyinst_2 has the module", lambda: counts(True) == {(md5_2, True): 5}, timeout=60)
     for i in cs.instances.list():
-        check(i, INSTANCE_LIST_ITEM_ADMIN, "instance-list item")
+        check_address(check(i, dict(INSTANCE_LIST_ITEM_ADMIN, **ADDRESSED), "instance-list item"),
+                      "instance-list item")
     assert {i.id for i in cs.instances.list()} == {inst.id, inst2.id}
     assert len(cs.instances.list(include_clustered=True)) == 5
     step("instances.list")

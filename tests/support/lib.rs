@@ -153,6 +153,16 @@ impl Drop for TestDb {
     }
 }
 
+/// A block of 64 ports of its own for each test stack's instances: the tests of one binary run at the
+/// same time, each with its own database, so their allocators cannot see each other's ports.
+pub fn port_block() -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let block = (std::process::id().wrapping_mul(7).wrapping_add(n) % 140) as u16;
+    let start = 10000 + block * 64;
+    (start, start + 63)
+}
+
 /// Settings for a test: fast timers, its own prefix and state directory.
 pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
     let mut s = Settings::default();
@@ -176,6 +186,12 @@ pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
     s.amqp.queue_expires_ms = 5 * 60 * 1000;
     s.amqp.reconnect_delay = 0.2;
     s.api.outbox_poll_interval = 0.2;
+    // The guests' database servers: checked twice a second, a dead one started again after a second
+    // (long enough for a test to see the instance leave ACTIVE).
+    s.guest.health_check_interval = 0.5;
+    s.guest.server_restart_delay = 1.0;
+    s.guest.server_start_timeout = 60;
+    (s.compute.port_range_start, s.compute.port_range_end) = port_block();
     s.compute.state_path = state.to_path_buf();
     s.compute.guestagent_path = bin("trove-guestagent").to_string_lossy().into_owned();
     s
@@ -336,18 +352,10 @@ impl TestEnv {
         rows.into_iter().map(|r| r.v).collect()
     }
 
-    /// Kills every guest process this env's taskmanager started (reads their pid files).
+    /// Kills every guest process this env's taskmanager started and every process still running
+    /// under its state directory (the guests' datastore servers), and waits until they are gone.
     pub fn kill_guests(&self) {
-        if let Ok(entries) = std::fs::read_dir(self.state_dir.path()) {
-            for e in entries.flatten() {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("guest.pid")) {
-                    let _ = std::process::Command::new("kill")
-                        .arg("-9")
-                        .arg(pid.trim())
-                        .status();
-                }
-            }
-        }
+        kill_guests_under(self.state_dir.path());
     }
 }
 

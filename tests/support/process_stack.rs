@@ -135,12 +135,33 @@ impl Drop for Detached {
     }
 }
 
-/// Starts the guest of `instance_id` again, as a guest image's init system would: the same binary
-/// and `guest.conf`, its output appended to `guest-restart.log`. Rewrites `guest.pid`, so the harness
-/// (and a later delete) find it.
+/// Starts the guest of `instance_id` again by hand, as a guest image's init system would: the same
+/// binary and `guest.conf`, its output appended to `guest-restart.log`. Rewrites `guest.pid`, so the
+/// harness (and a later delete) find it.
+///
+/// A running taskmanager starts a dead guest of its host again by itself (its reconciler, within a
+/// pass), so a test that wants a guest back normally waits for that. Use this only while no
+/// taskmanager can do it (stopped, or the instance recorded on another host): two guests of one
+/// instance would consume its queue side by side. Panics when a guest of the instance already runs
+/// (any live process whose command line names its `guest.conf`, whatever `guest.pid` says).
 pub fn restart_guest(state_path: &Path, instance_id: &str) -> Detached {
     use std::os::unix::process::CommandExt as _;
     let state = state_path.join(instance_id);
+    let conf = state.join("guest.conf");
+    let running: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            process_alive(*pid)
+                && trove_taskmanager::compute::process::is_guest_process(*pid, &conf)
+        })
+        .collect();
+    assert!(
+        running.is_empty(),
+        "restart_guest({instance_id}): a guest of its guest.conf runs already: {running:?}"
+    );
     let log = File::options()
         .create(true)
         .append(true)
@@ -148,7 +169,7 @@ pub fn restart_guest(state_path: &Path, instance_id: &str) -> Detached {
         .expect("guest-restart.log");
     let child = Command::new(bin("trove-guestagent"))
         .arg("--config-file")
-        .arg(state.join("guest.conf"))
+        .arg(&conf)
         .current_dir(&state)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))
@@ -161,19 +182,39 @@ pub fn restart_guest(state_path: &Path, instance_id: &str) -> Detached {
     guest
 }
 
-/// Kills (SIGKILL) every guest whose pid file is under `state_path`.
+/// Kills (SIGKILL) every guest whose pid file is under `state_path`, then every process whose
+/// working directory is under it (the datastore servers: `redis-server`, `mariadbd`, which outlive a
+/// SIGKILLed guest), and waits (up to 10 s) until none is left. Guests go first so none of them
+/// starts a server again meanwhile.
 pub fn kill_guests_under(state_path: &Path) {
+    use nix::sys::signal::{kill, Signal};
     for e in fs::read_dir(state_path).into_iter().flatten().flatten() {
         if let Some(pid) = fs::read_to_string(e.path().join("guest.pid"))
             .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok())
+            .and_then(|p| p.trim().parse::<i32>().ok())
         {
-            let _ = Command::new("kill")
-                .arg("-9")
-                .arg(pid.to_string())
-                .stderr(Stdio::null())
-                .status();
+            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+    let left = trove_taskmanager::compute::process::kill_all_under_blocking(
+        state_path,
+        Duration::from_secs(10),
+    );
+    if left > 0 {
+        eprintln!(
+            "{left} process(es) still run under {} after SIGKILL",
+            state_path.display()
+        );
+    }
+}
+
+/// SIGTERM to `pid`; a process already gone is fine.
+fn terminate(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
 
@@ -212,6 +253,7 @@ impl ProcessStack {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let ports = crate::port_block();
         let conf = format!(
             "# Written by trove_tests::ProcessStack.\n\
              [DEFAULT]\n\
@@ -241,11 +283,20 @@ impl ProcessStack {
              \n\
              [compute]\n\
              state_path = {state}\n\
-             guestagent_path = {guest}\n",
+             guestagent_path = {guest}\n\
+             port_range_start = {port_start}\n\
+             port_range_end = {port_end}\n\
+             \n\
+             [guest]\n\
+             health_check_interval = 0.5\n\
+             server_restart_delay = 1\n\
+             server_start_timeout = 60\n",
             transport = transport_url(),
             db_url = db.url,
             state = state.display(),
             guest = bin("trove-guestagent").display(),
+            port_start = ports.0,
+            port_end = ports.1,
         );
         let main_conf = dir.path().join("trove.conf");
         fs::write(&main_conf, conf)?;
@@ -393,6 +444,47 @@ impl ProcessStack {
     pub fn restart_taskmanager(&mut self) -> anyhow::Result<()> {
         self.kill_taskmanager();
         self.spawn(TASKMANAGER)
+    }
+
+    /// Stops the whole stack as `scripts/stack down` does: api, taskmanager and conductor with
+    /// SIGTERM, then every guest with SIGTERM (each stops its database server on the way out), and
+    /// waits until all of them are gone.
+    pub async fn stop_all(&mut self) -> anyhow::Result<()> {
+        for (_, child) in &mut self.children {
+            terminate(child.id());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for (name, child) in &mut self.children {
+            while child.try_wait()?.is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("{name} did not stop within 30 s of SIGTERM");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.children.clear();
+        let state = self.state_path();
+        let pids: Vec<u32> = fs::read_dir(&state)?
+            .flatten()
+            .filter_map(|e| guest_pid(&state, &e.file_name().to_string_lossy()))
+            .filter(|pid| process_alive(*pid))
+            .collect();
+        for pid in &pids {
+            terminate(*pid);
+        }
+        eventually(Duration::from_secs(60), "every guest to stop", || async {
+            pids.iter().all(|p| !process_alive(*p)).then_some(())
+        })
+        .await
+    }
+
+    /// Starts api, taskmanager and conductor again (after [`ProcessStack::stop_all`]) and waits for
+    /// the api; the taskmanager starts every instance's guest again.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        for name in [API, TASKMANAGER, CONDUCTOR] {
+            self.spawn(name)?;
+        }
+        self.wait_api().await
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
