@@ -204,12 +204,7 @@ async fn dispatch(agent: &Arc<Agent>, req: &Request, msg: GuestMsg) -> HandlerRe
             limit,
             marker,
             include_marker,
-        } => {
-            let ds = datastore_of(agent)?;
-            Ok(ds
-                .list_databases(limit, marker.as_deref(), include_marker)
-                .await?)
-        }
+        } => handle_list(agent, Listing::Databases, limit, marker, include_marker).await,
         GuestMsg::DeleteDatabase { database } => {
             datastore_of(agent)?.delete_database(&database).await?;
             Ok(Value::Null)
@@ -219,12 +214,7 @@ async fn dispatch(agent: &Arc<Agent>, req: &Request, msg: GuestMsg) -> HandlerRe
             limit,
             marker,
             include_marker,
-        } => {
-            let ds = datastore_of(agent)?;
-            Ok(ds
-                .list_users(limit, marker.as_deref(), include_marker)
-                .await?)
-        }
+        } => handle_list(agent, Listing::Users, limit, marker, include_marker).await,
         GuestMsg::DeleteUser { user } => {
             datastore_of(agent)?.delete_user(&user).await?;
             Ok(Value::Null)
@@ -258,6 +248,29 @@ fn datastore_of(agent: &Agent) -> anyhow::Result<Arc<dyn datastore::Datastore>> 
         .datastore()
         .cloned()
         .map_err(|why| anyhow::anyhow!("{why}"))
+}
+
+/// What `list_databases` and `list_users` list.
+enum Listing {
+    Databases,
+    Users,
+}
+
+/// `list_databases` / `list_users` (call) → one page, `[items, next_marker]`.
+async fn handle_list(
+    agent: &Agent,
+    what: Listing,
+    limit: Option<i64>,
+    marker: Option<String>,
+    include_marker: bool,
+) -> HandlerResult {
+    let ds = datastore_of(agent)?;
+    let marker = marker.as_deref();
+    let page = match what {
+        Listing::Databases => ds.list_databases(limit, marker, include_marker).await?,
+        Listing::Users => ds.list_users(limit, marker, include_marker).await?,
+    };
+    Ok(page)
 }
 
 /// `create_database` (call): the databases are created before the reply.

@@ -545,6 +545,21 @@ fn redis_version_with_image(env: &TestEnv, version: &str, image: &Path) {
     .unwrap();
 }
 
+/// `trove create <name> 15 --size 1 --datastore redis --datastore_version <version>`.
+fn redis_version_args<'a>(name: &'a str, version: &'a str) -> [&'a str; 9] {
+    [
+        "create",
+        name,
+        "15",
+        "--size",
+        "1",
+        "--datastore",
+        "redis",
+        "--datastore_version",
+        version,
+    ]
+}
+
 /// Creates an instance and waits for ERROR; returns the instance view.
 async fn create_until_error(env: &TestEnv, args: &[&str]) -> Value {
     let base = env.base(ADMIN);
@@ -572,21 +587,7 @@ async fn a_build_that_cannot_finish_ends_in_error_with_a_clear_fault() {
     // The datastore version's server binary is missing.
     let empty = tempfile::tempdir().unwrap();
     redis_version_with_image(&env, "9.9-missing", empty.path());
-    let view = create_until_error(
-        &env,
-        &[
-            "create",
-            "nobinary",
-            "15",
-            "--size",
-            "1",
-            "--datastore",
-            "redis",
-            "--datastore_version",
-            "9.9-missing",
-        ],
-    )
-    .await;
+    let view = create_until_error(&env, &redis_version_args("nobinary", "9.9-missing")).await;
     let fault = &view["fault"];
     assert_eq!(
         fault["message"], "Failed to prepare the redis datastore.",
@@ -601,21 +602,7 @@ async fn a_build_that_cannot_finish_ends_in_error_with_a_clear_fault() {
     std::fs::write(&script, "#!/bin/sh\nexec sleep 600\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     redis_version_with_image(&env, "9.9-hangs", hanging.path());
-    let view = create_until_error(
-        &env,
-        &[
-            "create",
-            "hangs",
-            "15",
-            "--size",
-            "1",
-            "--datastore",
-            "redis",
-            "--datastore_version",
-            "9.9-hangs",
-        ],
-    )
-    .await;
+    let view = create_until_error(&env, &redis_version_args("hangs", "9.9-hangs")).await;
     let details = view["fault"]["details"].as_str().unwrap_or_default();
     assert!(details.contains("did not answer within 3 s"), "{view}");
 }

@@ -144,6 +144,56 @@ impl DatastoreConfig {
             self.bin_dir.display().to_string()
         }
     }
+
+    /// The first of `names` found where this instance's server binaries are.
+    pub fn binary(&self, names: &[&str]) -> Result<PathBuf, DatastoreError> {
+        server::find_binary(&self.bin_dir, names).ok_or_else(|| DatastoreError::BinaryMissing {
+            binary: names[0].into(),
+            place: self.bin_place(),
+        })
+    }
+
+    /// The configured port, or the datastore's standard one (as on a VM) when none is.
+    pub fn port_or(&self, standard: u16) -> u16 {
+        if self.port == 0 {
+            standard
+        } else {
+            self.port
+        }
+    }
+
+    /// `<state_dir>/<name>`, the server's unix socket.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+
+    /// [`DatastoreConfig::socket`], refused when the kernel could not bind it (too long a path).
+    pub fn checked_socket(&self, name: &str) -> Result<PathBuf, DatastoreError> {
+        let socket = self.socket(name);
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(DatastoreError::Server(format!(
+                "the socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter [compute] state_path",
+                socket.display()
+            )));
+        }
+        Ok(socket)
+    }
+
+    /// The supervised server: the first of `names` (or the first name, to fail at start when none is
+    /// installed), run in the data directory, with its pid and log under `datastore/`.
+    pub fn server(&self, names: &[&'static str], args: Vec<std::ffi::OsString>) -> Server {
+        let program = self
+            .binary(names)
+            .unwrap_or_else(|_| PathBuf::from(names[0]));
+        Server::new(server::ServerSpec {
+            name: names[0],
+            program,
+            args,
+            work_dir: self.data_dir(),
+            pid_file: self.record_path("server.pid"),
+            log_file: self.record_path("server.log"),
+        })
+    }
 }
 
 /// The passwords a guest keeps for its server, in `datastore/secrets.json` (0600).

@@ -27,10 +27,10 @@ use mysql_async::prelude::Queryable as _;
 use serde_json::{json, Value};
 use trove_common::rpc::guest::{DatabaseSpec, Prepare, UserSpec};
 
-use super::server::{find_binary, Server, ServerSpec};
+use super::server::Server;
 use super::{
     ensure_dir, generate_password, io_err, page, paginate, wait_until_answering, Datastore,
-    DatastoreConfig, DatastoreError, Secrets, MAX_SOCKET_PATH, STOP_GRACE,
+    DatastoreConfig, DatastoreError, Secrets, STOP_GRACE,
 };
 
 /// MySQL's standard port, for a guest given none.
@@ -53,6 +53,7 @@ pub const DEFAULT_CHARACTER_SET: &str = "utf8";
 pub const DEFAULT_COLLATE: &str = "utf8_general_ci";
 
 const SERVER_NAMES: &[&str] = &["mariadbd", "mysqld"];
+const SOCKET: &str = "mysqld.sock";
 const INSTALL_NAMES: &[&str] = &["mariadb-install-db", "mysql_install_db"];
 /// A query's budget for health checks and connects.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,19 +66,8 @@ pub struct Mysql {
 
 impl Mysql {
     pub fn new(cfg: DatastoreConfig) -> Self {
-        let program =
-            find_binary(&cfg.bin_dir, SERVER_NAMES).unwrap_or_else(|| PathBuf::from("mariadbd"));
-        let server = Server::new(ServerSpec {
-            name: "mariadbd",
-            program,
-            args: vec![OsString::from(format!(
-                "--defaults-file={}",
-                cfg.state_dir.join("my.cnf").display()
-            ))],
-            work_dir: cfg.data_dir(),
-            pid_file: cfg.record_path("server.pid"),
-            log_file: cfg.record_path("server.log"),
-        });
+        let defaults = format!("--defaults-file={}", cfg.state_dir.join("my.cnf").display());
+        let server = cfg.server(SERVER_NAMES, vec![OsString::from(defaults)]);
         Self {
             cfg,
             server,
@@ -86,15 +76,11 @@ impl Mysql {
     }
 
     fn port(&self) -> u16 {
-        if self.cfg.port == 0 {
-            DEFAULT_PORT
-        } else {
-            self.cfg.port
-        }
+        self.cfg.port_or(DEFAULT_PORT)
     }
 
     fn socket(&self) -> PathBuf {
-        self.cfg.state_dir.join("mysqld.sock")
+        self.cfg.socket(SOCKET)
     }
 
     fn init_file(&self) -> PathBuf {
@@ -102,10 +88,7 @@ impl Mysql {
     }
 
     fn binary(&self, names: &[&str]) -> Result<PathBuf, DatastoreError> {
-        find_binary(&self.cfg.bin_dir, names).ok_or_else(|| DatastoreError::BinaryMissing {
-            binary: names[0].into(),
-            place: self.cfg.bin_place(),
-        })
+        self.cfg.binary(names)
     }
 
     /// A kept connection as `os_admin` over the socket; forgotten on any error.
@@ -273,13 +256,7 @@ impl Mysql {
     }
 
     fn write_conf(&self) -> Result<(), DatastoreError> {
-        let socket = self.socket();
-        if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(DatastoreError::Server(format!(
-                "the socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter [compute] state_path",
-                socket.display()
-            )));
-        }
+        let socket = self.cfg.checked_socket(SOCKET)?;
         let conf = render_conf(
             &self.cfg.data_dir(),
             &self.cfg.bind_host,

@@ -20,7 +20,7 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConn
 use serde_json::{json, Value};
 use trove_common::rpc::guest::Prepare;
 
-use super::server::{find_binary, Server, ServerSpec};
+use super::server::Server;
 use super::{
     ensure_dir, generate_password, io_err, wait_until_answering, Datastore, DatastoreConfig,
     DatastoreError, Secrets, STOP_GRACE,
@@ -28,6 +28,8 @@ use super::{
 
 /// Redis's standard port, for a guest given none (as on a VM).
 pub const DEFAULT_PORT: u16 = 6379;
+const SERVER_NAMES: &[&str] = &["redis-server"];
+const SOCKET: &str = "redis.sock";
 /// Every hash slot of a Redis Cluster.
 pub const CLUSTER_SLOTS: u32 = 16384;
 /// A health check's budget.
@@ -41,16 +43,8 @@ pub struct Redis {
 
 impl Redis {
     pub fn new(cfg: DatastoreConfig) -> Self {
-        let program = find_binary(&cfg.bin_dir, &["redis-server"])
-            .unwrap_or_else(|| PathBuf::from("redis-server"));
-        let server = Server::new(ServerSpec {
-            name: "redis-server",
-            program,
-            args: vec![cfg.state_dir.join("redis.conf").into_os_string()],
-            work_dir: cfg.data_dir(),
-            pid_file: cfg.record_path("server.pid"),
-            log_file: cfg.record_path("server.log"),
-        });
+        let conf = cfg.state_dir.join("redis.conf").into_os_string();
+        let server = cfg.server(SERVER_NAMES, vec![conf]);
         Self {
             cfg,
             server,
@@ -59,29 +53,11 @@ impl Redis {
     }
 
     fn port(&self) -> u16 {
-        if self.cfg.port == 0 {
-            DEFAULT_PORT
-        } else {
-            self.cfg.port
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.cfg.state_dir.join("redis.sock")
+        self.cfg.port_or(DEFAULT_PORT)
     }
 
     fn conf_path(&self) -> PathBuf {
         self.cfg.state_dir.join("redis.conf")
-    }
-
-    fn check_binary(&self) -> Result<(), DatastoreError> {
-        if find_binary(&self.cfg.bin_dir, &["redis-server"]).is_none() {
-            return Err(DatastoreError::BinaryMissing {
-                binary: "redis-server".into(),
-                place: self.cfg.bin_place(),
-            });
-        }
-        Ok(())
     }
 
     /// A connection to the server, made on first use and kept; forgotten on any error.
@@ -97,7 +73,7 @@ impl Redis {
         }
         // The unix socket, not the TCP port: only this instance's own server listens on it, so a health
         // check can never be answered by another server that holds the port.
-        let info = ConnectionAddr::Unix(self.socket())
+        let info = ConnectionAddr::Unix(self.cfg.socket(SOCKET))
             .into_connection_info()
             .map_err(server_err)?
             .set_redis_settings(redis_info);
@@ -133,7 +109,7 @@ impl Redis {
 
     async fn start_server(&self) -> Result<(), DatastoreError> {
         if self.server.adopt().is_none() {
-            self.check_binary()?;
+            self.cfg.binary(SERVER_NAMES)?;
             ensure_dir(&self.cfg.data_dir())?;
             self.server
                 .spawn(&[])
@@ -257,21 +233,14 @@ impl Datastore for Redis {
 
     fn prepare<'a>(&'a self, args: &'a Prepare) -> BoxFuture<'a, Result<(), DatastoreError>> {
         Box::pin(async move {
-            self.check_binary()?;
+            self.cfg.binary(SERVER_NAMES)?;
             ensure_dir(&self.cfg.data_dir())?;
             let password = args.root_password.clone().filter(|p| !p.is_empty());
             let mut secrets = Secrets::load(&self.cfg)?;
             secrets.password = password.clone();
             secrets.save(&self.cfg)?;
             let cluster = args.cluster_config.as_ref().is_some_and(|c| !c.is_null());
-            let socket = self.socket();
-            if socket.as_os_str().len() > super::MAX_SOCKET_PATH {
-                return Err(DatastoreError::Server(format!(
-                    "the socket path {} is longer than {} bytes; use a shorter [compute] state_path",
-                    socket.display(),
-                    super::MAX_SOCKET_PATH
-                )));
-            }
+            let socket = self.cfg.checked_socket(SOCKET)?;
             let conf = render_conf(
                 &self.cfg.bind_host,
                 self.port(),
