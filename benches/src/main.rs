@@ -4,6 +4,8 @@
 //! - `trove-bench count`: `module-instance-count` latency at a million `instance_modules` rows.
 //! - `trove-bench reapply --mode real|fleet --n N`: fleet-wide reapply throughput, with real guest
 //!   processes or with one process hosting N guest agents.
+//! - `trove-bench create --datastore redis|mysql --n N --concurrency C [--density]`: create →
+//!   ACTIVE latency with real databases, memory per instance, and instances one host holds.
 //! - `trove-bench broker`: the broker alone (publish with confirms, consume), to tell its ceiling
 //!   from the control plane's costs.
 //!
@@ -17,6 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod broker_probe;
 mod count;
+mod create;
 mod fleet_host;
 mod probe;
 mod reapply;
@@ -37,6 +40,8 @@ struct Cli {
 enum Command {
     /// module-instance-count latency at a million instance_modules rows.
     Count(count::CountArgs),
+    /// Instance create → ACTIVE latency with real databases, and memory per instance.
+    Create(create::CreateArgs),
     /// Fleet-wide module reapply throughput.
     Reapply(reapply::ReapplyArgs),
     /// The broker alone: publish with confirms, then consume, over many queues.
@@ -63,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Count(args) => count::run(args).await,
+            Command::Create(args) => create::run(args).await,
             Command::Reapply(args) => reapply::run(args).await,
             Command::Broker(args) => broker_probe::run(args).await,
             Command::FleetHost(args) => fleet_host::run(args).await,

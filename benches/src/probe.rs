@@ -72,14 +72,16 @@ pub fn machine(conn: &mut PgConnection) -> Machine {
     }
 }
 
-fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
+/// The value of `key:` in a `/proc/meminfo`-style text (`/proc/<pid>/status`, `smaps_rollup`), kB.
+pub fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
 
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
+/// A command's stdout when it succeeds.
+pub fn command_output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     out.status
         .success()

@@ -147,9 +147,9 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
 }
 
 /// A service or fleet process this benchmark started.
-struct Proc {
-    name: String,
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
 }
 
 impl Proc {
@@ -159,7 +159,7 @@ impl Proc {
 }
 
 /// SIGTERM (kill(1): the workspace forbids `unsafe`), then SIGKILL after `grace`.
-async fn stop(procs: &mut [Proc], grace: Duration) {
+pub(crate) async fn stop(procs: &mut [Proc], grace: Duration) {
     let pids: Vec<String> = procs
         .iter()
         .filter_map(|p| p.child.id())
@@ -203,12 +203,12 @@ struct Count {
     n: i64,
 }
 
-fn count(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
+pub(crate) fn count(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
     Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
 }
 
 /// Polls `check` every `every` until it is true or `deadline` passes.
-async fn until(
+pub(crate) async fn until(
     what: &str,
     deadline: Duration,
     every: Duration,
@@ -227,15 +227,16 @@ async fn until(
 }
 
 /// The control plane under test and the handles to take it down.
-struct Stack {
-    db: TestDb,
-    conf: PathBuf,
-    state: PathBuf,
-    api: String,
-    services: Vec<Proc>,
-    http: reqwest::Client,
-    admin: String,
-    _work: tempfile::TempDir,
+pub(crate) struct Stack {
+    pub(crate) db: TestDb,
+    pub(crate) conf: PathBuf,
+    /// The guests' state directories (`<state>/<instance id>/`).
+    pub(crate) state: PathBuf,
+    pub(crate) api: String,
+    pub(crate) services: Vec<Proc>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) admin: String,
+    pub(crate) _work: tempfile::TempDir,
 }
 
 impl Stack {
@@ -243,7 +244,7 @@ impl Stack {
         format!("{}/v1.0/{}", self.api, self.admin)
     }
 
-    async fn request(
+    pub(crate) async fn request(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -272,7 +273,10 @@ impl Stack {
     }
 }
 
-async fn start_stack(args: &ReapplyArgs, state_root: Option<PathBuf>) -> anyhow::Result<Stack> {
+pub(crate) async fn start_stack(
+    args: &ReapplyArgs,
+    state_root: Option<PathBuf>,
+) -> anyhow::Result<Stack> {
     let db = TestDb::create()?;
     let work = tempfile::tempdir()?;
     let state = match state_root {

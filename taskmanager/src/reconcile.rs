@@ -21,6 +21,13 @@
 //!    for longer than `cluster_delete_time_out` (its delete message was lost or dead-lettered) is
 //!    deleted again.
 //!
+//! While an instance or a cluster is building, a cheap **build check** runs every
+//! [`BUILD_CHECK_INTERVAL`] between the full passes ([`next_tick`]): steps 1 and 2 only, from one
+//! indexed query of the building instances with their service statuses (`instances_building`), plus
+//! the building clusters when there are any. It does no relaunch scan, no `/proc` read and no delete
+//! safety net, so a build becomes ACTIVE within about 100 ms of its guest reporting, not up to
+//! `usage_sleep_time` later. A wake ([`Ctx::wake_reconciler`]) runs a build check at once.
+//!
 //! Each pass reads everything it needs in one short database call, then does its I/O without holding
 //! a connection. Slow guest calls (`cluster_complete`) and deletes run as tasks of their own so a pass
 //! stays short; the instance locks and a busy set keep them from starting twice.
@@ -31,12 +38,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::NaiveDateTime;
-use diesel::{Connection as _, OptionalExtension as _, PgConnection};
+use diesel::{
+    Connection as _, NullableExpressionMethods as _, OptionalExtension as _, PgConnection,
+    QueryDsl as _, RunQueryDsl as _, SelectableHelper as _,
+};
 use futures_util::future::join_all;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trove_common::db::models::instance::record_fault;
 use trove_common::db::models::{Cluster, DatastoreVersion, Instance, ServiceStatusRow};
+use trove_common::db::schema::{instances, service_statuses};
 use trove_common::db::{self, DbError};
 use trove_common::rpc::guest::GuestMsg;
 use trove_common::rpc::RpcContext;
@@ -51,6 +62,44 @@ pub const RELAUNCH_BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const RELAUNCH_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How many guests are started again at the same time (after a host reboot, every one of them is).
 pub const RELAUNCHES_IN_FLIGHT: usize = 32;
+
+/// How often the build check runs while something builds (the full pass stays at
+/// `usage_sleep_time`).
+pub const BUILD_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What the reconciler runs next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Everything: builds, clusters, guests kept running, safety nets.
+    Full,
+    /// Builds and clusters being built only.
+    Builds,
+}
+
+/// How long to sleep and what to run then, `since_full` after the last full pass began: a full pass
+/// every `period`; while something builds (`building`), a build check every
+/// [`BUILD_CHECK_INTERVAL`] in between. Pure.
+pub fn next_tick(since_full: Duration, period: Duration, building: bool) -> (Duration, Tick) {
+    let until_full = period.saturating_sub(since_full);
+    if building && until_full > BUILD_CHECK_INTERVAL {
+        (BUILD_CHECK_INTERVAL, Tick::Builds)
+    } else {
+        (until_full, Tick::Full)
+    }
+}
+
+/// What a pass or a build check saw still building.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct InProgress {
+    instances: bool,
+    clusters: bool,
+}
+
+impl InProgress {
+    fn any(self) -> bool {
+        self.instances || self.clusters
+    }
+}
 
 /// The wait after the `attempts`-th attempt to start a guest again: 1 s, 2 s, 4 s ... up to 60 s.
 /// Pure.
@@ -270,6 +319,11 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         .filter(|d| !d.is_zero())
         .unwrap_or(Duration::from_secs(5));
     let mut st = State::default();
+    let mut tick = Tick::Full;
+    let mut last_full = Instant::now();
+    let mut seen = InProgress::default();
+    // A wake may announce a cluster the last look did not see: the next build check loads clusters.
+    let mut woken = false;
     loop {
         while let Some(res) = st.tasks.try_join_next() {
             if let Err(e) = res {
@@ -278,16 +332,37 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                 }
             }
         }
-        if let Err(e) = pass(&ctx, &mut st).await {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "reconcile pass failed; trying again next tick"
-            );
+        match tick {
+            Tick::Full => {
+                last_full = Instant::now();
+                match pass(&ctx, &mut st).await {
+                    Ok(now) => seen = now,
+                    Err(e) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "reconcile pass failed; trying again next tick"
+                    ),
+                }
+            }
+            Tick::Builds => {
+                let clusters = seen.clusters || std::mem::take(&mut woken);
+                match check_builds(&ctx, &mut st, clusters).await {
+                    Ok(now) => seen = now,
+                    // The full pass reports the same failure at warn, once a period.
+                    Err(e) => tracing::debug!(error = format!("{e:#}"), "build check failed"),
+                }
+            }
         }
+        let (sleep, next) = next_tick(last_full.elapsed(), period, seen.any());
+        tick = next;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(period) => {}
-            _ = ctx.reconcile_now.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            _ = ctx.reconcile_now.notified() => {
+                woken = true;
+                if next_tick(last_full.elapsed(), period, true).1 == Tick::Builds {
+                    tick = Tick::Builds;
+                }
+            }
         }
     }
     st.tasks.shutdown().await;
@@ -356,7 +431,83 @@ fn load_snapshot(c: &mut PgConnection, host: &str) -> Result<Snapshot, DbError> 
     })
 }
 
-async fn pass(ctx: &Arc<Ctx>, st: &mut State) -> anyhow::Result<()> {
+/// The building instances with their service statuses, in one query on `instances_building`
+/// (`task_id` is a literal so the planner can match the index's predicate), and, when `clusters`,
+/// the clusters being built with their members.
+fn load_builds(
+    c: &mut PgConnection,
+    clusters: bool,
+) -> Result<(WithStatus, Vec<(Cluster, WithStatus)>), DbError> {
+    let building_task = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "instances.task_id = {}",
+        InstanceTask::Building.code()
+    ));
+    let building: Vec<(Instance, Option<i32>)> = instances::table
+        .left_join(service_statuses::table)
+        .filter(diesel::dsl::not(instances::deleted))
+        .filter(building_task)
+        .select((
+            Instance::as_select(),
+            service_statuses::status_id.nullable(),
+        ))
+        .load(c)?;
+    let building = building
+        .into_iter()
+        .map(|(i, s)| (i, s.and_then(ServiceStatus::from_code)))
+        .collect();
+    let mut in_progress = Vec::new();
+    if clusters {
+        for cl in Cluster::in_progress(c)? {
+            if cl.task_id != ClusterTask::Building.code() {
+                continue;
+            }
+            let members = Instance::cluster_members(c, &cl.id)?;
+            let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+            let statuses: HashMap<String, Option<ServiceStatus>> =
+                ServiceStatusRow::for_instances(c, &ids)?
+                    .into_iter()
+                    .map(|s| (s.instance_id.clone(), s.status()))
+                    .collect();
+            let members = members
+                .into_iter()
+                .map(|m| {
+                    let status = statuses.get(&m.id).copied().flatten();
+                    (m, status)
+                })
+                .collect();
+            in_progress.push((cl, members));
+        }
+    }
+    Ok((building, in_progress))
+}
+
+/// The build check between full passes: steps 1 and 2 of the module docs only. Returns what is
+/// still building (the clusters as seen when `clusters`, else none).
+async fn check_builds(
+    ctx: &Arc<Ctx>,
+    st: &mut State,
+    clusters: bool,
+) -> anyhow::Result<InProgress> {
+    let (building, clusters) = ctx
+        .db
+        .run(move |c| load_builds(c, clusters))
+        .await
+        .context("loading the builds in progress")?;
+    let now = db::now();
+    for (inst, status) in &building {
+        check_build(ctx, st, inst, *status, now).await?;
+    }
+    for (cluster, members) in &clusters {
+        check_cluster(ctx, st, cluster, members, now).await?;
+    }
+    Ok(InProgress {
+        instances: !building.is_empty(),
+        clusters: !clusters.is_empty(),
+    })
+}
+
+/// One full pass; returns what is still building.
+async fn pass(ctx: &Arc<Ctx>, st: &mut State) -> anyhow::Result<InProgress> {
     ctx.compute.maintain();
     ctx.locks.prune();
     let host = ctx.settings.default.host.clone();
@@ -393,7 +544,13 @@ async fn pass(ctx: &Arc<Ctx>, st: &mut State) -> anyhow::Result<()> {
     for inst in &snap.deleting {
         retry_stalled_delete(ctx, st, inst, now);
     }
-    Ok(())
+    Ok(InProgress {
+        instances: !snap.building.is_empty(),
+        clusters: snap
+            .clusters
+            .iter()
+            .any(|(cl, _)| cl.task_id == ClusterTask::Building.code()),
+    })
 }
 
 async fn check_build(
@@ -494,6 +651,13 @@ async fn relaunch(ctx: &Arc<Ctx>, id: &str, attempt: u32) -> anyhow::Result<()> 
     }
     let building = fresh.task_id == InstanceTask::Building.code();
     tracing::warn!(instance.id = %id, attempt, port = fresh.port, building, "guest is not running; starting it again");
+    if !building {
+        // Until the new guest reports, nothing says the server answers: not ACTIVE meanwhile.
+        let key = id.to_owned();
+        ctx.db
+            .run(move |c| ServiceStatusRow::mark_down_if_up(c, &key).map_err(DbError::from))
+            .await?;
+    }
     let key = match guest::instance_key(&ctx.settings, fresh.encrypted_key.as_deref()) {
         Ok(key) => key,
         Err(e) if building => {
@@ -914,33 +1078,18 @@ mod tests {
     fn instance(host: Option<&str>) -> Instance {
         let now = t0();
         Instance {
-            id: "i1".into(),
             created: now,
             updated: now,
             name: "n".into(),
-            hostname: None,
             compute_instance_id: Some("i1".into()),
             server_status: Some("ACTIVE".into()),
-            task_id: InstanceTask::None.code(),
             task_description: String::new(),
-            task_start_time: None,
-            volume_id: None,
-            volume_size: None,
-            flavor_id: "15".into(),
             tenant_id: "t".into(),
             datastore_version_id: "v".into(),
-            cluster_id: None,
-            shard_id: None,
-            instance_type: None,
-            region_id: "RegionOne".into(),
-            encrypted_key: None,
-            configuration_id: None,
-            slave_of_id: None,
-            deleted: false,
-            deleted_at: None,
             compute_host: host.map(Into::into),
             address: Some("127.0.0.1".into()),
             port: Some(10000),
+            ..trove_tests::instance_row("i1")
         }
     }
 
@@ -971,6 +1120,38 @@ mod tests {
         let mut deleted = instance(Some("h1"));
         deleted.deleted = true;
         assert!(!should_keep_running(&deleted, "h1"));
+    }
+
+    #[test]
+    fn builds_are_checked_every_100_ms_between_full_passes() {
+        let period = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        // Nothing building: sleep until the next full pass.
+        assert_eq!(
+            next_tick(Duration::ZERO, period, false),
+            (period, Tick::Full)
+        );
+        assert_eq!(next_tick(ms(4200), period, false), (ms(800), Tick::Full));
+        // Building: a build check every 100 ms until the full pass is due.
+        assert_eq!(
+            next_tick(Duration::ZERO, period, true),
+            (BUILD_CHECK_INTERVAL, Tick::Builds)
+        );
+        assert_eq!(
+            next_tick(ms(4850), period, true),
+            (BUILD_CHECK_INTERVAL, Tick::Builds)
+        );
+        assert_eq!(next_tick(ms(4950), period, true), (ms(50), Tick::Full));
+        // Overdue (a long pass): the full pass at once, building or not.
+        assert_eq!(
+            next_tick(ms(7000), period, true),
+            (Duration::ZERO, Tick::Full)
+        );
+        // A period shorter than the check interval: full passes only.
+        assert_eq!(
+            next_tick(Duration::ZERO, ms(50), true),
+            (ms(50), Tick::Full)
+        );
     }
 
     #[test]
