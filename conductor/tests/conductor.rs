@@ -14,7 +14,7 @@ use trove_common::db::models::{
     GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
 };
 use trove_common::db::schema::{instance_modules, reapply_job_items, service_statuses};
-use trove_common::db::{Db, DbError};
+use trove_common::db::DbError;
 use trove_common::rpc::conductor::{ConductorMsg, HeartbeatPayload};
 use trove_common::rpc::guest::ModuleResult;
 use trove_common::rpc::keys::seal_instance_key;
@@ -22,78 +22,17 @@ use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
 use trove_common::status::{InstanceTask, ServiceStatus};
 use trove_conductor::handlers::{self, HeartbeatOutcome, ModuleResultsOutcome};
 use trove_conductor::Dispatcher;
+use trove_tests::PooledTestDb;
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const INSTANCE_KEY: &str = "abcdefghijklmnopqrstuvwxyz012345";
 
-/// A database of its own, dropped on `Drop`.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    db: Db,
-}
-
-impl TestDb {
-    async fn new() -> Self {
-        trove_common::telemetry::init_for_test();
-        let admin_url = std::env::var("TROVE_TEST_ADMIN_DATABASE_URL")
-            .unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let (admin, db_name) = (admin_url.clone(), name.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
-                panic!(
-                    "cannot reach PostgreSQL at {admin}: {e}. Start it (scripts/stack.sh) or point \
-                     TROVE_TEST_ADMIN_DATABASE_URL at a server where user postgres may create databases"
-                )
-            });
-            diesel::sql_query(format!("CREATE DATABASE {db_name}")).execute(&mut conn).expect("CREATE DATABASE");
-        })
-        .await
-        .unwrap();
-        let (base, _) = admin_url
-            .rsplit_once('/')
-            .expect("the admin URL names a database");
-        let cfg = DatabaseSection {
-            pool_timeout: 10,
-            ..DatabaseSection::default()
-        };
-        // Built before migrating, so a failure from here on still drops the database.
-        let this = Self {
-            db: Db::from_url(&format!("{base}/{name}"), &cfg),
-            admin_url,
-            name,
-        };
-        this.db
-            .run(|conn| trove_migrations::run_pending(conn).map(drop))
-            .await
-            .expect("migrations");
-        this
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
-    ) -> T {
-        self.db
-            .run(move |conn| f(conn).map_err(DbError::from))
-            .await
-            .expect("test query")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        match PgConnection::establish(&self.admin_url) {
-            Ok(mut conn) => {
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-                if let Err(e) = diesel::sql_query(sql).execute(&mut conn) {
-                    eprintln!("could not drop test database {}: {e}", self.name);
-                }
-            }
-            Err(e) => eprintln!("could not drop test database {}: {e}", self.name),
-        }
-    }
+/// A migrated database of its own, dropped at the end (even when the test fails).
+async fn test_db() -> PooledTestDb {
+    let cfg = DatabaseSection {
+        pool_timeout: 10,
+        ..DatabaseSection::default()
+    };
+    PooledTestDb::new(&cfg).await
 }
 
 /// A datastore, a version, a module and a live instance (NEW) with an RPC key. Returns the instance id.
@@ -108,38 +47,13 @@ fn seed(conn: &mut PgConnection, settings: &Settings) -> QueryResult<String> {
          VALUES ('m1', 'mod1', 'ping', 'x', '0123456789abcdef0123456789abcdef', now(), now())",
     )
     .execute(conn)?;
-    let now = trove_common::db::now();
     let id = uuid::Uuid::new_v4().to_string();
     Instance::insert(
         conn,
         &Instance {
-            id: id.clone(),
-            created: now,
-            updated: now,
-            name: "inst".into(),
-            hostname: None,
-            compute_instance_id: None,
             server_status: Some("ACTIVE".into()),
-            task_id: InstanceTask::None.code(),
-            task_description: InstanceTask::None.description().into(),
-            task_start_time: None,
-            volume_id: None,
-            volume_size: None,
-            flavor_id: "15".into(),
-            tenant_id: "t1".into(),
-            datastore_version_id: "v1".into(),
-            cluster_id: None,
-            shard_id: None,
-            instance_type: None,
-            region_id: "RegionOne".into(),
             encrypted_key: seal_instance_key(settings, INSTANCE_KEY),
-            configuration_id: None,
-            slave_of_id: None,
-            deleted: false,
-            deleted_at: None,
-            compute_host: None,
-            address: None,
-            port: None,
+            ..trove_tests::instance_row(&id)
         },
     )?;
     Ok(id)
@@ -214,7 +128,7 @@ fn result(module_id: &str, status: &str, message: &str, updated: &str) -> Module
     }
 }
 
-async fn heartbeat(t: &TestDb, id: &str, description: &str, sent: f64) -> HeartbeatOutcome {
+async fn heartbeat(t: &PooledTestDb, id: &str, description: &str, sent: f64) -> HeartbeatOutcome {
     let payload = HeartbeatPayload {
         service_status: description.into(),
     };
@@ -225,7 +139,7 @@ async fn heartbeat(t: &TestDb, id: &str, description: &str, sent: f64) -> Heartb
 
 /// [`handlers::module_results`] in its own transaction, as the dispatcher applies one message.
 async fn module_results(
-    t: &TestDb,
+    t: &PooledTestDb,
     id: String,
     results: Vec<ModuleResult>,
     sent: f64,
@@ -252,7 +166,7 @@ fn fault_of(conn: &mut PgConnection, id: &str) -> QueryResult<Option<(String, St
 
 #[tokio::test]
 async fn notify_exc_info_records_the_fault_in_order_for_live_instances() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let settings = Settings::default();
     let id = t.run(move |c| seed(c, &settings)).await;
     let msg = |message: &str, exception: &str, sent: f64| ConductorMsg::NotifyExcInfo {
@@ -297,7 +211,7 @@ async fn notify_exc_info_records_the_fault_in_order_for_live_instances() {
 
 #[tokio::test]
 async fn heartbeats_apply_in_order_and_keep_restart_required() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let settings = Settings::default();
     let id = t.run(move |c| seed(c, &settings)).await;
 
@@ -379,7 +293,7 @@ async fn heartbeats_apply_in_order_and_keep_restart_required() {
 
 #[tokio::test]
 async fn module_results_are_stored_and_answer_job_items_once() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let settings = Settings::default();
     let id = t.run(move |c| seed(c, &settings)).await;
 
@@ -541,7 +455,7 @@ fn sealed_by(sealer: &str, key: &str, args: Map<String, Value>) -> Vec<u8> {
 
 #[tokio::test]
 async fn dispatcher_authenticates_guests() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let settings = Arc::new(Settings::default());
     let s = settings.clone();
     let id = t.run(move |c| seed(c, &s)).await;
@@ -635,7 +549,7 @@ where
 
 #[tokio::test]
 async fn run_serves_the_queue_dead_letters_garbage_and_stops_on_cancel() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let mut settings = Settings::default();
     settings.amqp.prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
     settings.amqp.queue_expires_ms = 120_000;
@@ -741,7 +655,7 @@ fn instance_with(
 #[tokio::test]
 async fn the_sweep_shuts_down_only_silent_running_guests() {
     use ServiceStatus::*;
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let settings = Settings::default();
     let template = t.run(move |c| seed(c, &settings)).await;
     // (task, status, seconds since the last heartbeat, deleted) → the status after one sweep.
@@ -814,7 +728,7 @@ async fn the_sweep_shuts_down_only_silent_running_guests() {
 /// order (a stale heartbeat after a newer one changes nothing).
 #[tokio::test]
 async fn a_batch_applies_in_order_and_isolates_a_failing_message() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let settings = Arc::new(Settings::default());
     let s = settings.clone();
     let id = t.run(move |c| seed(c, &s)).await;
@@ -1025,11 +939,7 @@ fn written(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
 async fn set_based_batches_match_one_by_one() {
     // One database per way of applying: one by one, a batch inside a transaction (savepoints), and
     // a batch on its own, as the dispatcher runs it (each statement commits by itself).
-    let (one, inside, alone) = (
-        TestDb::new().await,
-        TestDb::new().await,
-        TestDb::new().await,
-    );
+    let (one, inside, alone) = (test_db().await, test_db().await, test_db().await);
     let settings = Settings::default();
     for t in [&one, &inside, &alone] {
         let s = settings.clone();
@@ -1110,7 +1020,7 @@ async fn set_based_batches_match_one_by_one() {
 
 #[tokio::test]
 async fn a_failing_set_based_batch_falls_back_to_one_by_one() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let settings = Settings::default();
     t.run(move |c| {
         let template = seed(c, &settings)?;

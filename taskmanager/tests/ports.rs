@@ -6,143 +6,46 @@ use futures_util::future::join_all;
 use trove_common::config::DatabaseSection;
 use trove_common::db::models::instance::{record_fault, PortAllocation};
 use trove_common::db::models::Instance;
-use trove_common::db::{Db, DbError};
 use trove_common::status::InstanceTask;
+use trove_tests::PooledTestDb;
 
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// A database of its own, dropped on `Drop`.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    db: Db,
+/// A migrated database of its own (dropped at the end) with a redis datastore and its version `v1`.
+async fn test_db() -> PooledTestDb {
+    let cfg = DatabaseSection {
+        pool_timeout: 10,
+        max_pool_size: 24,
+        ..DatabaseSection::default()
+    };
+    let t = PooledTestDb::new(&cfg).await;
+    t.run(|conn| {
+        diesel::sql_query("INSERT INTO datastores (id, name) VALUES ('ds1', 'redis')")
+            .execute(conn)?;
+        diesel::sql_query(
+            "INSERT INTO datastore_versions (id, datastore_id, name, manager) \
+             VALUES ('v1', 'ds1', '7.0', 'redis')",
+        )
+        .execute(conn)
+        .map(drop)
+    })
+    .await;
+    t
 }
 
-impl TestDb {
-    async fn new() -> Self {
-        trove_common::telemetry::init_for_test();
-        let admin_url = std::env::var("TROVE_TEST_ADMIN_DATABASE_URL")
-            .unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let (admin, db_name) = (admin_url.clone(), name.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
-                panic!(
-                    "cannot reach PostgreSQL at {admin}: {e}. Start it (scripts/stack.sh) or point \
-                     TROVE_TEST_ADMIN_DATABASE_URL at a server where user postgres may create databases"
-                )
-            });
-            diesel::sql_query(format!("CREATE DATABASE {db_name}"))
-                .execute(&mut conn)
-                .expect("CREATE DATABASE");
-        })
-        .await
-        .unwrap();
-        let (base, _) = admin_url
-            .rsplit_once('/')
-            .expect("the admin URL names a database");
-        let cfg = DatabaseSection {
-            pool_timeout: 10,
-            max_pool_size: 24,
-            ..DatabaseSection::default()
-        };
-        let this = Self {
-            db: Db::from_url(&format!("{base}/{name}"), &cfg),
-            admin_url,
-            name,
-        };
-        this.run(|conn| {
-            trove_migrations::run_pending(conn)
-                .map(drop)
-                .map_err(|e| diesel::result::Error::QueryBuilderError(e.into()))
-        })
-        .await;
-        this.run(|conn| {
-            diesel::sql_query("INSERT INTO datastores (id, name) VALUES ('ds1', 'redis')")
-                .execute(conn)?;
-            diesel::sql_query(
-                "INSERT INTO datastore_versions (id, datastore_id, name, manager) \
-                 VALUES ('v1', 'ds1', '7.0', 'redis')",
-            )
-            .execute(conn)
-            .map(drop)
-        })
-        .await;
-        this
+/// Inserts a live instance on `host`, started (server id set) when `started`; returns its id.
+async fn insert_instance(t: &PooledTestDb, host: Option<&str>, started: bool) -> String {
+    let mut i = trove_tests::instance_row(&uuid::Uuid::new_v4().to_string());
+    i.compute_host = host.map(Into::into);
+    if started {
+        i.compute_instance_id = Some(i.id.clone());
+        i.server_status = Some("ACTIVE".into());
     }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut PgConnection) -> QueryResult<T> + Send + 'static,
-    ) -> T {
-        self.db
-            .run(move |conn| f(conn).map_err(DbError::from))
-            .await
-            .expect("test query")
-    }
-
-    /// Inserts a live instance, started (server id set) when `started`; returns its id.
-    async fn instance(&self, host: Option<&str>, started: bool) -> String {
-        let mut i = instance_row(host);
-        if started {
-            i.compute_instance_id = Some(i.id.clone());
-            i.server_status = Some("ACTIVE".into());
-        }
-        let id = i.id.clone();
-        self.run(move |c| Instance::insert(c, &i)).await;
-        id
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        match PgConnection::establish(&self.admin_url) {
-            Ok(mut conn) => {
-                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-                if let Err(e) = diesel::sql_query(sql).execute(&mut conn) {
-                    eprintln!("could not drop test database {}: {e}", self.name);
-                }
-            }
-            Err(e) => eprintln!("could not drop test database {}: {e}", self.name),
-        }
-    }
-}
-
-fn instance_row(host: Option<&str>) -> Instance {
-    let now = trove_common::db::now();
-    Instance {
-        id: uuid::Uuid::new_v4().to_string(),
-        created: now,
-        updated: now,
-        name: "inst".into(),
-        hostname: None,
-        compute_instance_id: None,
-        server_status: Some("BUILD".into()),
-        task_id: InstanceTask::None.code(),
-        task_description: InstanceTask::None.description().into(),
-        task_start_time: None,
-        volume_id: None,
-        volume_size: None,
-        flavor_id: "15".into(),
-        tenant_id: "t1".into(),
-        datastore_version_id: "v1".into(),
-        cluster_id: None,
-        shard_id: None,
-        instance_type: None,
-        region_id: "RegionOne".into(),
-        encrypted_key: None,
-        configuration_id: None,
-        slave_of_id: None,
-        deleted: false,
-        deleted_at: None,
-        compute_host: host.map(Into::into),
-        address: None,
-        port: None,
-    }
+    let id = i.id.clone();
+    t.run(move |c| Instance::insert(c, &i)).await;
+    id
 }
 
 async fn allocate(
-    t: &TestDb,
+    t: &PooledTestDb,
     id: &str,
     host: &str,
     range: std::ops::RangeInclusive<u16>,
@@ -162,10 +65,10 @@ async fn allocate(
 
 #[tokio::test]
 async fn concurrent_allocations_get_distinct_lowest_ports_until_the_range_is_full() {
-    let t = TestDb::new().await;
+    let t = test_db().await;
     let mut ids = Vec::new();
     for _ in 0..17 {
-        ids.push(t.instance(None, false).await);
+        ids.push(insert_instance(&t, None, false).await);
     }
     let results = join_all(
         ids.iter()
@@ -209,8 +112,8 @@ async fn concurrent_allocations_get_distinct_lowest_ports_until_the_range_is_ful
 
 #[tokio::test]
 async fn busy_ports_are_skipped_ports_are_kept_and_freed_by_a_delete() {
-    let t = TestDb::new().await;
-    let a = t.instance(None, false).await;
+    let t = test_db().await;
+    let a = insert_instance(&t, None, false).await;
     // Another program holds 20000: the lowest free port is 20001.
     assert_eq!(
         allocate(&t, &a, "h1", 20000..=20009, &[20000]).await,
@@ -222,18 +125,18 @@ async fn busy_ports_are_skipped_ports_are_kept_and_freed_by_a_delete() {
         PortAllocation::Kept(20001)
     );
     // Another host's instance on the same port does not count on this host.
-    let other = t.instance(Some("h2"), false).await;
+    let other = insert_instance(&t, Some("h2"), false).await;
     assert_eq!(
         allocate(&t, &other, "h2", 20001..=20009, &[]).await,
         PortAllocation::Allocated(20001)
     );
-    let b = t.instance(None, false).await;
+    let b = insert_instance(&t, None, false).await;
     assert_eq!(
         allocate(&t, &b, "h1", 20000..=20009, &[]).await,
         PortAllocation::Allocated(20000)
     );
     // Every port busy or taken: a clear refusal.
-    let c = t.instance(None, false).await;
+    let c = insert_instance(&t, None, false).await;
     assert_eq!(
         allocate(&t, &c, "h1", 20000..=20001, &[]).await,
         PortAllocation::NoFreePort
@@ -257,15 +160,15 @@ async fn busy_ports_are_skipped_ports_are_kept_and_freed_by_a_delete() {
 
 #[tokio::test]
 async fn the_reconciler_keeps_only_this_hosts_started_live_instances_running() {
-    let t = TestDb::new().await;
-    let mine = t.instance(Some("h1"), true).await;
-    let legacy = t.instance(None, true).await;
-    let _theirs = t.instance(Some("h2"), true).await;
-    let _never_started = t.instance(Some("h1"), false).await;
-    let errored = t.instance(Some("h1"), true).await;
-    let deleting = t.instance(Some("h1"), true).await;
-    let failed = t.instance(Some("h1"), true).await;
-    let gone = t.instance(Some("h1"), true).await;
+    let t = test_db().await;
+    let mine = insert_instance(&t, Some("h1"), true).await;
+    let legacy = insert_instance(&t, None, true).await;
+    let _theirs = insert_instance(&t, Some("h2"), true).await;
+    let _never_started = insert_instance(&t, Some("h1"), false).await;
+    let errored = insert_instance(&t, Some("h1"), true).await;
+    let deleting = insert_instance(&t, Some("h1"), true).await;
+    let failed = insert_instance(&t, Some("h1"), true).await;
+    let gone = insert_instance(&t, Some("h1"), true).await;
     t.run(move |c| {
         Instance::set_server(c, &errored, Some(&errored), "ERROR")?;
         Instance::set_task(c, &deleting, InstanceTask::Deleting)?;
@@ -287,8 +190,8 @@ async fn the_reconciler_keeps_only_this_hosts_started_live_instances_running() {
 
 #[tokio::test]
 async fn the_latest_fault_time_is_known() {
-    let t = TestDb::new().await;
-    let id = t.instance(Some("h1"), true).await;
+    let t = test_db().await;
+    let id = insert_instance(&t, Some("h1"), true).await;
     let key = id.clone();
     assert_eq!(t.run(move |c| Instance::fault_updated(c, &key)).await, None);
     let before = trove_common::db::now();

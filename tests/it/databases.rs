@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trove_tests::{ok, rows, CliOutput, TestEnv};
+use trove_tests::{http, instance_create, ok, prop, rows, wait_active, CliOutput, TestEnv};
 
 /// 32-character noauth project ids.
 const TENANT: &str = "tenant0e46e5f7840e39012aff46a913";
@@ -16,31 +16,6 @@ const TENANT: &str = "tenant0e46e5f7840e39012aff46a913";
 const MISSING: &str = "0a0a0a0a-0b0b-4c0c-8d0d-0e0e0e0e0e0e";
 /// How long a guest may take to build (a mysql guest initialises a MariaDB data directory).
 const BUILD: Duration = Duration::from_secs(120);
-
-/// An HTTP call as `token`; returns the status and the JSON body (null when empty).
-async fn http(
-    env: &TestEnv,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", env.base(token)))
-        .header("X-Auth-Token", token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    let value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    };
-    (status, value)
-}
 
 /// The `(status, message)` of a fault body.
 fn fault(status: u16, body: &Value) -> (u16, String) {
@@ -55,27 +30,38 @@ fn fault(status: u16, body: &Value) -> (u16, String) {
     )
 }
 
-/// `POST`s `body` to `path` and returns the fault.
-async fn post_fault(env: &TestEnv, path: &str, body: Value) -> (u16, String) {
-    let (s, b) = http(env, TENANT, reqwest::Method::POST, path, Some(body)).await;
+/// Calls `method` on `path` (as [`TENANT`]) and returns the fault.
+async fn call_fault(
+    env: &TestEnv,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
+    let (s, b) = http(env, TENANT, method, path, body).await;
     fault(s, &b)
 }
 
-/// `trove create <name> 15 --size 1 <extra>`; returns the instance id.
-async fn instance_create(env: &TestEnv, name: &str, extra: &[&str]) -> String {
-    let mut argv = vec!["create", name, "15", "--size", "1"];
-    argv.extend_from_slice(extra);
-    let out = env.trove(TENANT, &argv).await;
-    prop(ok(&out), "id")
+/// `POST`s `body` to `path` and returns the fault.
+async fn post_fault(env: &TestEnv, path: &str, body: Value) -> (u16, String) {
+    call_fault(env, reqwest::Method::POST, path, Some(body)).await
 }
 
-/// A property of a `print_dict` table.
-fn prop(out: &str, key: &str) -> String {
-    rows(out)
-        .into_iter()
-        .find(|r| r.first().map(String::as_str) == Some(key))
-        .and_then(|r| r.get(1).cloned())
-        .unwrap_or_else(|| panic!("no {key} in {out}"))
+/// Waits until the instance is ACTIVE again after a restart, its task back to NONE.
+async fn wait_restarted(env: &TestEnv, id: &str) {
+    env.eventually(
+        BUILD,
+        &format!("instance {id} ACTIVE after restart"),
+        || async {
+            let task: Vec<String> = env.query_strings(&format!(
+                "SELECT task_id::text AS v FROM instances WHERE id = '{id}'"
+            ));
+            let out = env.trove(TENANT, &["show", id]).await;
+            (task == ["1"] && out.status == 0 && prop(&out.stdout, "status") == "ACTIVE")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }
 
 fn failed(out: &CliOutput) -> &str {
@@ -111,19 +97,16 @@ async fn bad_input_is_refused_before_the_guest() {
             Some(json!({"restart": {}})),
         ),
     ] {
-        let (s, b) = http(
-            &env,
-            TENANT,
-            method.clone(),
-            &format!("/instances/{MISSING}/{path}"),
-            body,
-        )
-        .await;
-        assert_eq!(fault(s, &b), (404, missing.clone()), "{method} {path}");
+        let path_of = format!("/instances/{MISSING}/{path}");
+        assert_eq!(
+            call_fault(&env, method.clone(), &path_of, body).await,
+            (404, missing.clone()),
+            "{method} {path}"
+        );
     }
 
-    let mysql = instance_create(&env, "dbs-mysql", &["--datastore", "mysql"]).await;
-    let redis = instance_create(&env, "dbs-redis", &["--datastore", "redis"]).await;
+    let mysql = instance_create(&env, TENANT, "dbs-mysql", &["--datastore", "mysql"]).await;
+    let redis = instance_create(&env, TENANT, "dbs-redis", &["--datastore", "redis"]).await;
     let dbs = format!("/instances/{mysql}/databases");
     let users = format!("/instances/{mysql}/users");
 
@@ -214,46 +197,26 @@ async fn bad_input_is_refused_before_the_guest() {
             "{body}"
         );
     }
-    let (s, b) = http(
-        &env,
-        TENANT,
-        reqwest::Method::DELETE,
-        &format!("{dbs}/mysql"),
-        None,
-    )
-    .await;
+    let reserved = format!("{dbs}/mysql");
     assert_eq!(
-        fault(s, &b).1,
+        call_fault(&env, reqwest::Method::DELETE, &reserved, None)
+            .await
+            .1,
         "Database delete error: Cannot delete database: Database name \"mysql\" is on the reserved \
          list: ['mysql', 'information_schema', 'performance_schema', 'sys']."
     );
 
     // Valid input on an instance that is still building: Trove's load_and_verify.
-    let (s, b) = http(
-        &env,
-        TENANT,
-        reqwest::Method::POST,
-        &dbs,
-        Some(json!({"databases": [{"name": "db1"}]})),
-    )
-    .await;
-    let (s, m) = fault(s, &b);
+    let (s, m) = post_fault(&env, &dbs, json!({"databases": [{"name": "db1"}]})).await;
     assert_eq!(s, 422);
     assert!(
         m.starts_with(&format!("Instance {mysql} is not ready, status: ")),
         "{m}"
     );
     // Redis has no databases or users.
-    let (s, b) = http(
-        &env,
-        TENANT,
-        reqwest::Method::GET,
-        &format!("/instances/{redis}/users"),
-        None,
-    )
-    .await;
+    let redis_users = format!("/instances/{redis}/users");
     assert_eq!(
-        fault(s, &b),
+        call_fault(&env, reqwest::Method::GET, &redis_users, None).await,
         (422, "Operation not supported for datastore redis.".into())
     );
 
@@ -296,13 +259,8 @@ async fn bad_input_is_refused_before_the_guest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_databases_users_and_root_through_the_cli() {
     let env = TestEnv::start().await.unwrap();
-    let id = instance_create(&env, "dbs-e2e", &["--datastore", "mysql"]).await;
-    env.eventually(BUILD, &format!("instance {id} ACTIVE"), || async {
-        let out = env.trove(TENANT, &["show", &id]).await;
-        (out.status == 0 && prop(&out.stdout, "status") == "ACTIVE").then_some(())
-    })
-    .await
-    .unwrap();
+    let id = instance_create(&env, TENANT, "dbs-e2e", &["--datastore", "mysql"]).await;
+    wait_active(&env, TENANT, &id, BUILD).await;
 
     ok(&env.trove(TENANT, &["database-create", &id, "db1"]).await);
     ok(&env
@@ -385,20 +343,7 @@ async fn mysql_databases_users_and_root_through_the_cli() {
     let out = env.trove(TENANT, &["show", &id]).await;
     let status = prop(ok(&out), "status");
     assert!(status == "REBOOT" || status == "ACTIVE", "{status}");
-    env.eventually(
-        BUILD,
-        &format!("instance {id} ACTIVE after restart"),
-        || async {
-            let task: Vec<String> = env.query_strings(&format!(
-                "SELECT task_id::text AS v FROM instances WHERE id = '{id}'"
-            ));
-            let out = env.trove(TENANT, &["show", &id]).await;
-            (task == ["1"] && out.status == 0 && prop(&out.stdout, "status") == "ACTIVE")
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    wait_restarted(&env, &id).await;
     // The data survived the restart.
     let out = env.trove(TENANT, &["database-list", &id]).await;
     assert_eq!(rows(ok(&out)), [["db1"]]);
@@ -409,14 +354,8 @@ async fn mysql_databases_users_and_root_through_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_root_enable_and_restart() {
     let mut env = TestEnv::start().await.unwrap();
-    let id = instance_create(&env, "dbs-redis-e2e", &["--datastore", "redis"]).await;
-    let active = || async {
-        let out = env.trove(TENANT, &["show", &id]).await;
-        (out.status == 0 && prop(&out.stdout, "status") == "ACTIVE").then_some(())
-    };
-    env.eventually(BUILD, &format!("instance {id} ACTIVE"), active)
-        .await
-        .unwrap();
+    let id = instance_create(&env, TENANT, "dbs-redis-e2e", &["--datastore", "redis"]).await;
+    wait_active(&env, TENANT, &id, BUILD).await;
 
     let out = env.trove(TENANT, &["root-show", &id]).await;
     assert_eq!(rows(ok(&out)), [["is_root_enabled", "False"]]);
@@ -466,20 +405,7 @@ async fn redis_root_enable_and_restart() {
         )
     );
     env.start_taskmanager().await.unwrap();
-    env.eventually(
-        BUILD,
-        &format!("instance {id} ACTIVE after restart"),
-        || async {
-            let task = env.query_strings(&format!(
-                "SELECT task_id::text AS v FROM instances WHERE id = '{id}'"
-            ));
-            let out = env.trove(TENANT, &["show", &id]).await;
-            (task == ["1"] && out.status == 0 && prop(&out.stdout, "status") == "ACTIVE")
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    wait_restarted(&env, &id).await;
     // Still protected after the restart.
     let out = env.trove(TENANT, &["root-show", &id]).await;
     assert_eq!(rows(ok(&out)), [["is_root_enabled", "True"]]);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 use serde_json::{json, Value};
+use trove_tests::{http, instance_create, prop, wait_active, CliOutput, TestEnv};
 use trove_tests::{ok, rows};
-use trove_tests::{CliOutput, TestEnv};
 
 /// 32-character project ids (the walkthrough's width). A token starting with `admin` is admin.
 const ADMIN: &str = "admin00e46e5f7840e39012aff46a920";
@@ -50,15 +50,6 @@ fn failed(out: &CliOutput) -> &str {
         out.stdout, out.stderr
     );
     &out.stderr
-}
-
-/// One value of a property table.
-fn prop(out: &str, key: &str) -> String {
-    rows(out)
-        .into_iter()
-        .find(|r| r[0] == key)
-        .map(|r| r[1].clone())
-        .unwrap_or_else(|| panic!("no {key} in {out}"))
 }
 
 /// Masks the guest's dates (`2017-06-02 17:23:40.50`), which have a fixed width.
@@ -109,24 +100,6 @@ async fn module_create(env: &TestEnv, files: &Files, token: &str, args: &[&str])
     prop(ok(&out), "id")
 }
 
-/// `trove create <name> 15 --size 1 <extra>`; returns the instance id.
-async fn instance_create(env: &TestEnv, token: &str, name: &str, extra: &[&str]) -> String {
-    let mut argv = vec!["create", name, "15", "--size", "1"];
-    argv.extend_from_slice(extra);
-    let out = env.trove(token, &argv).await;
-    prop(ok(&out), "id")
-}
-
-/// Waits until `trove show` reports the instance ACTIVE.
-async fn wait_active(env: &TestEnv, token: &str, id: &str) {
-    env.eventually(BUILD, &format!("instance {id} ACTIVE"), || async {
-        let out = env.trove(token, &["show", id]).await;
-        (out.status == 0 && prop(&out.stdout, "status") == "ACTIVE").then_some(())
-    })
-    .await
-    .unwrap();
-}
-
 /// Waits until module-query (as `token`) lists exactly `names`; returns the table.
 async fn wait_query(env: &TestEnv, token: &str, id: &str, names: &[&str]) -> String {
     env.eventually(
@@ -172,31 +145,6 @@ fn count(env: &TestEnv, table: &str) -> i64 {
     one(env, &format!("SELECT count(*)::text AS v FROM {table}"))
         .parse()
         .unwrap()
-}
-
-/// An HTTP call as `token`; returns the status and the JSON body (null when empty).
-async fn http(
-    env: &TestEnv,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", env.base(token)))
-        .header("X-Auth-Token", token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    let value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    };
-    (status, value)
 }
 
 fn id_of(env: &TestEnv, sql_table: &str, name: &str) -> String {
@@ -324,7 +272,7 @@ async fn datastore_mismatch_is_refused_at_create_cluster_create_and_apply() {
     )
     .await;
     let inst = instance_create(&env, ADMIN, "r1", &[]).await;
-    wait_active(&env, ADMIN, &inst).await;
+    wait_active(&env, ADMIN, &inst, BUILD).await;
     let out = env.trove(ADMIN, &["module-apply", &inst, "m"]).await;
     assert_eq!(failed(&out), wrong_ds);
     let out = env.trove(ADMIN, &["module-apply", &inst, "v4"]).await;
@@ -470,7 +418,7 @@ async fn auto_apply_modules_join_new_instances() {
     }
     assert_eq!(live_rows(&env, &inst, None), 2);
 
-    wait_active(&env, TENANT, &inst).await;
+    wait_active(&env, TENANT, &inst, BUILD).await;
     let query = wait_query(&env, TENANT, &inst, &["auto_all", "auto_redis"]).await;
     assert_eq!(
         mask_dates(&query),
@@ -553,7 +501,7 @@ async fn modules_apply_in_priority_then_apply_order() {
         ids.insert(name, module_create(&env, &files, ADMIN, &args).await);
     }
     let inst = instance_create(&env, ADMIN, "ordered", &[]).await;
-    wait_active(&env, ADMIN, &inst).await;
+    wait_active(&env, ADMIN, &inst, BUILD).await;
 
     let apply = |names: Vec<&'static str>| {
         let env = &env;
@@ -690,7 +638,7 @@ async fn modules_apply_in_priority_then_apply_order() {
         ],
     )
     .await;
-    wait_active(&env, ADMIN, &created).await;
+    wait_active(&env, ADMIN, &created, BUILD).await;
     wait_query(
         &env,
         ADMIN,
@@ -718,7 +666,7 @@ async fn module_remove_then_query_and_reapply() {
     let rm = module_create(&env, &files, ADMIN, &["rm", "ping", "rm.dat"]).await;
     let never = module_create(&env, &files, ADMIN, &["never", "ping", "n.dat"]).await;
     let inst = instance_create(&env, ADMIN, "rmi", &["--module", "rm"]).await;
-    wait_active(&env, ADMIN, &inst).await;
+    wait_active(&env, ADMIN, &inst, BUILD).await;
     let before = wait_query(&env, ADMIN, &inst, &["rm"]).await;
     let created = rows(&before)[0][6].clone();
     assert_eq!(live_rows(&env, &inst, Some(&rm)), 1);
@@ -833,7 +781,7 @@ async fn retrieve_hidden_masking_and_ping_errors() {
         &["--module", "own", "--module", "nomsg"],
     )
     .await;
-    wait_active(&env, TENANT, &inst).await;
+    wait_active(&env, TENANT, &inst, BUILD).await;
     let query = wait_query(&env, TENANT, &inst, &["nomsg", "own"]).await;
     let r = rows(&query);
     assert_eq!(r[0][4..6], ["ERROR", "Message not found in contents file"]);
@@ -1140,7 +1088,7 @@ async fn module_instances_pages_and_deletes_retire_rows() {
     assert_eq!(ids_of(&out), sorted(&[&t1, &t2, &a1]));
 
     // Instance delete too.
-    wait_active(&env, ADMIN, &a1).await;
+    wait_active(&env, ADMIN, &a1, BUILD).await;
     let out = env.trove(ADMIN, &["delete", "a1"]).await;
     ok(&out);
     assert_eq!(live_rows(&env, &a1, None), 0);

@@ -153,6 +153,92 @@ impl Drop for TestDb {
     }
 }
 
+impl TestDb {
+    /// A migrated database with no rows (no walkthrough seed), for tests that seed their own.
+    pub fn migrated() -> anyhow::Result<Self> {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = admin_conn()?;
+        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
+        // Built before migrating, so a failure from here on still drops the database.
+        let this = Self {
+            url: format!("{}/{name}", database_server()),
+            name,
+        };
+        let mut conn = PgConnection::establish(&this.url)?;
+        trove_migrations::run_pending(&mut conn)?;
+        Ok(this)
+    }
+}
+
+/// A [`TestDb::migrated`] database with a pool on it, for the services' own tests that call their
+/// queries directly. The database is dropped with it (after the pool).
+pub struct PooledTestDb {
+    pub db: Db,
+    _test_db: TestDb,
+}
+
+impl PooledTestDb {
+    /// A fresh migrated database, the pool configured by `cfg`.
+    pub async fn new(cfg: &trove_common::config::DatabaseSection) -> Self {
+        trove_common::telemetry::init_for_test();
+        let test_db = tokio::task::spawn_blocking(TestDb::migrated)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("test database: {e:#}"));
+        Self {
+            db: Db::from_url(&test_db.url, cfg),
+            _test_db: test_db,
+        }
+    }
+
+    /// Runs `f` on a pooled connection; a failure panics.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut PgConnection) -> diesel::QueryResult<T> + Send + 'static,
+    ) -> T {
+        self.db
+            .run(move |conn| f(conn).map_err(trove_common::db::DbError::from))
+            .await
+            .expect("test query")
+    }
+}
+
+/// A live instance row `id` of tenant `t1` on datastore version `v1`: no server yet (BUILD), no
+/// task, no host, no address. Tests change what they need.
+pub fn instance_row(id: &str) -> trove_common::db::models::Instance {
+    let now = trove_common::db::now();
+    let none = trove_common::status::InstanceTask::None;
+    trove_common::db::models::Instance {
+        id: id.into(),
+        created: now,
+        updated: now,
+        name: "inst".into(),
+        hostname: None,
+        compute_instance_id: None,
+        server_status: Some("BUILD".into()),
+        task_id: none.code(),
+        task_description: none.description().into(),
+        task_start_time: None,
+        volume_id: None,
+        volume_size: None,
+        flavor_id: "15".into(),
+        tenant_id: "t1".into(),
+        datastore_version_id: "v1".into(),
+        cluster_id: None,
+        shard_id: None,
+        instance_type: None,
+        region_id: "RegionOne".into(),
+        encrypted_key: None,
+        configuration_id: None,
+        slave_of_id: None,
+        deleted: false,
+        deleted_at: None,
+        compute_host: None,
+        address: None,
+        port: None,
+    }
+}
+
 /// A block of 64 ports of its own for each test stack's instances: the tests of one binary run at the
 /// same time, each with its own database, so their allocators cannot see each other's ports.
 pub fn port_block() -> (u16, u16) {
@@ -400,4 +486,56 @@ pub fn ok(out: &CliOutput) -> &str {
         out.stdout, out.stderr
     );
     &out.stdout
+}
+
+/// An HTTP call as `token`; returns the status and the JSON body (null when empty).
+pub async fn http(
+    env: &TestEnv,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", env.base(token)))
+        .header("X-Auth-Token", token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let value = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    (status, value)
+}
+
+/// One value of a property table (`trove show`, `trove create`).
+pub fn prop(out: &str, key: &str) -> String {
+    rows(out)
+        .into_iter()
+        .find(|r| r.first().map(String::as_str) == Some(key))
+        .and_then(|r| r.get(1).cloned())
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}
+
+/// `trove create <name> 15 --size 1 <extra>` as `token`; returns the instance id.
+pub async fn instance_create(env: &TestEnv, token: &str, name: &str, extra: &[&str]) -> String {
+    let mut argv = vec!["create", name, "15", "--size", "1"];
+    argv.extend_from_slice(extra);
+    let out = env.trove(token, &argv).await;
+    prop(ok(&out), "id")
+}
+
+/// Waits (up to `timeout`) until `trove show` reports the instance ACTIVE.
+pub async fn wait_active(env: &TestEnv, token: &str, id: &str, timeout: Duration) {
+    env.eventually(timeout, &format!("instance {id} ACTIVE"), || async {
+        let out = env.trove(token, &["show", id]).await;
+        (out.status == 0 && prop(&out.stdout, "status") == "ACTIVE").then_some(())
+    })
+    .await
+    .unwrap();
 }

@@ -446,23 +446,12 @@ impl ProcessStack {
         self.spawn(TASKMANAGER)
     }
 
-    /// Stops the whole stack as `scripts/stack down` does: api, taskmanager and conductor with
-    /// SIGTERM, then every guest with SIGTERM (each stops its database server on the way out), and
-    /// waits until all of them are gone.
+    /// Stops the whole stack in `scripts/stack down`'s order: the api (no new work) and the
+    /// taskmanager (it would start the guests again) with SIGTERM, then every guest with SIGTERM (each
+    /// stops its database server and reports `shutdown`), then, once the conductor has recorded those
+    /// reports, the conductor. Waits until all of them are gone.
     pub async fn stop_all(&mut self) -> anyhow::Result<()> {
-        for (_, child) in &mut self.children {
-            terminate(child.id());
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        for (name, child) in &mut self.children {
-            while child.try_wait()?.is_none() {
-                if tokio::time::Instant::now() >= deadline {
-                    bail!("{name} did not stop within 30 s of SIGTERM");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        self.children.clear();
+        self.stop_services(&[API, TASKMANAGER]).await?;
         let state = self.state_path();
         let pids: Vec<u32> = fs::read_dir(&state)?
             .flatten()
@@ -475,7 +464,57 @@ impl ProcessStack {
         eventually(Duration::from_secs(60), "every guest to stop", || async {
             pids.iter().all(|p| !process_alive(*p)).then_some(())
         })
-        .await
+        .await?;
+        let url = self.db.url.clone();
+        eventually(
+            Duration::from_secs(30),
+            "the conductor to record every guest's shutdown",
+            || {
+                let url = url.clone();
+                async move {
+                    use diesel::{Connection as _, RunQueryDsl as _};
+                    #[derive(diesel::QueryableByName)]
+                    struct Up {
+                        #[diesel(sql_type = diesel::sql_types::BigInt)]
+                        n: i64,
+                    }
+                    let mut conn = diesel::PgConnection::establish(&url).ok()?;
+                    let up: Up = diesel::sql_query(
+                        "SELECT count(*) AS n FROM service_statuses s JOIN instances i \
+                         ON i.id = s.instance_id WHERE NOT i.deleted \
+                         AND s.status_description IN ('running', 'healthy', 'instance ready')",
+                    )
+                    .get_result(&mut conn)
+                    .ok()?;
+                    (up.n == 0).then_some(())
+                }
+            },
+        )
+        .await?;
+        self.stop_services(&[CONDUCTOR]).await
+    }
+
+    /// SIGTERMs the named services and waits (30 s at most) until they have exited.
+    async fn stop_services(&mut self, names: &[&str]) -> anyhow::Result<()> {
+        for (name, child) in &mut self.children {
+            if names.contains(name) {
+                terminate(child.id());
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for (name, child) in &mut self.children {
+            if !names.contains(name) {
+                continue;
+            }
+            while child.try_wait()?.is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("{name} did not stop within 30 s of SIGTERM");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.children.retain(|(name, _)| !names.contains(name));
+        Ok(())
     }
 
     /// Starts api, taskmanager and conductor again (after [`ProcessStack::stop_all`]) and waits for

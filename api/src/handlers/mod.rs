@@ -10,8 +10,13 @@ pub mod modules;
 pub mod root;
 pub mod users;
 
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Path, Query, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use trove_common::amqp::AmqpError;
 use trove_common::db::models::instance::{InstanceDetail, Scope};
@@ -20,6 +25,52 @@ use trove_common::db::models::Instance;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Context;
+
+/// The state, the caller and the path parameters of a `/v1.0/{tenant_id}/...` route (by default
+/// `(tenant_id, id)`), extracted in that order, each failing as its own extractor does.
+pub struct Scoped<P = (String, String)> {
+    pub st: AppState,
+    pub ctx: Context,
+    pub path: P,
+}
+
+impl<P: DeserializeOwned + Send + 'static> FromRequestParts<AppState> for Scoped<P> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let State(st) = State::<AppState>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ctx = Context::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(path) = Path::<P>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self { st, ctx, path })
+    }
+}
+
+/// A listing's query: its parameters (`limit`, `marker`, ...) and the raw query string (for the
+/// `next` link).
+pub struct PageQuery {
+    pub q: HashMap<String, String>,
+    pub raw: Option<String>,
+}
+
+impl FromRequestParts<AppState> for PageQuery {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Query(q) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let RawQuery(raw) = RawQuery::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self { q, raw })
+    }
+}
 
 /// `202 Accepted` with an empty body.
 pub fn accepted() -> Response {

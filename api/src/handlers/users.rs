@@ -1,68 +1,25 @@
-//! `/v1.0/{tenant_id}/instances/{id}/users[/{name}]`: the guest's users (Trove's `UserController`).
-//! The rules live in [`crate::service::databases`].
+//! `/v1.0/{tenant_id}/instances/{id}/users[/{name}]`: the guest's users (Trove's `UserController`),
+//! on the routes they share with its databases ([`super::databases`]). The rules live in
+//! [`crate::service::databases`].
 
-use std::collections::HashMap;
+use axum::response::Response;
 
-use axum::extract::{Path, Query, RawQuery, State};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-
-use super::{accepted, load_instance, next_link, paging};
-use crate::app::AppState;
+use super::databases::{create_of, delete_of, index_of, Kind};
+use super::{PageQuery, Scoped};
 use crate::error::ApiResult;
-use crate::extract::{Context, JsonBody};
-use crate::service::databases::{self as svc, DATA_PLANE_MANAGERS, PAGE_SIZE};
-use crate::views::databases as views;
+use crate::extract::JsonBody;
 
 /// `GET /instances/{id}/users`: one page, `links` when there is another.
-pub async fn index(
-    State(st): State<AppState>,
-    ctx: Context,
-    Path((tenant, id)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    RawQuery(raw): RawQuery,
-) -> ApiResult<Response> {
-    let (limit, marker) = paging(&q, PAGE_SIZE)?;
-    let d = load_instance(&st, &ctx, &id).await?;
-    svc::verify(&d, &DATA_PLANE_MANAGERS)?;
-    let (users, next) = svc::list_users(&st, &ctx, &d, limit, marker, false).await?;
-    let mut body = views::users(&users)
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let path = format!("/v1.0/{tenant}/instances/{id}/users");
-    next_link(
-        &mut body,
-        &ctx,
-        &path,
-        raw.as_deref(),
-        next.as_deref(),
-        next.is_some(),
-    );
-    Ok(Json(body).into_response())
+pub async fn index(r: Scoped, page: PageQuery) -> ApiResult<Response> {
+    index_of(Kind::Users, r, page).await
 }
 
 /// `POST /instances/{id}/users` → 202.
-pub async fn create(
-    State(st): State<AppState>,
-    ctx: Context,
-    Path((_t, id)): Path<(String, String)>,
-    JsonBody(body): JsonBody,
-) -> ApiResult<Response> {
-    svc::check_users_schema(&body)?;
-    let d = load_instance(&st, &ctx, &id).await?;
-    let users = svc::populate_users(&body)?;
-    svc::create_users(&st, &ctx, &d, users).await?;
-    Ok(accepted())
+pub async fn create(r: Scoped, body: JsonBody) -> ApiResult<Response> {
+    create_of(Kind::Users, r, body).await
 }
 
 /// `DELETE /instances/{id}/users/{name}` (`name`, or `name@host`) → 202.
-pub async fn delete(
-    State(st): State<AppState>,
-    ctx: Context,
-    Path((_t, id, user)): Path<(String, String, String)>,
-) -> ApiResult<Response> {
-    let d = load_instance(&st, &ctx, &id).await?;
-    svc::delete_user(&st, &ctx, &d, &user).await?;
-    Ok(accepted())
+pub async fn delete(r: Scoped<(String, String, String)>) -> ApiResult<Response> {
+    delete_of(Kind::Users, r).await
 }

@@ -267,6 +267,28 @@ fn array<'a>(
     }
 }
 
+/// A body that must be an object with a required array of objects at `key`: `item` checks each
+/// object, given its index; every failure is reported as jsonschema does.
+fn check_each(
+    body: &Value,
+    key: &str,
+    mut item: impl FnMut(&mut Checker, &Map<String, Value>, &str),
+) -> ApiResult<()> {
+    let obj = root_object(body)?;
+    let mut c = Checker::default();
+    if c.required(obj, &[], key) {
+        if let Some(items) = array(&mut c, obj, key, &[key]) {
+            for (n, v) in items.iter().enumerate() {
+                let idx = n.to_string();
+                if let Some(o) = c.object(v, &[key, idx.as_str()]) {
+                    item(&mut c, o, &idx);
+                }
+            }
+        }
+    }
+    c.finish()
+}
+
 fn root_object(body: &Value) -> ApiResult<&Map<String, Value>> {
     match body {
         Value::Object(o) => Ok(o),
@@ -279,28 +301,17 @@ fn root_object(body: &Value) -> ApiResult<&Map<String, Value>> {
 
 /// `apischema.dbschema['create']`.
 pub fn check_databases_schema(body: &Value) -> ApiResult<()> {
-    let obj = root_object(body)?;
-    let mut c = Checker::default();
-    if c.required(obj, &[], "databases") {
-        if let Some(items) = array(&mut c, obj, "databases", &["databases"]) {
-            for (n, item) in items.iter().enumerate() {
-                let idx = n.to_string();
-                let p = ["databases", idx.as_str()];
-                let Some(db) = c.object(item, &p) else {
-                    continue;
-                };
-                if c.required(db, &p, "name") {
-                    non_empty_string(&mut c, &db["name"], &["databases", &idx, "name"]);
-                }
-                for key in ["character_set", "collate"] {
-                    if let Some(v) = db.get(key) {
-                        non_empty_string(&mut c, v, &["databases", &idx, key]);
-                    }
-                }
+    check_each(body, "databases", |c, db, idx| {
+        let p = ["databases", idx];
+        if c.required(db, &p, "name") {
+            non_empty_string(c, &db["name"], &["databases", idx, "name"]);
+        }
+        for key in ["character_set", "collate"] {
+            if let Some(v) = db.get(key) {
+                non_empty_string(c, v, &["databases", idx, key]);
             }
         }
-    }
-    c.finish()
+    })
 }
 
 /// `populate_validated_databases` with the mysql rules (the body passed
@@ -334,74 +345,56 @@ pub fn populate_databases(body: &Value) -> ApiResult<Vec<DatabaseSpec>> {
 
 /// `apischema.user['create']`.
 pub fn check_users_schema(body: &Value) -> ApiResult<()> {
-    let obj = root_object(body)?;
-    let mut c = Checker::default();
-    if c.required(obj, &[], "users") {
-        if let Some(items) = array(&mut c, obj, "users", &["users"]) {
-            for (n, item) in items.iter().enumerate() {
-                let idx = n.to_string();
-                let p = ["users", idx.as_str()];
-                let Some(user) = c.object(item, &p) else {
+    check_each(body, "users", |c, user, idx| {
+        let p = ["users", idx];
+        if c.required(user, &p, "name") {
+            // `name_string`: no maximum length in the schema (the model has one).
+            string_schema(c, &user["name"], &["users", idx, "name"], None);
+        }
+        if c.required(user, &p, "password") {
+            non_empty_string(c, &user["password"], &["users", idx, "password"]);
+        }
+        if let Some(host) = user.get("host") {
+            let hp = ["users", idx, "host"];
+            match host {
+                Value::String(s) if s.is_empty() => {
+                    c.fail(&hp, format!("{} is too short", py_repr(host)))
+                }
+                Value::String(s) if !HOST.is_match(s) => c.fail(
+                    &hp,
+                    format!(
+                        "{} does not match {}",
+                        py_repr(host),
+                        py_repr(&Value::String(HOST_PATTERN.into()))
+                    ),
+                ),
+                Value::String(_) => {}
+                other => c.fail(&hp, format!("{} is not of type 'string'", py_repr(other))),
+            }
+        }
+        let dp = ["users", idx, "databases"];
+        if let Some(dbs) = array(c, user, "databases", &dp) {
+            if (0..dbs.len()).any(|m| dbs[..m].contains(&dbs[m])) {
+                c.fail(
+                    &dp,
+                    format!(
+                        "{} has non-unique elements",
+                        py_repr(&Value::Array(dbs.clone()))
+                    ),
+                );
+            }
+            for (m, db) in dbs.iter().enumerate() {
+                let midx = m.to_string();
+                let p = ["users", idx, "databases", midx.as_str()];
+                let Some(dbo) = c.object(db, &p) else {
                     continue;
                 };
-                if c.required(user, &p, "name") {
-                    // `name_string`: no maximum length in the schema (the model has one).
-                    string_schema(&mut c, &user["name"], &["users", &idx, "name"], None);
-                }
-                if c.required(user, &p, "password") {
-                    non_empty_string(&mut c, &user["password"], &["users", &idx, "password"]);
-                }
-                if let Some(host) = user.get("host") {
-                    let hp = ["users", idx.as_str(), "host"];
-                    match host {
-                        Value::String(s) if s.is_empty() => {
-                            c.fail(&hp, format!("{} is too short", py_repr(host)))
-                        }
-                        Value::String(s) if !HOST.is_match(s) => c.fail(
-                            &hp,
-                            format!(
-                                "{} does not match {}",
-                                py_repr(host),
-                                py_repr(&Value::String(HOST_PATTERN.into()))
-                            ),
-                        ),
-                        Value::String(_) => {}
-                        other => c.fail(&hp, format!("{} is not of type 'string'", py_repr(other))),
-                    }
-                }
-                let dp = ["users", idx.as_str(), "databases"];
-                if let Some(dbs) = array(&mut c, user, "databases", &dp) {
-                    for (m, db) in dbs.iter().enumerate() {
-                        if dbs[..m].contains(db) {
-                            c.fail(
-                                &dp,
-                                format!(
-                                    "{} has non-unique elements",
-                                    py_repr(&Value::Array(dbs.clone()))
-                                ),
-                            );
-                            break;
-                        }
-                    }
-                    for (m, db) in dbs.iter().enumerate() {
-                        let midx = m.to_string();
-                        let p = ["users", idx.as_str(), "databases", midx.as_str()];
-                        let Some(dbo) = c.object(db, &p) else {
-                            continue;
-                        };
-                        if c.required(dbo, &p, "name") {
-                            non_empty_string(
-                                &mut c,
-                                &dbo["name"],
-                                &["users", &idx, "databases", &midx, "name"],
-                            );
-                        }
-                    }
+                if c.required(dbo, &p, "name") {
+                    non_empty_string(c, &dbo["name"], &["users", idx, "databases", &midx, "name"]);
                 }
             }
         }
-    }
-    c.finish()
+    })
 }
 
 /// `populate_users` with the mysql rules (the body passed [`check_users_schema`]): model errors are
@@ -533,180 +526,213 @@ pub fn verify_running(d: &InstanceDetail) -> ApiResult<()> {
     }
 }
 
-/// Calls `msg` on the instance's guest (high timeout, Trove's error mapping).
-async fn call(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    msg: &GuestMsg,
-) -> ApiResult<Value> {
-    let inst = &d.instance;
-    call_guest(st, ctx, &inst.id, inst.encrypted_key.as_deref(), msg).await
-}
-
 fn unexpected(method: &str, e: serde_json::Error) -> ApiError {
     ApiError::Internal(anyhow::anyhow!("unexpected answer to {method}: {e}"))
 }
 
-/// One page of `list_databases`, reserved names left out → (databases, next marker).
-pub async fn list_databases(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    limit: i64,
-    marker: Option<String>,
-    include_marker: bool,
-) -> ApiResult<(Vec<DatabaseSpec>, Option<String>)> {
-    let msg = GuestMsg::ListDatabases {
-        limit: Some(limit),
-        marker,
-        include_marker,
-    };
-    let v = call(st, ctx, d, &msg).await?;
-    let (dbs, next): (Vec<DatabaseSpec>, Option<String>) =
-        serde_json::from_value(v).map_err(|e| unexpected("list_databases", e))?;
-    let dbs = dbs
-        .into_iter()
-        .filter(|db| !IGNORE_DBS.contains(&db.name.as_str()))
-        .collect();
-    Ok((dbs, next))
+/// What a guest lists a page of: databases or users.
+pub trait Listed: serde::de::DeserializeOwned {
+    /// The names never listed (`ignore_dbs` / `ignore_users`).
+    const IGNORED: &'static [&'static str];
+    /// The guest call for one page.
+    fn list_msg(limit: i64, marker: Option<String>, include_marker: bool) -> GuestMsg;
+    fn name(&self) -> &str;
 }
 
-/// One page of `list_users`, reserved names left out → (users, next marker).
-pub async fn list_users(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    limit: i64,
-    marker: Option<String>,
-    include_marker: bool,
-) -> ApiResult<(Vec<UserSpec>, Option<String>)> {
-    let msg = GuestMsg::ListUsers {
-        limit: Some(limit),
-        marker,
-        include_marker,
-    };
-    let v = call(st, ctx, d, &msg).await?;
-    let (users, next): (Vec<UserSpec>, Option<String>) =
-        serde_json::from_value(v).map_err(|e| unexpected("list_users", e))?;
-    let users = users
-        .into_iter()
-        .filter(|u| !IGNORE_USERS.contains(&u.name.as_str()))
-        .collect();
-    Ok((users, next))
-}
-
-/// `Schema.create`: refuses a database the guest already has, then `create_database`.
-pub async fn create_databases(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    dbs: Vec<DatabaseSpec>,
-) -> ApiResult<()> {
-    verify(d, &DATA_PLANE_MANAGERS)?;
-    for db in &dbs {
-        let (found, _) = list_databases(st, ctx, d, 1, Some(db.name.clone()), true).await?;
-        if found.first().is_some_and(|f| f.name == db.name) {
-            return Err(ApiError::bad(format!(
-                "A database with the name \"{}\" already exists.",
-                db.name
-            )));
+impl Listed for DatabaseSpec {
+    const IGNORED: &'static [&'static str] = &IGNORE_DBS;
+    fn list_msg(limit: i64, marker: Option<String>, include_marker: bool) -> GuestMsg {
+        GuestMsg::ListDatabases {
+            limit: Some(limit),
+            marker,
+            include_marker,
         }
     }
-    call(st, ctx, d, &GuestMsg::CreateDatabase { databases: dbs }).await?;
-    Ok(())
-}
-
-/// `SchemaController.delete`: reserved names 400, a database the guest lacks 404.
-pub async fn delete_database(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    name: &str,
-) -> ApiResult<()> {
-    check_reserved_db(name).map_err(|e| {
-        ApiError::bad(format!(
-            "Database delete error: Cannot delete database: {e}"
-        ))
-    })?;
-    verify(d, &DATA_PLANE_MANAGERS)?;
-    let (found, _) = list_databases(st, ctx, d, 1, Some(name.to_owned()), true).await?;
-    if found.first().is_none_or(|f| f.name != name) {
-        return Err(ApiError::not_found(format!(
-            "Database {name} cannot be found on the instance."
-        )));
+    fn name(&self) -> &str {
+        &self.name
     }
-    let database = DatabaseSpec {
-        name: name.to_owned(),
-        ..DatabaseSpec::default()
-    };
-    call(st, ctx, d, &GuestMsg::DeleteDatabase { database }).await?;
-    Ok(())
 }
 
-/// The guest's user `name`@`host`, if it has it (Trove's `get_user`, as a one-item page).
-async fn find_user(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    name: &str,
-    host: &str,
-) -> ApiResult<Option<UserSpec>> {
-    let marker = format!("{name}@{host}");
-    let (found, _) = list_users(st, ctx, d, 1, Some(marker), true).await?;
-    Ok(found
-        .into_iter()
-        .next()
-        .filter(|u| u.name == name && u.host.as_deref().unwrap_or("%") == host))
-}
-
-/// `User.create`: refuses a user@host the guest already has, then `create_user`.
-pub async fn create_users(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    users: Vec<UserSpec>,
-) -> ApiResult<()> {
-    verify(d, &DATA_PLANE_MANAGERS)?;
-    for u in &users {
-        let host = u.host.as_deref().unwrap_or("%");
-        if find_user(st, ctx, d, &u.name, host).await?.is_some() {
-            return Err(ApiError::bad(format!(
-                "A user with the name \"{}\" already exists.",
-                u.name
-            )));
+impl Listed for UserSpec {
+    const IGNORED: &'static [&'static str] = &IGNORE_USERS;
+    fn list_msg(limit: i64, marker: Option<String>, include_marker: bool) -> GuestMsg {
+        GuestMsg::ListUsers {
+            limit: Some(limit),
+            marker,
+            include_marker,
         }
     }
-    call(st, ctx, d, &GuestMsg::CreateUser { users }).await?;
-    Ok(())
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
-/// `UserController.delete` for the path's `id` (`name`, `name@host`, percent-encoded or not).
-pub async fn delete_user(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    id: &str,
-) -> ApiResult<()> {
-    let err = |e: String| ApiError::bad(format!("User delete error: {e}"));
-    let (name, host) = unquote_user_host(id);
-    if name.is_empty() {
-        return Err(err("User name empty.".into()));
+/// An instance's guest, as one request reaches it.
+#[derive(Clone, Copy)]
+pub struct Guest<'a> {
+    pub st: &'a AppState,
+    pub ctx: &'a Context,
+    pub d: &'a InstanceDetail,
+}
+
+impl<'a> Guest<'a> {
+    pub fn new(st: &'a AppState, ctx: &'a Context, d: &'a InstanceDetail) -> Self {
+        Self { st, ctx, d }
     }
-    verify(d, &DATA_PLANE_MANAGERS)?;
-    check_reserved_user(&name).map_err(err)?;
-    if find_user(st, ctx, d, &name, &host).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "User {id} cannot be found on the instance."
-        )));
+
+    /// Calls `msg` on the instance's guest (high timeout, Trove's error mapping).
+    async fn call(&self, msg: &GuestMsg) -> ApiResult<Value> {
+        let inst = &self.d.instance;
+        call_guest(
+            self.st,
+            self.ctx,
+            &inst.id,
+            inst.encrypted_key.as_deref(),
+            msg,
+        )
+        .await
     }
-    let user = UserSpec {
-        name,
-        host: Some(host),
-        ..UserSpec::default()
-    };
-    call(st, ctx, d, &GuestMsg::DeleteUser { user }).await?;
-    Ok(())
+
+    /// Calls `msg` and reads its answer as a `T`.
+    async fn call_for<T: serde::de::DeserializeOwned>(&self, msg: &GuestMsg) -> ApiResult<T> {
+        let v = self.call(msg).await?;
+        serde_json::from_value(v).map_err(|e| unexpected(msg.method(), e))
+    }
+
+    /// One page of `list_databases` or `list_users`, reserved names left out → (items, next
+    /// marker).
+    pub async fn list<T: Listed>(
+        &self,
+        limit: i64,
+        marker: Option<String>,
+        include_marker: bool,
+    ) -> ApiResult<(Vec<T>, Option<String>)> {
+        let msg = T::list_msg(limit, marker, include_marker);
+        let (items, next): (Vec<T>, Option<String>) = self.call_for(&msg).await?;
+        let items = items
+            .into_iter()
+            .filter(|i| !T::IGNORED.contains(&i.name()))
+            .collect();
+        Ok((items, next))
+    }
+
+    /// `Schema.create`: refuses a database the guest already has, then `create_database`.
+    pub async fn create_databases(&self, dbs: Vec<DatabaseSpec>) -> ApiResult<()> {
+        verify(self.d, &DATA_PLANE_MANAGERS)?;
+        for db in &dbs {
+            let (found, _) = self
+                .list::<DatabaseSpec>(1, Some(db.name.clone()), true)
+                .await?;
+            if found.first().is_some_and(|f| f.name == db.name) {
+                return Err(already_exists("database", &db.name));
+            }
+        }
+        self.call(&GuestMsg::CreateDatabase { databases: dbs })
+            .await?;
+        Ok(())
+    }
+
+    /// `SchemaController.delete`: reserved names 400, a database the guest lacks 404.
+    pub async fn delete_database(&self, name: &str) -> ApiResult<()> {
+        check_reserved_db(name).map_err(|e| {
+            ApiError::bad(format!(
+                "Database delete error: Cannot delete database: {e}"
+            ))
+        })?;
+        verify(self.d, &DATA_PLANE_MANAGERS)?;
+        let (found, _) = self
+            .list::<DatabaseSpec>(1, Some(name.to_owned()), true)
+            .await?;
+        if found.first().is_none_or(|f| f.name != name) {
+            return Err(ApiError::not_found(format!(
+                "Database {name} cannot be found on the instance."
+            )));
+        }
+        let database = DatabaseSpec {
+            name: name.to_owned(),
+            ..DatabaseSpec::default()
+        };
+        self.call(&GuestMsg::DeleteDatabase { database }).await?;
+        Ok(())
+    }
+
+    /// The guest's user `name`@`host`, if it has it (Trove's `get_user`, as a one-item page).
+    async fn find_user(&self, name: &str, host: &str) -> ApiResult<Option<UserSpec>> {
+        let marker = format!("{name}@{host}");
+        let (found, _) = self.list::<UserSpec>(1, Some(marker), true).await?;
+        Ok(found
+            .into_iter()
+            .next()
+            .filter(|u| u.name == name && u.host.as_deref().unwrap_or("%") == host))
+    }
+
+    /// `User.create`: refuses a user@host the guest already has, then `create_user`.
+    pub async fn create_users(&self, users: Vec<UserSpec>) -> ApiResult<()> {
+        verify(self.d, &DATA_PLANE_MANAGERS)?;
+        for u in &users {
+            let host = u.host.as_deref().unwrap_or("%");
+            if self.find_user(&u.name, host).await?.is_some() {
+                return Err(already_exists("user", &u.name));
+            }
+        }
+        self.call(&GuestMsg::CreateUser { users }).await?;
+        Ok(())
+    }
+
+    /// `UserController.delete` for the path's `id` (`name`, `name@host`, percent-encoded or not).
+    pub async fn delete_user(&self, id: &str) -> ApiResult<()> {
+        let err = |e: String| ApiError::bad(format!("User delete error: {e}"));
+        let (name, host) = unquote_user_host(id);
+        if name.is_empty() {
+            return Err(err("User name empty.".into()));
+        }
+        verify(self.d, &DATA_PLANE_MANAGERS)?;
+        check_reserved_user(&name).map_err(err)?;
+        if self.find_user(&name, &host).await?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "User {id} cannot be found on the instance."
+            )));
+        }
+        let user = UserSpec {
+            name,
+            host: Some(host),
+            ..UserSpec::default()
+        };
+        self.call(&GuestMsg::DeleteUser { user }).await?;
+        Ok(())
+    }
+
+    /// `root_create`: enables root (with the caller's password, or a generated one) → the root
+    /// user. Redis (`RedisRootController`) refuses replicas.
+    pub async fn enable_root(&self, password: Option<String>) -> ApiResult<UserSpec> {
+        let d = self.d;
+        root_supported(d)?;
+        if d.manager == "redis" && d.instance.slave_of_id.is_some() {
+            return Err(ApiError::bad(
+                "The 'enable_root' operation is not supported for slaves in replication.",
+            ));
+        }
+        verify_running(d)?;
+        let msg = match password {
+            Some(root_password) => GuestMsg::EnableRootWithPassword {
+                root_password: Some(root_password),
+            },
+            None => GuestMsg::EnableRoot {},
+        };
+        self.call_for(&msg).await
+    }
+
+    /// `root_index`: whether root is enabled, as the guest says.
+    pub async fn root_enabled(&self) -> ApiResult<bool> {
+        root_supported(self.d)?;
+        verify_running(self.d)?;
+        self.call_for(&GuestMsg::IsRootEnabled {}).await
+    }
+}
+
+/// The 400 for a database or user the guest already has.
+fn already_exists(what: &str, name: &str) -> ApiError {
+    ApiError::bad(format!("A {what} with the name \"{name}\" already exists."))
 }
 
 /// `load_root_controller`: only datastores with a root controller (501 otherwise).
@@ -719,39 +745,6 @@ fn root_supported(d: &InstanceDetail) -> ApiResult<()> {
             d.manager
         )))
     }
-}
-
-/// `root_create`: enables root (with the caller's password, or a generated one) → the root user.
-/// Redis (`RedisRootController`) refuses replicas.
-pub async fn enable_root(
-    st: &AppState,
-    ctx: &Context,
-    d: &InstanceDetail,
-    password: Option<String>,
-) -> ApiResult<UserSpec> {
-    root_supported(d)?;
-    if d.manager == "redis" && d.instance.slave_of_id.is_some() {
-        return Err(ApiError::bad(
-            "The 'enable_root' operation is not supported for slaves in replication.",
-        ));
-    }
-    verify_running(d)?;
-    let msg = match password {
-        Some(root_password) => GuestMsg::EnableRootWithPassword {
-            root_password: Some(root_password),
-        },
-        None => GuestMsg::EnableRoot {},
-    };
-    let v = call(st, ctx, d, &msg).await?;
-    serde_json::from_value(v).map_err(|e| unexpected(msg.method(), e))
-}
-
-/// `root_index`: whether root is enabled, as the guest says.
-pub async fn root_enabled(st: &AppState, ctx: &Context, d: &InstanceDetail) -> ApiResult<bool> {
-    root_supported(d)?;
-    verify_running(d)?;
-    let v = call(st, ctx, d, &GuestMsg::IsRootEnabled {}).await?;
-    serde_json::from_value(v).map_err(|e| unexpected("is_root_enabled", e))
 }
 
 #[cfg(test)]

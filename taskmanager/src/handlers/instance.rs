@@ -90,12 +90,10 @@ pub async fn handle_create_instance(
         }
     };
 
-    if let Err(e) = ensure_guest(ctx, &inst, &manager, image_id.as_deref(), key.as_deref()).await? {
-        return fail_compute(ctx, &inst, &e).await;
-    }
-
-    // Declare the guest's queue before casting: a cast to a queue that does not exist yet is lost
-    // (and `mandatory` would bounce it), and the guest may still be starting.
+    // Declare the guest's queue and cast `prepare` before the guest starts: a cast to a queue that
+    // does not exist yet is lost (and `mandatory` would bounce it), and the message waits in the
+    // queue for the guest, which takes it as soon as it is up, while the driver is still watching
+    // the new process for an early exit. A redelivered create casts it again; prepare is idempotent.
     let topic = ctx.broker.names().guest(&id);
     ctx.broker
         .declare_topic_queue(&topic)
@@ -116,7 +114,11 @@ pub async fn handle_create_instance(
     )
     .await
     .context("casting prepare")?;
-    tracing::info!(datastore.manager = %manager, modules = msg.modules.len(), "guest started; prepare sent");
+
+    if let Err(e) = ensure_guest(ctx, &inst, &manager, image_id.as_deref(), key.as_deref()).await? {
+        return fail_compute(ctx, &inst, &e).await;
+    }
+    tracing::info!(datastore.manager = %manager, modules = msg.modules.len(), "prepare sent; guest started");
     ctx.wake_reconciler();
     Ok(())
 }
@@ -322,20 +324,22 @@ pub async fn handle_delete_instance(
     delete_locked(ctx, rpc, instance_id).await
 }
 
+/// The instance row, deleted or not (`None` when there is none).
+pub(crate) async fn find_any(ctx: &Ctx, instance_id: &str) -> anyhow::Result<Option<Instance>> {
+    let id = instance_id.to_owned();
+    ctx.db
+        .run(move |c| Instance::find_any(c, &id).map_err(DbError::from))
+        .await
+        .with_context(|| format!("loading instance {instance_id}"))
+}
+
 /// The delete path; the caller holds the instance's lock.
 pub(crate) async fn delete_locked(
     ctx: &Ctx,
     rpc: &RpcContext,
     instance_id: &str,
 ) -> anyhow::Result<()> {
-    let inst = {
-        let id = instance_id.to_owned();
-        ctx.db
-            .run(move |c| Instance::find_any(c, &id).map_err(DbError::from))
-            .await
-            .with_context(|| format!("loading instance {instance_id}"))?
-    };
-    let Some(inst) = inst else {
+    let Some(inst) = find_any(ctx, instance_id).await? else {
         tracing::warn!(instance.id = %instance_id, "delete_instance for an instance that does not exist");
         return Ok(());
     };

@@ -17,13 +17,7 @@ use crate::{guest, Ctx, Interrupted};
 
 /// `restart`: call the guest's `restart` with the high timeout, then set the task back to NONE.
 pub async fn handle_restart(ctx: &Ctx, rpc: &RpcContext, instance_id: &str) -> anyhow::Result<()> {
-    let inst = {
-        let id = instance_id.to_owned();
-        ctx.db
-            .run(move |c| Instance::find_any(c, &id).map_err(DbError::from))
-            .await
-            .with_context(|| format!("loading instance {instance_id}"))?
-    };
+    let inst = super::instance::find_any(ctx, instance_id).await?;
     let Some(inst) = inst.filter(|i| !i.deleted) else {
         tracing::warn!(instance.id = %instance_id, "restart for an instance that does not exist");
         return Ok(());

@@ -338,6 +338,25 @@ impl ServiceStatusRow {
         .execute(conn)
     }
 
+    /// A guest found not running cannot vouch for its server: an instance reported `running` or
+    /// `healthy` is recorded `shutdown` until its guest, started again, reports. Returns the rows changed.
+    pub fn mark_down_if_up(conn: &mut PgConnection, instance_id: &str) -> QueryResult<usize> {
+        diesel::update(
+            service_statuses::table
+                .filter(service_statuses::instance_id.eq(instance_id))
+                .filter(
+                    service_statuses::status_id
+                        .eq_any([ServiceStatus::Running.code(), ServiceStatus::Healthy.code()]),
+                ),
+        )
+        .set((
+            service_statuses::status_id.eq(ServiceStatus::Shutdown.code()),
+            service_statuses::status_description.eq(ServiceStatus::Shutdown.description()),
+            service_statuses::updated_at.eq(crate::db::now()),
+        ))
+        .execute(conn)
+    }
+
     /// Refreshes `updated_at` only (a heartbeat while RESTART_REQUIRED).
     pub fn touch(conn: &mut PgConnection, instance_id: &str) -> QueryResult<usize> {
         diesel::update(
