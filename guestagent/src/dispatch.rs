@@ -22,7 +22,7 @@ use trove_common::amqp::{AmqpError, Outcome};
 use trove_common::epoch_now;
 use trove_common::rpc::conductor::ConductorMsg;
 use trove_common::rpc::guest::{
-    DatabaseSpec, GuestMsg, ModuleEntry, ModuleResult, Prepare, UserSpec,
+    DatabaseSpec, GuestMsg, ModuleEntry, ModuleResult, PageQuery, Prepare, UserSpec,
 };
 use trove_common::rpc::{self, DecodeError, RemoteError, ReplyTo, Request, RpcContext};
 use trove_common::status::ServiceStatus;
@@ -200,21 +200,13 @@ async fn dispatch(agent: &Arc<Agent>, req: &Request, msg: GuestMsg) -> HandlerRe
         GuestMsg::DeleteQueue {} => Ok(handle_delete_queue(agent)),
         GuestMsg::Restart {} => handle_restart(agent, ctx).await,
         GuestMsg::CreateDatabase { databases } => handle_create_database(agent, databases).await,
-        GuestMsg::ListDatabases {
-            limit,
-            marker,
-            include_marker,
-        } => handle_list(agent, Listing::Databases, limit, marker, include_marker).await,
+        GuestMsg::ListDatabases(page) => handle_list(agent, Listing::Databases, page).await,
         GuestMsg::DeleteDatabase { database } => {
             datastore_of(agent)?.delete_database(&database).await?;
             Ok(Value::Null)
         }
         GuestMsg::CreateUser { users } => handle_create_user(agent, users).await,
-        GuestMsg::ListUsers {
-            limit,
-            marker,
-            include_marker,
-        } => handle_list(agent, Listing::Users, limit, marker, include_marker).await,
+        GuestMsg::ListUsers(page) => handle_list(agent, Listing::Users, page).await,
         GuestMsg::DeleteUser { user } => {
             datastore_of(agent)?.delete_user(&user).await?;
             Ok(Value::Null)
@@ -257,20 +249,13 @@ enum Listing {
 }
 
 /// `list_databases` / `list_users` (call) → one page, `[items, next_marker]`.
-async fn handle_list(
-    agent: &Agent,
-    what: Listing,
-    limit: Option<i64>,
-    marker: Option<String>,
-    include_marker: bool,
-) -> HandlerResult {
+async fn handle_list(agent: &Agent, what: Listing, page: PageQuery) -> HandlerResult {
     let ds = datastore_of(agent)?;
-    let marker = marker.as_deref();
-    let page = match what {
-        Listing::Databases => ds.list_databases(limit, marker, include_marker).await?,
-        Listing::Users => ds.list_users(limit, marker, include_marker).await?,
+    let listed = match what {
+        Listing::Databases => ds.list_databases(&page).await?,
+        Listing::Users => ds.list_users(&page).await?,
     };
-    Ok(page)
+    Ok(listed)
 }
 
 /// `create_database` (call): the databases are created before the reply.

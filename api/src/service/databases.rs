@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::{Map, Value};
 use trove_common::db::models::instance::InstanceDetail;
-use trove_common::rpc::guest::{DatabaseSpec, GuestMsg, UserSpec};
+use trove_common::rpc::guest::{DatabaseSpec, GuestMsg, PageQuery, UserSpec};
 use trove_common::status::ServiceStatus;
 
 use super::mysql_data::{CHARSETS, COLLATIONS};
@@ -542,11 +542,11 @@ pub trait Listed: serde::de::DeserializeOwned {
 impl Listed for DatabaseSpec {
     const IGNORED: &'static [&'static str] = &IGNORE_DBS;
     fn list_msg(limit: i64, marker: Option<String>, include_marker: bool) -> GuestMsg {
-        GuestMsg::ListDatabases {
+        GuestMsg::ListDatabases(PageQuery {
             limit: Some(limit),
             marker,
             include_marker,
-        }
+        })
     }
     fn name(&self) -> &str {
         &self.name
@@ -556,11 +556,11 @@ impl Listed for DatabaseSpec {
 impl Listed for UserSpec {
     const IGNORED: &'static [&'static str] = &IGNORE_USERS;
     fn list_msg(limit: i64, marker: Option<String>, include_marker: bool) -> GuestMsg {
-        GuestMsg::ListUsers {
+        GuestMsg::ListUsers(PageQuery {
             limit: Some(limit),
             marker,
             include_marker,
-        }
+        })
     }
     fn name(&self) -> &str {
         &self.name

@@ -130,14 +130,7 @@ pub enum GuestMsg {
         databases: Vec<DatabaseSpec>,
     },
     /// One page of databases (call) → `[[database...], next_marker]`, as Trove's guest answers.
-    ListDatabases {
-        #[serde(default)]
-        limit: Option<i64>,
-        #[serde(default)]
-        marker: Option<String>,
-        #[serde(default)]
-        include_marker: bool,
-    },
+    ListDatabases(PageQuery),
     DeleteDatabase {
         database: DatabaseSpec,
     },
@@ -146,14 +139,7 @@ pub enum GuestMsg {
         users: Vec<UserSpec>,
     },
     /// One page of users (call) → `[[user...], next_marker]`.
-    ListUsers {
-        #[serde(default)]
-        limit: Option<i64>,
-        #[serde(default)]
-        marker: Option<String>,
-        #[serde(default)]
-        include_marker: bool,
-    },
+    ListUsers(PageQuery),
     DeleteUser {
         user: UserSpec,
     },
@@ -177,6 +163,18 @@ pub enum GuestMsg {
         first_slot: u32,
         last_slot: u32,
     },
+}
+
+/// Which page of a listing (`list_databases`, `list_users`): Trove's `limit`, `marker` and
+/// `include_marker` arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageQuery {
+    #[serde(default)]
+    pub limit: Option<i64>,
+    #[serde(default)]
+    pub marker: Option<String>,
+    #[serde(default)]
+    pub include_marker: bool,
 }
 
 /// A database as Trove serialises it between api and guest (`MySQLSchema.serialize()`).
@@ -230,10 +228,10 @@ impl GuestMsg {
             Self::DeleteQueue {} => "delete_queue",
             Self::Restart {} => "restart",
             Self::CreateDatabase { .. } => "create_database",
-            Self::ListDatabases { .. } => "list_databases",
+            Self::ListDatabases(_) => "list_databases",
             Self::DeleteDatabase { .. } => "delete_database",
             Self::CreateUser { .. } => "create_user",
-            Self::ListUsers { .. } => "list_users",
+            Self::ListUsers(_) => "list_users",
             Self::DeleteUser { .. } => "delete_user",
             Self::EnableRoot {} => "enable_root",
             Self::EnableRootWithPassword { .. } => "enable_root_with_password",
@@ -274,4 +272,27 @@ pub struct Prepare {
     pub modules: Vec<ModuleEntry>,
     #[serde(default)]
     pub ds_version: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_calls_keep_troves_argument_names() {
+        let msg = GuestMsg::ListUsers(PageQuery {
+            limit: Some(20),
+            marker: Some("bob@%".into()),
+            include_marker: false,
+        });
+        assert_eq!(
+            serde_json::to_value(&msg).unwrap(),
+            serde_json::json!({"method": "list_users",
+                "args": {"limit": 20, "marker": "bob@%", "include_marker": false}})
+        );
+        let back: GuestMsg =
+            serde_json::from_value(serde_json::json!({"method": "list_databases", "args": {}}))
+                .unwrap();
+        assert_eq!(back, GuestMsg::ListDatabases(PageQuery::default()));
+    }
 }

@@ -37,7 +37,7 @@ use rand::distributions::{Alphanumeric, DistString as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trove_common::config::Settings;
-use trove_common::rpc::guest::{DatabaseSpec, Prepare, UserSpec};
+use trove_common::rpc::guest::{DatabaseSpec, PageQuery, Prepare, UserSpec};
 
 pub use record::{config_record, filesystem_stats, valid_manager_name, DATASTORE_DIR};
 use server::Server;
@@ -239,7 +239,7 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), DatastoreError> {
 }
 
 /// One page of a listing, as Trove's guest returns it: `[items, next_marker]`.
-pub fn page(items: Vec<Value>, next_marker: Option<String>) -> Value {
+pub fn listing(items: Vec<Value>, next_marker: Option<String>) -> Value {
     Value::Array(vec![
         Value::Array(items),
         next_marker.map_or(Value::Null, Value::String),
@@ -251,10 +251,9 @@ pub fn page(items: Vec<Value>, next_marker: Option<String>) -> Value {
 pub fn paginate<T: Clone>(
     items: &[T],
     key: impl Fn(&T) -> String,
-    limit: Option<i64>,
-    marker: Option<&str>,
-    include_marker: bool,
+    page: &PageQuery,
 ) -> (Vec<T>, Option<String>) {
+    let (limit, marker, include_marker) = (page.limit, page.marker.as_deref(), page.include_marker);
     let start = match marker {
         Some(m) => items
             .iter()
@@ -313,9 +312,7 @@ pub trait Datastore: Send + Sync + 'static {
 
     fn list_databases<'a>(
         &'a self,
-        _limit: Option<i64>,
-        _marker: Option<&'a str>,
-        _include_marker: bool,
+        _page: &'a PageQuery,
     ) -> BoxFuture<'a, Result<Value, DatastoreError>> {
         unsupported(self.manager(), "list_databases")
     }
@@ -336,9 +333,7 @@ pub trait Datastore: Send + Sync + 'static {
 
     fn list_users<'a>(
         &'a self,
-        _limit: Option<i64>,
-        _marker: Option<&'a str>,
-        _include_marker: bool,
+        _page: &'a PageQuery,
     ) -> BoxFuture<'a, Result<Value, DatastoreError>> {
         unsupported(self.manager(), "list_users")
     }
@@ -462,20 +457,70 @@ mod tests {
         let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
         let k = |s: &String| s.clone();
         assert_eq!(
-            paginate(&names, k, Some(2), None, false),
+            paginate(
+                &names,
+                k,
+                &PageQuery {
+                    limit: Some(2),
+                    marker: None,
+                    include_marker: false
+                }
+            ),
             (vec!["a".into(), "b".into()], Some("b".into()))
         );
         assert_eq!(
-            paginate(&names, k, Some(2), Some("b"), false),
+            paginate(
+                &names,
+                k,
+                &PageQuery {
+                    limit: Some(2),
+                    marker: Some("b".into()),
+                    include_marker: false
+                }
+            ),
             (vec!["c".into(), "d".into()], None)
         );
         assert_eq!(
-            paginate(&names, k, Some(2), Some("b"), true),
+            paginate(
+                &names,
+                k,
+                &PageQuery {
+                    limit: Some(2),
+                    marker: Some("b".into()),
+                    include_marker: true
+                }
+            ),
             (vec!["b".into(), "c".into()], Some("c".into()))
         );
-        assert_eq!(paginate(&names, k, None, Some("zz"), false).0.len(), 0);
-        assert_eq!(paginate(&names, k, Some(0), None, false).0.len(), 4);
-        assert_eq!(page(vec![], None), serde_json::json!([[], null]));
+        assert_eq!(
+            paginate(
+                &names,
+                k,
+                &PageQuery {
+                    limit: None,
+                    marker: Some("zz".into()),
+                    include_marker: false
+                }
+            )
+            .0
+            .len(),
+            0
+        );
+        assert_eq!(
+            paginate(
+                &names,
+                k,
+                &PageQuery {
+                    limit: Some(0),
+                    marker: None,
+                    include_marker: false
+                }
+            )
+            .0
+            .len(),
+            4
+        );
+        assert_eq!(listing(vec![], None), serde_json::json!([[], null]));
     }
 
     #[test]

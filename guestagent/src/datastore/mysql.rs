@@ -25,11 +25,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use mysql_async::prelude::Queryable as _;
 use serde_json::{json, Value};
-use trove_common::rpc::guest::{DatabaseSpec, Prepare, UserSpec};
+use trove_common::rpc::guest::{DatabaseSpec, PageQuery, Prepare, UserSpec};
 
 use super::server::Server;
 use super::{
-    ensure_dir, generate_password, io_err, page, paginate, wait_until_answering, Datastore,
+    ensure_dir, generate_password, io_err, listing, paginate, wait_until_answering, Datastore,
     DatastoreConfig, DatastoreError, Secrets, STOP_GRACE,
 };
 
@@ -533,9 +533,7 @@ impl Datastore for Mysql {
 
     fn list_databases<'a>(
         &'a self,
-        limit: Option<i64>,
-        marker: Option<&'a str>,
-        include_marker: bool,
+        page: &'a PageQuery,
     ) -> BoxFuture<'a, Result<Value, DatastoreError>> {
         Box::pin(async move {
             let rows: Vec<(String, Option<String>, Option<String>)> = self
@@ -550,12 +548,12 @@ impl Datastore for Mysql {
                 .into_iter()
                 .filter(|(n, _, _)| !SYSTEM_DATABASES.contains(&n.as_str()))
                 .collect();
-            let (rows, next) = paginate(&rows, |r| r.0.clone(), limit, marker, include_marker);
+            let (rows, next) = paginate(&rows, |r| r.0.clone(), page);
             let items = rows
                 .into_iter()
                 .map(|(n, cs, coll)| database_value(n, cs, coll))
                 .collect();
-            Ok(page(items, next))
+            Ok(listing(items, next))
         })
     }
 
@@ -615,9 +613,7 @@ impl Datastore for Mysql {
 
     fn list_users<'a>(
         &'a self,
-        limit: Option<i64>,
-        marker: Option<&'a str>,
-        include_marker: bool,
+        page: &'a PageQuery,
     ) -> BoxFuture<'a, Result<Value, DatastoreError>> {
         Box::pin(async move {
             let (users, grants): (Vec<Account>, Vec<Grant>) = self
@@ -637,13 +633,7 @@ impl Datastore for Mysql {
                 .into_iter()
                 .filter(|(u, _)| !u.is_empty() && !SYSTEM_USERS.contains(&u.as_str()))
                 .collect();
-            let (users, next) = paginate(
-                &users,
-                |(u, h)| format!("{u}@{h}"),
-                limit,
-                marker,
-                include_marker,
-            );
+            let (users, next) = paginate(&users, |(u, h)| format!("{u}@{h}"), page);
             let items = users
                 .into_iter()
                 .map(|(u, h)| {
@@ -655,7 +645,7 @@ impl Datastore for Mysql {
                     json!({"_name": u, "_host": h, "_databases": dbs})
                 })
                 .collect();
-            Ok(page(items, next))
+            Ok(listing(items, next))
         })
     }
 
