@@ -102,6 +102,16 @@ fn endpoint(view: &Value) -> (String, u16) {
     (ip, port)
 }
 
+/// `trove create <name> 15 --size 1` (the default datastore, redis), waited for until ACTIVE.
+async fn create_redis(env: &TestEnv, name: &str) -> (String, Value) {
+    let out = env
+        .trove(ADMIN, &["create", name, "15", "--size", "1"])
+        .await;
+    let id = id_of(ok(&out));
+    let view = wait_status(&env.base(ADMIN), &id, "ACTIVE", Duration::from_secs(60)).await;
+    (id, view)
+}
+
 fn id_of(table: &str) -> String {
     property(table, "id").expect("id in the table")
 }
@@ -232,11 +242,7 @@ async fn a_mysql_instance_is_a_real_mariadb_that_comes_back_with_its_data() {
 async fn a_redis_instance_answers_with_its_password() {
     let env = TestEnv::start().await.unwrap();
     let base = env.base(ADMIN);
-    let out = env
-        .trove(ADMIN, &["create", "myredis", "15", "--size", "1"])
-        .await;
-    let id = id_of(ok(&out));
-    let view = wait_status(&base, &id, "ACTIVE", Duration::from_secs(60)).await;
+    let (id, view) = create_redis(&env, "myredis").await;
     assert_eq!(view["datastore"]["type"], "redis");
     let (ip, port) = endpoint(&view);
 
@@ -395,11 +401,7 @@ async fn a_redis_cluster_is_one_redis_cluster() {
 async fn a_killed_guests_server_is_adopted_and_a_deleted_instance_leaves_nothing() {
     let env = TestEnv::start().await.unwrap();
     let base = env.base(ADMIN);
-    let out = env
-        .trove(ADMIN, &["create", "adopted", "15", "--size", "1"])
-        .await;
-    let id = id_of(ok(&out));
-    wait_status(&base, &id, "ACTIVE", Duration::from_secs(60)).await;
+    let (id, _) = create_redis(&env, "adopted").await;
     let dir = env.state_dir.path().join(&id);
     let server = processes_in(&dir.join("data"));
     assert_eq!(server.len(), 1);
