@@ -112,6 +112,29 @@ async fn create_redis(env: &TestEnv, name: &str) -> (String, Value) {
     (id, view)
 }
 
+/// `SET key value` on the redis at `url`.
+async fn redis_set(url: &str, key: &str, value: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// `GET key` on the redis at `url`.
+async fn redis_get(url: &str, key: &str) -> String {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 fn id_of(table: &str) -> String {
     property(table, "id").expect("id in the table")
 }
@@ -275,20 +298,9 @@ async fn a_redis_instance_answers_with_its_password() {
     let err = refused.expect_err("requirepass refuses a client without the password");
     assert!(err.to_string().contains("NOAUTH"), "{err}");
 
-    let authed = redis::Client::open(format!("redis://:s3cret-pw@{ip}:{port}/")).unwrap();
-    let mut conn = authed.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("anchor")
-        .arg("seed-15")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let got: String = redis::cmd("GET")
-        .arg("anchor")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(got, "seed-15");
+    let authed = format!("redis://:s3cret-pw@{ip}:{port}/");
+    redis_set(&authed, "anchor", "seed-15").await;
+    assert_eq!(redis_get(&authed, "anchor").await, "seed-15");
 }
 
 #[tokio::test]
@@ -476,15 +488,7 @@ async fn the_whole_stack_stops_and_starts_with_every_instance_and_its_data() {
     let (rip, rport) = endpoint(&redis_view);
     let (mip, mport) = endpoint(&mysql_view);
 
-    let client = redis::Client::open(format!("redis://{rip}:{rport}/")).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("survives")
-        .arg("yes")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
+    redis_set(&format!("redis://{rip}:{rport}/"), "survives", "yes").await;
     let (status, body) = post_json(
         &format!("{base}/instances/{mysql_id}/root"),
         json!({"password": "rootpw"}),
@@ -518,14 +522,10 @@ async fn the_whole_stack_stops_and_starts_with_every_instance_and_its_data() {
     wait_status(&base, &mysql_id, "ACTIVE", Duration::from_secs(60)).await;
     let after = endpoint(&instance(&base, &redis_id).await);
     assert_eq!(after, (rip.clone(), rport), "the port survives a restart");
-    let client = redis::Client::open(format!("redis://{rip}:{rport}/")).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let got: String = redis::cmd("GET")
-        .arg("survives")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(got, "yes");
+    assert_eq!(
+        redis_get(&format!("redis://{rip}:{rport}/"), "survives").await,
+        "yes"
+    );
     let mut root = mysql_conn(&mip, mport, "root", "rootpw").await;
     let v: Option<String> = root.query_first("SELECT v FROM keep.t").await.unwrap();
     assert_eq!(v.as_deref(), Some("row"));

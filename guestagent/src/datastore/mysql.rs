@@ -75,10 +75,6 @@ impl Mysql {
         }
     }
 
-    fn port(&self) -> u16 {
-        self.cfg.port_or(DEFAULT_PORT)
-    }
-
     fn socket(&self) -> PathBuf {
         self.cfg.socket(SOCKET)
     }
@@ -260,7 +256,7 @@ impl Mysql {
         let conf = render_conf(
             &self.cfg.data_dir(),
             &self.cfg.bind_host,
-            self.port(),
+            self.cfg.port_or(DEFAULT_PORT),
             &socket,
             &self.cfg.record_path("mariadbd.pid"),
             nix::unistd::geteuid().is_root(),

@@ -52,10 +52,6 @@ impl Redis {
         }
     }
 
-    fn port(&self) -> u16 {
-        self.cfg.port_or(DEFAULT_PORT)
-    }
-
     fn conf_path(&self) -> PathBuf {
         self.cfg.state_dir.join("redis.conf")
     }
@@ -243,7 +239,7 @@ impl Datastore for Redis {
             let socket = self.cfg.checked_socket(SOCKET)?;
             let conf = render_conf(
                 &self.cfg.bind_host,
-                self.port(),
+                self.cfg.port_or(DEFAULT_PORT),
                 &self.cfg.data_dir(),
                 &socket,
                 password.as_deref(),
