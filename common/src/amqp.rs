@@ -32,6 +32,7 @@ use tokio::sync::{oneshot, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::crypto::Keyring;
 use crate::rpc::{self, RemoteError, ReplyTo, RpcContext, Security};
@@ -62,6 +63,7 @@ pub enum AmqpError {
 pub struct Names {
     prefix: String,
     queue_expires_ms: u64,
+    durable_guest_queues: bool,
     control_exchange: String,
     taskmanager: String,
     conductor: String,
@@ -72,6 +74,7 @@ impl Names {
         Self {
             prefix: settings.amqp.prefix.clone(),
             queue_expires_ms: settings.amqp.queue_expires_ms,
+            durable_guest_queues: settings.amqp.durable_guest_queues,
             control_exchange: settings.default.control_exchange.clone(),
             taskmanager: settings.default.taskmanager_queue.clone(),
             conductor: settings.default.conductor_queue.clone(),
@@ -105,6 +108,15 @@ impl Names {
     /// A guest's topic, `guestagent.<instance_id>`.
     pub fn guest(&self, instance_id: &str) -> String {
         format!("{}guestagent.{instance_id}", self.prefix)
+    }
+
+    /// Whether `topic`'s queue survives a broker restart. The services' queues do: what waits there
+    /// was accepted and has no other copy. A guest's does not unless `[amqp] durable_guest_queues`:
+    /// its guest declares it again on reconnecting, and what is sent to it has its durable record in
+    /// PostgreSQL (the outbox, the build the reconciler re-sends `prepare` for, a reapply job's
+    /// items), so a broker restart only has to recover the few service queues, not thousands.
+    pub fn durable(&self, topic: &str) -> bool {
+        self.durable_guest_queues || !topic.starts_with(&format!("{}guestagent.", self.prefix))
     }
 
     /// The prefix itself (tests use it to clean up).
@@ -153,7 +165,12 @@ pub struct Broker {
     names: Names,
     publish_timeout: Duration,
     reconnect_delay: Duration,
+    /// The `[amqp]` reconnect options, for each consumer's own backoff.
+    amqp: crate::config::AmqpSection,
     live: Mutex<Option<Live>>,
+    /// When the last attempt to connect failed: the backoff, and the earliest moment for the next.
+    /// Guarded with `live` (only taken while `live` is held).
+    gate: std::sync::Mutex<Gate>,
     /// How many publishing channels, and which one the next publish takes.
     publisher_channels: usize,
     next_publisher: std::sync::atomic::AtomicUsize,
@@ -192,7 +209,9 @@ impl Broker {
             names: Names::new(settings),
             publish_timeout: Duration::from_secs(settings.amqp.publish_timeout),
             reconnect_delay: Duration::from_secs_f64(settings.amqp.reconnect_delay.max(0.05)),
+            amqp: settings.amqp.clone(),
             live: Mutex::new(None),
+            gate: std::sync::Mutex::new(Gate::new(Backoff::from_settings(&settings.amqp))),
             publisher_channels: publisher_channels.max(1),
             next_publisher: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -203,10 +222,22 @@ impl Broker {
                 Err(e) if start.elapsed() >= deadline => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "broker not reachable yet; retrying");
-                    tokio::time::sleep(broker.reconnect_delay).await;
+                    let wait = broker.retry_in().max(Duration::from_millis(10));
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
+    }
+
+    /// How long until the connection's backoff allows the next attempt (zero: now).
+    pub fn retry_in(&self) -> Duration {
+        self.gate.lock().expect("gate lock").wait()
+    }
+
+    /// A backoff for a loop of this process's own (a consumer re-opening its channel), from the
+    /// same `[amqp]` options as the connection's.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::from_settings(&self.amqp)
     }
 
     pub fn names(&self) -> &Names {
@@ -229,16 +260,86 @@ impl Broker {
                 return Ok(l.publishers[turn].clone());
             }
         }
+        // A dead connection is dropped (and its resources with it) before the next attempt.
+        if let Some(old) = live.take() {
+            drop(old);
+        }
+        let (wait, failing) = {
+            let gate = self.gate.lock().expect("gate lock");
+            (gate.wait(), gate.not_before.is_some())
+        };
+        // Until the backoff says so, nobody tries: callers fail at once and retry on their own
+        // schedule (a consumer's backoff, a reapply's deadline), so a thousand casts waiting for the
+        // broker make no attempt of their own.
+        if !wait.is_zero() {
+            return Err(unreachable(format!(
+                "the broker is unreachable; next attempt in {:.1} s",
+                wait.as_secs_f64()
+            )));
+        }
+        // lapin keeps about 10 KiB for every connection attempt that fails (amqp-rs/lapin#368), which
+        // a guest retrying for hours would pile up. While the broker is away, a bare TCP connection
+        // tells whether it is back before lapin is asked.
+        let opened = if failing {
+            match self.probe().await {
+                Ok(()) => self.open(turn).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            self.open(turn).await
+        };
+        match opened {
+            Ok((new, publisher)) => {
+                self.gate.lock().expect("gate lock").opened();
+                *live = Some(new);
+                tracing::info!("connected to the broker");
+                Ok(publisher)
+            }
+            Err(e) => {
+                let next = self.gate.lock().expect("gate lock").failed();
+                tracing::debug!(error = %e, next_attempt_in = ?next, "cannot connect to the broker");
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the broker's address accepts TCP connections (within `publish_timeout`).
+    async fn probe(&self) -> Result<(), AmqpError> {
+        let uri: lapin::uri::AMQPUri = self
+            .uri
+            .parse()
+            .map_err(|e: String| unreachable(format!("bad transport_url: {e}")))?;
+        let addr = (uri.authority.host.clone(), uri.authority.port);
+        match tokio::time::timeout(self.publish_timeout, tokio::net::TcpStream::connect(addr)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(format!(
+                "{}:{}: {e}",
+                uri.authority.host, uri.authority.port
+            ))),
+            Err(_) => Err(unreachable(format!(
+                "{}:{}: no answer within {:?}",
+                uri.authority.host, uri.authority.port, self.publish_timeout
+            ))),
+        }
+    }
+
+    /// Opens the connection, its publishing channels and the base topology.
+    async fn open(&self, turn: usize) -> Result<(Live, Channel), AmqpError> {
         let conn = Connection::connect(&self.uri, ConnectionProperties::default()).await?;
         let mut publishers = Vec::with_capacity(self.publisher_channels);
-        for _ in 0..self.publisher_channels {
-            publishers.push(confirm_channel(&conn).await?);
+        let opened = async {
+            for _ in 0..self.publisher_channels {
+                publishers.push(confirm_channel(&conn).await?);
+            }
+            declare_base(&publishers[0], &self.names).await
+        };
+        if let Err(e) = opened.await {
+            let _ = conn.close(200, "setup failed".into()).await;
+            return Err(e);
         }
-        declare_base(&publishers[0], &self.names).await?;
         let publisher = publishers[turn].clone();
-        *live = Some(Live { conn, publishers });
-        tracing::info!("connected to the broker");
-        Ok(publisher)
+        Ok((Live { conn, publishers }, publisher))
     }
 
     /// A fresh channel on the shared connection (consumers each get their own).
@@ -294,15 +395,45 @@ impl Broker {
             mandatory: true,
             ..Default::default()
         };
-        let confirm = ch
+        let confirm = match ch
             .basic_publish(exchange.into(), key.into(), opts, body, props)
-            .await?;
+            .await
+        {
+            Ok(confirm) => confirm,
+            Err(e) => {
+                self.discard_publisher(&ch).await;
+                return Err(e.into());
+            }
+        };
         match tokio::time::timeout(self.publish_timeout, confirm).await {
             Err(_) => Err(AmqpError::ConfirmTimeout(key.to_owned())),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Err(e)) => {
+                self.discard_publisher(&ch).await;
+                Err(e.into())
+            }
             Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => Err(AmqpError::Unroutable(key.to_owned())),
             Ok(Ok(Confirmation::Nack(_))) => Err(AmqpError::Nacked(key.to_owned())),
+        }
+    }
+
+    /// A publish on `ch` failed: replace that publishing channel now, whatever state lapin shows for
+    /// it yet, so one channel the broker closed (a channel error on one message) never fails the
+    /// publishes that come after it. The connection is checked on the next use as usual.
+    async fn discard_publisher(&self, ch: &Channel) {
+        let mut live = self.live.lock().await;
+        let Some(l) = live.as_mut() else { return };
+        if !l.conn.status().connected() {
+            return;
+        }
+        if let Some(slot) = l.publishers.iter_mut().find(|p| p.id() == ch.id()) {
+            match confirm_channel(&l.conn).await {
+                Ok(fresh) => {
+                    let _ = slot.close(200, "replaced".into()).await;
+                    *slot = fresh;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot replace a failed publishing channel"),
+            }
         }
     }
 
@@ -318,10 +449,34 @@ impl Broker {
         }
     }
 
-    /// Declares a server's durable topic queue and binds it: `guestagent.<id>`, `taskmanager`, ...
+    /// Declares a server's topic queue and binds it: `guestagent.<id>`, `taskmanager`, ...
+    /// ([`Names::durable`] says which survive a broker restart). On a channel of its own, so a
+    /// declaration the broker refuses never closes a publishing channel.
     pub async fn declare_topic_queue(&self, topic: &str) -> Result<(), AmqpError> {
-        let ch = self.publisher().await?;
-        declare_topic_queue(&ch, &self.names, topic).await
+        let ch = self.declare_on_own_channel(topic).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// A new channel on which `topic`'s queue is declared and bound. A queue that exists with the
+    /// other durability (declared before an upgrade changed [`Names::durable`]) is used as it is:
+    /// RabbitMQ refuses the declaration and closes the channel, so a second channel checks it
+    /// passively and binds it.
+    async fn declare_on_own_channel(&self, topic: &str) -> Result<Channel, AmqpError> {
+        let ch = self.channel().await?;
+        match declare_topic_queue(&ch, &self.names, topic, false).await {
+            Err(AmqpError::Lapin(e)) if precondition_failed(&e) => {
+                tracing::warn!(queue = %topic, "queue exists with other arguments; using it as it is");
+                let ch = self.channel().await?;
+                declare_topic_queue(&ch, &self.names, topic, true).await?;
+                Ok(ch)
+            }
+            Err(e) => {
+                let _ = ch.close(200, "declare failed".into()).await;
+                Err(e)
+            }
+            Ok(()) => Ok(ch),
+        }
     }
 
     /// Deletes a queue (a deleted guest's).
@@ -338,6 +493,50 @@ impl Broker {
         if let Some(l) = self.live.lock().await.take() {
             let _ = l.conn.close(200, "shutdown".into()).await;
         }
+    }
+}
+
+/// A connection error that never reached lapin (the broker's address refused it, or the backoff
+/// said not yet).
+fn unreachable(why: String) -> AmqpError {
+    AmqpError::Lapin(lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, why),
+    ))))
+}
+
+/// The reconnect gate: after a failed attempt, the next waits for a jittered, growing delay, however
+/// many callers ask for the connection meanwhile (they queue on `live` and share the attempt).
+#[derive(Debug)]
+struct Gate {
+    backoff: Backoff,
+    not_before: Option<tokio::time::Instant>,
+}
+
+impl Gate {
+    fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            not_before: None,
+        }
+    }
+
+    /// How long to wait before attempting now.
+    fn wait(&self) -> Duration {
+        self.not_before
+            .map(|t| t.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// An attempt failed: the next one waits. Returns the wait.
+    fn failed(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.not_before = Some(tokio::time::Instant::now() + delay);
+        delay
+    }
+
+    fn opened(&mut self) {
+        self.backoff.reset();
+        self.not_before = None;
     }
 }
 
@@ -389,14 +588,29 @@ async fn declare_base(ch: &Channel, names: &Names) -> Result<(), AmqpError> {
     Ok(())
 }
 
-async fn declare_topic_queue(ch: &Channel, names: &Names, topic: &str) -> Result<(), AmqpError> {
+/// RabbitMQ's 406 PRECONDITION_FAILED (a queue redeclared with other properties).
+fn precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406
+    )
+}
+
+/// Declares and binds `topic`'s queue; `passive` only checks that it exists.
+async fn declare_topic_queue(
+    ch: &Channel,
+    names: &Names,
+    topic: &str,
+    passive: bool,
+) -> Result<(), AmqpError> {
     let mut args = expiry_args(names);
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(names.dead_letter_exchange().into()),
     );
     let q = QueueDeclareOptions {
-        durable: true,
+        durable: names.durable(topic),
+        passive,
         ..Default::default()
     };
     ch.queue_declare(topic.into(), q, args).await?;
@@ -463,8 +677,7 @@ async fn open_consumer(
     topic: &str,
     prefetch: u16,
 ) -> Result<(Channel, lapin::Consumer), AmqpError> {
-    let ch = broker.channel().await?;
-    declare_topic_queue(&ch, &broker.names, topic).await?;
+    let ch = broker.declare_on_own_channel(topic).await?;
     ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let consumer = ch
         .basic_consume(
@@ -527,17 +740,23 @@ where
     let handler = Arc::new(handler);
     let limit = Arc::new(Semaphore::new(in_flight));
     let mut tasks = tokio::task::JoinSet::new();
+    // Between losing the channel and opening the next: a jittered, growing wait, reset once a
+    // channel consumes again. The connection has its own gate (Broker::publisher); this one also
+    // spaces out a channel the broker keeps closing while the connection lives.
+    let mut backoff = broker.backoff();
     while !shutdown.is_cancelled() {
         let (ch, mut consumer) = match open_consumer(&broker, &topic, prefetch).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, queue = %topic, "cannot consume yet; retrying");
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, queue = %topic, retry_in = ?wait, "cannot consume yet; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(broker.reconnect_delay) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                 }
             }
         };
+        backoff.reset();
         tracing::debug!(queue = %topic, max_batch, "consuming in batches");
         // Delivery tags are per channel: a new channel, a new ledger.
         let ledger = Arc::new(Mutex::new(AckLedger::default()));
@@ -606,9 +825,12 @@ where
             let _ = ch.close(200, "shutdown".into()).await;
             break;
         }
+        // The channel or the connection went away. Everyone consuming noticed in the same moment:
+        // spread the way back.
+        let wait = backoff.next_delay();
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(broker.reconnect_delay) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     while tasks.join_next().await.is_some() {}

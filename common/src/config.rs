@@ -82,9 +82,19 @@ pub struct DefaultSection {
     /// Seconds between the taskmanager's build checks.
     pub usage_sleep_time: f64,
     pub usage_timeout: u64,
+    /// Seconds a building instance's guest may report `new` (up, but no `prepare` received) before
+    /// the taskmanager sends `prepare` again; at most once per this period. 0: never. Ours.
+    pub prepare_resend_after: u64,
+    /// Seconds a launched guest may take to send its first report before the build fails. 0: only
+    /// `usage_timeout` applies. Ours.
+    pub guest_start_timeout: u64,
     pub cluster_usage_timeout: u64,
     pub cluster_delete_time_out: u64,
     pub update_status_on_fail: bool,
+    /// Seconds after which an instance in BUILD whose guest is gone (no status report for that long;
+    /// or none ever, the instance being that old) may be deleted, which Trove otherwise refuses.
+    /// 0: never (Trove's rule). Ours.
+    pub build_delete_grace: u64,
     pub region: String,
     /// Datastore used by `POST /instances` without one (the walkthrough needs `redis`).
     #[serde(deserialize_with = "empty_as_none")]
@@ -146,9 +156,12 @@ impl Default for DefaultSection {
             report_interval: 30.0,
             usage_sleep_time: 5.0,
             usage_timeout: 1800,
+            prepare_resend_after: 20,
+            guest_start_timeout: 120,
             cluster_usage_timeout: 36000,
             cluster_delete_time_out: 180,
             update_status_on_fail: true,
+            build_delete_grace: 300,
             region: "RegionOne".into(),
             default_datastore: None,
             module_types: vec!["ping".into(), "new_relic_license".into()],
@@ -205,8 +218,17 @@ pub struct AmqpSection {
     pub prefetch: u16,
     /// Seconds to wait for a publisher confirm.
     pub publish_timeout: u64,
-    /// Seconds between reconnect attempts.
+    /// Seconds: the first step of the reconnect backoff (oslo's `rabbit_retry_interval`). Each
+    /// attempt waits a random time up to the current step ([`crate::backoff::Backoff`]).
     pub reconnect_delay: f64,
+    /// Each failed attempt multiplies the step by this (oslo's `rabbit_retry_backoff`).
+    pub reconnect_backoff: f64,
+    /// Seconds: the step never grows past this (oslo's `rabbit_interval_max`).
+    pub reconnect_max_delay: f64,
+    /// Whether guests' `guestagent.<id>` queues survive a broker restart (oslo's
+    /// `amqp_durable_queues`, for guest queues only; the services' queues are always durable). Off:
+    /// guests declare their queues again on reconnecting, and a restart recovers in seconds.
+    pub durable_guest_queues: bool,
     /// When above zero, server queues expire after this many milliseconds unused (`x-expires`); for
     /// test brokers shared by many short-lived topologies.
     pub queue_expires_ms: u64,
@@ -226,7 +248,10 @@ impl Default for AmqpSection {
             prefetch: 32,
             publish_timeout: 30,
             reconnect_delay: 1.0,
+            reconnect_backoff: 2.0,
+            reconnect_max_delay: 30.0,
             queue_expires_ms: 0,
+            durable_guest_queues: false,
             conductor_batch_size: 64,
             conductor_batches_in_flight: 4,
             conductor_batch_linger_ms: 10,

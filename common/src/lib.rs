@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod amqp;
+pub mod backoff;
 pub mod config;
 pub mod crypto;
 #[cfg(feature = "db")]
