@@ -284,7 +284,11 @@ pub async fn reapply(
     Ok(accepted())
 }
 
-/// `GET /modules/{id}/reapply` (our extension): the module's reapply jobs, newest first.
+/// How many failed instances a reapply job's view lists (its `failed` count has them all).
+const FAILURES_SHOWN: i64 = 100;
+
+/// `GET /modules/{id}/reapply` (our extension): the module's reapply jobs, newest first, each with
+/// its first [`FAILURES_SHOWN`] failed instances and why they failed.
 pub async fn reapply_jobs(
     State(st): State<AppState>,
     ctx: Context,
@@ -295,17 +299,31 @@ pub async fn reapply_jobs(
         .run(move |c| {
             let m = svc::load(c, &id, ctx.caller())?;
             let tenant = (!ctx.is_admin).then_some(ctx.project_id.as_str());
-            Ok::<_, ApiError>(ReapplyJob::for_module(c, &m.id, tenant)?)
+            let jobs = ReapplyJob::for_module(c, &m.id, tenant)?;
+            let mut failures = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                failures.push(if j.failed > 0 {
+                    ReapplyJob::failures(c, &j.id, FAILURES_SHOWN)?
+                } else {
+                    Vec::new()
+                });
+            }
+            Ok::<_, ApiError>(jobs.into_iter().zip(failures).collect::<Vec<_>>())
         })
         .await?;
     let t = |x: Option<chrono::NaiveDateTime>| x.map(api_time);
     let items: Vec<Value> = jobs
         .iter()
-        .map(|j| {
+        .map(|(j, failures)| {
+            let failures: Vec<Value> = failures
+                .iter()
+                .map(|(id, why)| json!({"instance_id": id, "message": why}))
+                .collect();
             json!({"id": j.id, "module_id": j.module_id, "state": j.state, "md5": j.md5,
                    "include_clustered": j.include_clustered, "force": j.force,
                    "batch_size": j.batch_size, "batch_delay": j.batch_delay,
                    "total": j.total, "applied": j.applied, "skipped": j.skipped, "failed": j.failed,
+                   "failures": failures,
                    "created": api_time(j.created), "started": t(j.started), "finished": t(j.finished)})
         })
         .collect();

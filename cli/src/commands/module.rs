@@ -597,7 +597,11 @@ fn wait_for_job(
                 if drew_progress {
                     writeln!(ctx.err)?;
                 }
-                return ctx.println(&summary_line(job));
+                ctx.println(&summary_line(job))?;
+                for line in failure_lines(job) {
+                    ctx.println(&line)?;
+                }
+                return Ok(());
             }
         }
         if limit.is_some_and(|l| start.elapsed() >= l) {
@@ -651,6 +655,22 @@ pub fn summary_line(job: &Json) -> String {
         count(job, "failed"),
         count(job, "total"),
     )
+}
+
+/// One line per failed instance the job lists: `  failed <instance id>: <why>`.
+pub fn failure_lines(job: &Json) -> Vec<String> {
+    job.get("failures")
+        .and_then(Json::as_array)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            format!(
+                "  failed {}: {}",
+                f.get("instance_id").map(Json::py_str).unwrap_or_default(),
+                f.get("message").map(Json::py_str).unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// The progress bar drawn on a terminal: `[#####-----] 2/4 <state>`.
@@ -1314,6 +1334,16 @@ mod tests {
         );
         let failed = Json::parse(r#"{"id": "j2", "state": "FAILED", "total": 0}"#).expect("json");
         assert!(job_finished(&failed));
+        assert!(failure_lines(&done).is_empty());
+        let some = Json::parse(
+            r#"{"id": "j3", "state": "finished", "total": 2, "applied": 1, "failed": 1,
+                "failures": [{"instance_id": "i2", "message": "the guest's queue is gone"}]}"#,
+        )
+        .expect("json");
+        assert_eq!(
+            failure_lines(&some),
+            ["  failed i2: the guest's queue is gone"]
+        );
     }
 
     #[test]

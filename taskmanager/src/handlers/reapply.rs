@@ -558,8 +558,8 @@ fn settle(c: &mut PgConnection, job_id: &str) -> Result<Settled, DbError> {
             applied,
             skipped = job.skipped,
             failed,
-            "Reapplied module to {applied} instances (skipped {}).",
-            job.skipped + failed
+            "Reapplied module to {applied} instances (skipped {}, failed {failed}).",
+            job.skipped
         );
         return Ok(Settled::Finished);
     }
@@ -806,56 +806,19 @@ async fn cast_items(
             Ok::<_, anyhow::Error>((targets, entry))
         })
         .await?;
-    let mut failed: Vec<(String, &'static str)> = Vec::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
     if let Some(entry) = entry {
         let rpc = RpcContext {
             request_id: job.request_id.clone(),
             ..RpcContext::service()
         };
-        let sends: Vec<_> = targets
-            .iter()
-            .map(|(instance_id, sealed)| {
-                let msg = GuestMsg::ModuleApply {
-                    modules: vec![entry.clone()],
-                    job_id: Some(job.id.clone()),
-                };
-                let rpc = rpc.clone();
-                async move {
-                    let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
-                        .ok()
-                        .flatten();
-                    let res = crate::guest::cast_with(
-                        ctx,
-                        instance_id,
-                        crate::guest::keyring(keys.as_deref()).as_ref(),
-                        &rpc,
-                        &msg,
-                        ctx.settings.default.module_reapply_persistent_casts,
-                    )
-                    .await;
-                    (instance_id.clone(), res)
-                }
-            })
-            .collect();
-        // Bounded: all at once, a batch of thousands of persistent casts queues more disk writes in
-        // the broker than it can confirm before everyone's confirms time out (BENCHMARKS.md).
-        let in_flight = ctx.settings.default.module_reapply_casts_in_flight.max(1) as usize;
-        let results: Vec<_> = futures_util::stream::iter(sends)
-            .buffer_unordered(in_flight)
-            .collect()
-            .await;
-        for (id, res) in results {
-            if let Err(e) = res {
-                tracing::warn!(instance.id = %id, error = %e, "guest unreachable for reapply");
-                failed.push((id, "the guest's queue is gone"));
-            }
-        }
+        failed = cast_until_taken(ctx, job, &entry, &rpc, targets).await;
     } else {
         tracing::warn!(module.id = %job.module_id, "the module was deleted during its reapply");
         failed.extend(
             instance_ids
                 .iter()
-                .map(|id| (id.clone(), "the module was deleted")),
+                .map(|id| (id.clone(), "the module was deleted".to_owned())),
         );
     }
     let job_id = job.id.clone();
@@ -871,7 +834,7 @@ async fn cast_items(
                 for (id, message) in &failed {
                     diesel::update(items::table.find((&job_id, id)))
                         .filter(items::state.eq("sent"))
-                        .set((items::state.eq("failed"), items::message.eq(*message)))
+                        .set((items::state.eq("failed"), items::message.eq(message)))
                         .execute(c)?;
                 }
                 match stamp {
@@ -895,6 +858,90 @@ async fn cast_items(
         })
         .await?;
     Ok(())
+}
+
+/// Casts `entry` to every guest of `targets`, at most `module_reapply_casts_in_flight` awaiting their
+/// confirms, and casts again, after a jittered backoff, the ones the broker did not take: a broker
+/// that restarts or is unreachable for a while delays the batch, it does not fail it. What is still
+/// not taken after `module_reapply_instance_timeout` fails, with the reason: the guest's queue is
+/// gone (unroutable), or the broker's last error.
+async fn cast_until_taken(
+    ctx: &Ctx,
+    job: &ReapplyJob,
+    entry: &ModuleEntry,
+    rpc: &RpcContext,
+    mut todo: Vec<(String, Option<String>)>,
+) -> Vec<(String, String)> {
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(ctx.settings.default.module_reapply_instance_timeout.max(1));
+    let in_flight = ctx.settings.default.module_reapply_casts_in_flight.max(1) as usize;
+    let mut backoff = ctx.broker.backoff();
+    loop {
+        let sends = todo.into_iter().map(|(instance_id, sealed)| {
+            let msg = GuestMsg::ModuleApply {
+                modules: vec![entry.clone()],
+                job_id: Some(job.id.clone()),
+            };
+            async move {
+                let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
+                    .ok()
+                    .flatten();
+                let res = crate::guest::cast_with(
+                    ctx,
+                    &instance_id,
+                    crate::guest::keyring(keys.as_deref()).as_ref(),
+                    rpc,
+                    &msg,
+                    ctx.settings.default.module_reapply_persistent_casts,
+                )
+                .await;
+                (instance_id, sealed, res)
+            }
+        });
+        // Bounded: all at once, a batch of thousands of persistent casts queues more disk writes in
+        // the broker than it can confirm before everyone's confirms time out (BENCHMARKS.md).
+        let results: Vec<_> = futures_util::stream::iter(sends)
+            .buffer_unordered(in_flight)
+            .collect()
+            .await;
+        let mut again = Vec::new();
+        let mut last_errors = Vec::new();
+        for (id, sealed, res) in results {
+            if let Err(e) = res {
+                last_errors.push((id.clone(), e));
+                again.push((id, sealed));
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if again.is_empty() || now >= deadline {
+            return last_errors
+                .into_iter()
+                .map(|(id, e)| {
+                    tracing::warn!(instance.id = %id, error = %e, "guest unreachable for reapply");
+                    let why = match e {
+                        trove_common::amqp::AmqpError::Unroutable(_) => {
+                            "the guest's queue is gone".to_owned()
+                        }
+                        e => format!("the broker did not take the cast: {e}"),
+                    };
+                    (id, why)
+                })
+                .collect();
+        }
+        let wait = backoff
+            .next_delay()
+            .max(ctx.broker.retry_in())
+            .min(deadline - now);
+        tracing::warn!(
+            job.id = %job.id,
+            casts = again.len(),
+            error = %last_errors[0].1,
+            retry_in = ?wait,
+            "the broker did not take some casts; casting them again"
+        );
+        tokio::time::sleep(wait).await;
+        todo = again;
+    }
 }
 
 /// Locks the job's items of `instance_ids` (`FOR UPDATE`) in instance id order: every transaction

@@ -93,6 +93,22 @@ impl ReapplyJob {
             .load(conn)
     }
 
+    /// The job's failed instances, in the job's order, with why each failed (at most `limit`).
+    pub fn failures(
+        conn: &mut PgConnection,
+        job_id: &str,
+        limit: i64,
+    ) -> QueryResult<Vec<(String, Option<String>)>> {
+        use crate::db::schema::reapply_job_items as items;
+        items::table
+            .filter(items::job_id.eq(job_id.to_owned()))
+            .filter(items::state.eq("failed"))
+            .order(items::seq)
+            .limit(limit)
+            .select((items::instance_id, items::message))
+            .load(conn)
+    }
+
     /// Jobs not finished yet (a restarted taskmanager resumes them).
     pub fn active(conn: &mut PgConnection) -> QueryResult<Vec<Self>> {
         reapply_jobs::table
