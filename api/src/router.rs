@@ -101,7 +101,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             &format!("{t}/clusters/{{id}}"),
-            get(clusters::show).delete(clusters::delete),
+            get(clusters::show)
+                .post(clusters::action)
+                .delete(clusters::delete),
         )
         .route(
             &format!("{t}/clusters/{{cid}}/instances/{{iid}}"),

@@ -735,3 +735,84 @@ fn data_plane_commands_name_a_missing_instance_or_cluster() {
         "{err}"
     );
 }
+
+const CLUSTER_ID: &str = "9c1e2f4a-3b5d-4e6f-8a7b-0c1d2e3f4a5b";
+
+#[test]
+fn reset_status_posts_troves_bodies_and_prints_nothing() {
+    let fake = Fake::start(|r| {
+        let inst = format!("/v1.0/t1/instances/{INSTANCE_ID}");
+        let cluster = format!("/v1.0/t1/clusters/{CLUSTER_ID}");
+        match (r.method.as_str(), r.path.as_str()) {
+            // By name: the lookup by id misses, the list has it.
+            ("GET", "/v1.0/t1/instances/inst1") => not_found("Resource inst1 cannot be found."),
+            ("GET", "/v1.0/t1/instances?include_clustered=False") => (
+                200,
+                json!({"instances": [{"id": INSTANCE_ID, "name": "inst1"}]}).to_string(),
+            ),
+            ("GET", p) if p == inst => (
+                200,
+                json!({"instance": {"id": INSTANCE_ID, "name": "inst1", "status": "BUILD"}})
+                    .to_string(),
+            ),
+            ("POST", p) if p == format!("{inst}/action") => (202, String::new()),
+            ("GET", p) if p == cluster => (
+                200,
+                json!({"cluster": {"id": CLUSTER_ID, "name": "c1", "instances": []}}).to_string(),
+            ),
+            // Trove answers a cluster action with the cluster view.
+            ("POST", p) if p == cluster => (
+                202,
+                json!({"cluster": {"id": CLUSTER_ID, "name": "c1",
+                                   "task": {"id": 1, "name": "NONE"}, "instances": []}})
+                .to_string(),
+            ),
+            _ => not_found("The resource could not be found."),
+        }
+    });
+    assert_eq!(
+        fake.run(&["reset-status", "inst1"]),
+        (0, String::new(), String::new())
+    );
+    assert_eq!(
+        fake.run(&["cluster-reset-status", CLUSTER_ID]),
+        (0, String::new(), String::new())
+    );
+    let writes: Vec<Recorded> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(writes.len(), 2);
+    assert_eq!(
+        writes[0].path,
+        format!("/v1.0/t1/instances/{INSTANCE_ID}/action")
+    );
+    assert_eq!(writes[0].json(), json!({"reset_status": {}}));
+    assert_eq!(writes[1].path, format!("/v1.0/t1/clusters/{CLUSTER_ID}"));
+    assert_eq!(writes[1].json(), json!({"reset-status": {}}));
+}
+
+#[test]
+fn reset_status_by_a_non_admin_shows_troves_policy_error() {
+    let fake = Fake::start(|r| match r.method.as_str() {
+        "GET" => (
+            200,
+            json!({"instance": {"id": INSTANCE_ID, "name": "inst1"}}).to_string(),
+        ),
+        _ => (
+            403,
+            json!({"forbidden": {"code": 403,
+                "message": "Policy doesn't allow instance:reset_status to be performed."}})
+            .to_string(),
+        ),
+    });
+    let (code, out, err) = fake.run(&["reset-status", INSTANCE_ID]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        "ERROR: Policy doesn't allow instance:reset_status to be performed. (HTTP 403)\n"
+    );
+    let (code, _, err) = fake.run(&["reset-status"]);
+    assert_eq!(code, 2, "a missing <instance> is a usage error: {err}");
+}

@@ -10,5 +10,6 @@ mod modules_api;
 mod modules_at_rest;
 mod real_databases;
 mod reapply;
+mod reset_status;
 mod resilience;
 mod walkthrough;

@@ -1,5 +1,6 @@
-//! `POST /v1.0/{tenant_id}/instances/{id}/action`: `{"restart": {}}` → 202 (Trove's
-//! `InstanceController.action`). The rules live in [`crate::service::actions`].
+//! `POST /v1.0/{tenant_id}/instances/{id}/action`: `{"restart": {}}` and (admins)
+//! `{"reset_status": {}}` → 202, empty (Trove's `InstanceController.action`). The rules live in
+//! [`crate::service::actions`].
 
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -31,6 +32,12 @@ pub async fn action(
                 })
                 .await?;
             st.outbox.notify_one();
+            Ok(accepted())
+        }
+        Action::ResetStatus { force_delete } => {
+            st.db
+                .run(move |c| svc::reset_status(c, &ctx, &id, force_delete))
+                .await?;
             Ok(accepted())
         }
     }

@@ -244,6 +244,37 @@ pub async fn instance(
     super::instances::show(State(st), ctx, Path((t, iid))).await
 }
 
+/// `POST /clusters/{id}`: a cluster action (Trove's `ClusterController.action`). Only `reset-status`
+/// (admins) is built: 202 with the cluster view as it is after the reset.
+pub async fn action(
+    State(st): State<AppState>,
+    ctx: Context,
+    Path((_t, id)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    use crate::service::actions::{self as actions, ClusterAction};
+    let force_delete = match actions::parse_cluster(&body)? {
+        ClusterAction::ResetStatus { force_delete } => force_delete,
+        ClusterAction::Refused(refused) => {
+            // Trove loads the cluster (404) before it judges the action.
+            load(&st, &ctx, &id, false).await?;
+            return Err(refused.error());
+        }
+    };
+    {
+        let (ctx, id) = (ctx.clone(), id.clone());
+        st.db
+            .run(move |c| actions::reset_cluster(c, &ctx, &id, force_delete))
+            .await?;
+    }
+    let view = load(&st, &ctx, &id, false).await?;
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({"cluster": view})),
+    )
+        .into_response())
+}
+
 /// `DELETE /clusters/{id}`
 pub async fn delete(
     State(st): State<AppState>,
@@ -268,9 +299,8 @@ pub async fn delete(
                 let members = { let rows = Instance::cluster_members(conn, &c.id)?; Instance::detail(conn, rows)? };
                 for d in &members {
                     let st = crate::views::instances::status(d, expiry);
-                    if st == "BUILD" {
-                        return Err(ApiError::Unprocessable(format!("Instance {} is not ready. (Status is {st}).", d.instance.id)));
-                    }
+                    let last_report = d.service.as_ref().and_then(|s| s.updated_at);
+                    svc::check_deletable(&settings, &d.instance, st, last_report)?;
                 }
                 Cluster::set_task(conn, &c.id, ClusterTask::Deleting)?;
                 let rpc = ctx.rpc();

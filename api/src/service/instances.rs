@@ -1,6 +1,7 @@
 //! Instance and cluster creation and deletion: everything written in one transaction together with the
 //! outbox messages that announce it (module-semantics §13, messaging.md §6).
 
+use chrono::NaiveDateTime;
 use diesel::pg::PgConnection;
 use diesel::Connection;
 use serde_json::{json, Value};
@@ -10,6 +11,7 @@ use trove_common::db::models::instance::Scope;
 use trove_common::db::models::module::Caller;
 use trove_common::db::models::{
     Cluster, Datastore, DatastoreVersion, Flavor, Instance, InstanceModule, Module, OutboxMessage,
+    ServiceStatusRow,
 };
 use trove_common::db::{new_id, now};
 use trove_common::module::check_datastore;
@@ -210,6 +212,50 @@ pub fn check_volume(settings: &Settings, size: Option<Option<i64>>) -> ApiResult
     Ok(size as i32)
 }
 
+/// Whether an instance in BUILD counts as having lost its guest, so that it may be deleted:
+/// `grace_secs` (`build_delete_grace`; 0 never) have passed since the guest's last status report
+/// (`service_statuses.updated_at`, which every heartbeat moves), or, when it never reported, since
+/// the instance was created (the row is written with `updated_at = created`). Pure.
+pub fn guest_gone(
+    created: NaiveDateTime,
+    last_report: Option<NaiveDateTime>,
+    now: NaiveDateTime,
+    grace_secs: u64,
+) -> bool {
+    if grace_secs == 0 {
+        return false;
+    }
+    let since = last_report.map_or(created, |r| r.max(created));
+    let grace = chrono::Duration::seconds(i64::try_from(grace_secs).unwrap_or(i64::MAX / 1000));
+    now - since > grace
+}
+
+/// Trove's refusal to delete an instance whose status is BUILD (422 `Instance <id> is not ready.
+/// (Status is BUILD).`), unless its guest is gone ([`guest_gone`]).
+pub fn check_deletable(
+    settings: &Settings,
+    inst: &Instance,
+    status: &str,
+    last_report: Option<NaiveDateTime>,
+) -> ApiResult<()> {
+    if status != "BUILD" {
+        return Ok(());
+    }
+    let grace = settings.default.build_delete_grace;
+    if guest_gone(inst.created, last_report, now(), grace) {
+        tracing::info!(
+            instance.id = %inst.id,
+            build_delete_grace = grace,
+            "deleting an instance in BUILD whose guest has not reported within the grace period"
+        );
+        return Ok(());
+    }
+    Err(ApiError::Unprocessable(format!(
+        "Instance {} is not ready. (Status is {status}).",
+        inst.id
+    )))
+}
+
 /// `DELETE /instances/{id}` (rest-api.md): checks, task DELETING, modules retired, cast queued.
 pub fn delete_instance(
     conn: &mut PgConnection,
@@ -225,9 +271,8 @@ pub fn delete_instance(
             Instance::find(conn, id, scope)?.ok_or_else(|| ApiError::resource_not_found(id))?;
         let st = status(conn, &inst)?;
         if st == "BUILD" {
-            return Err(ApiError::Unprocessable(format!(
-                "Instance {id} is not ready. (Status is {st})."
-            )));
+            let last_report = ServiceStatusRow::for_instance(conn, id)?.and_then(|s| s.updated_at);
+            check_deletable(settings, &inst, st, last_report)?;
         }
         if let Some(cid) = &inst.cluster_id {
             let deleting = Cluster::find(conn, cid, None)?
@@ -267,5 +312,99 @@ pub fn new_cluster(name: &str, tenant: &str, ver: &DatastoreVersion) -> Cluster 
         configuration_id: None,
         deleted: false,
         deleted_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0)
+            .unwrap()
+            .naive_utc()
+    }
+
+    #[test]
+    fn a_build_is_deletable_once_its_guest_is_silent_for_the_grace() {
+        let created = at(0);
+        // Never reported (the row's updated_at is the creation time, or missing).
+        assert!(!guest_gone(created, Some(created), at(300), 300));
+        assert!(guest_gone(created, Some(created), at(301), 300));
+        assert!(guest_gone(created, None, at(301), 300));
+        assert!(!guest_gone(created, None, at(299), 300));
+        // Reported, then went silent: counted from the last report.
+        assert!(!guest_gone(created, Some(at(1000)), at(1200), 300));
+        assert!(guest_gone(created, Some(at(1000)), at(1301), 300));
+        // A report stamped before the creation (clock skew) counts from the creation.
+        assert!(!guest_gone(created, Some(at(-1000)), at(100), 300));
+        // 0: Trove's rule, never.
+        assert!(!guest_gone(created, None, at(1_000_000), 0));
+        // An absurd grace does not overflow.
+        assert!(!guest_gone(created, None, at(1_000_000), u64::MAX));
+    }
+
+    #[test]
+    fn only_build_is_checked_and_the_refusal_is_troves() {
+        let mut settings = Settings::default();
+        settings.default.build_delete_grace = 300;
+        let now = now();
+        let mut inst = trove_instance("i1", now);
+        check_deletable(&settings, &inst, "ACTIVE", Some(now)).unwrap();
+        check_deletable(&settings, &inst, "ERROR", Some(now)).unwrap();
+        let e = check_deletable(&settings, &inst, "BUILD", Some(now)).unwrap_err();
+        assert!(matches!(e, ApiError::Unprocessable(_)));
+        assert_eq!(
+            e.to_string(),
+            "Instance i1 is not ready. (Status is BUILD)."
+        );
+
+        let old = now - chrono::Duration::seconds(301);
+        inst.created = old;
+        check_deletable(&settings, &inst, "BUILD", Some(old)).unwrap();
+        settings.default.build_delete_grace = 0;
+        assert!(check_deletable(&settings, &inst, "BUILD", Some(old)).is_err());
+    }
+
+    #[test]
+    fn the_grace_is_an_oslo_option() {
+        assert_eq!(Settings::default().default.build_delete_grace, 300);
+        let path = std::env::temp_dir().join(format!("trove-grace-{}.conf", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "[DEFAULT]\nbuild_delete_grace = 7\n").unwrap();
+        let loaded = trove_common::config::load(std::slice::from_ref(&path));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(loaded.unwrap().default.build_delete_grace, 7);
+    }
+
+    fn trove_instance(id: &str, created: NaiveDateTime) -> Instance {
+        Instance {
+            id: id.into(),
+            created,
+            updated: created,
+            name: "n".into(),
+            hostname: None,
+            compute_instance_id: None,
+            server_status: Some("BUILD".into()),
+            task_id: InstanceTask::Building.code(),
+            task_description: InstanceTask::Building.description().into(),
+            task_start_time: Some(created),
+            volume_id: None,
+            volume_size: Some(1),
+            flavor_id: "15".into(),
+            tenant_id: "t1".into(),
+            datastore_version_id: "v1".into(),
+            cluster_id: None,
+            shard_id: None,
+            instance_type: None,
+            region_id: "RegionOne".into(),
+            encrypted_key: None,
+            configuration_id: None,
+            slave_of_id: None,
+            deleted: false,
+            deleted_at: None,
+            compute_host: None,
+            address: None,
+            port: None,
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Cluster commands: `cluster-create`, `cluster-list`, `cluster-show`, `cluster-instances`,
-//! `cluster-delete`, `cluster-modules`.
+//! `cluster-delete`, `cluster-reset-status`, `cluster-modules`.
 //!
 //! The `--instance "opt=<value>[,opt=<value> ...] "` parser reproduces troveclient's
 //! `_strip_option` quirks: options are found by substring, each one is cut out of the string in
@@ -515,6 +515,21 @@ pub fn delete(ctx: &mut Context<'_>, args: DeleteArgs) -> anyhow::Result<()> {
             Ok(())
         },
     )
+}
+
+/// `trove cluster-reset-status <cluster>` (troveclient's `do_cluster_reset_status`):
+/// `POST /clusters/<id>` with `{"reset-status": {}}`; prints nothing.
+pub fn reset_status(ctx: &mut Context<'_>, args: ClusterArg) -> anyhow::Result<()> {
+    let cluster = find(&ctx.client, &CLUSTER, &args.cluster)?;
+    let id = cluster
+        .get("id")
+        .map(Json::py_str)
+        .ok_or_else(|| anyhow!("Invalid response: the cluster has no id"))?;
+    ctx.client.post(
+        &format!("/clusters/{}", segment(&id)),
+        &json!({"reset-status": {}}),
+    )?;
+    Ok(())
 }
 
 /// `trove cluster-modules`: the modules of every member, sorted by instance name.

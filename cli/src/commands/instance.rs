@@ -1,4 +1,4 @@
-//! Instance commands: `create`, `list`, `show`, `delete`, `restart`.
+//! Instance commands: `create`, `list`, `show`, `delete`, `restart`, `reset-status`.
 
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -429,15 +429,24 @@ pub fn delete(ctx: &mut Context<'_>, args: DeleteArgs) -> anyhow::Result<()> {
 
 /// `trove restart <instance>`: `POST /instances/<id>/action` with `{"restart": {}}`.
 pub fn restart(ctx: &mut Context<'_>, args: ShowArgs) -> anyhow::Result<()> {
-    let instance = find(&ctx.client, &INSTANCE, &args.instance)?;
+    instance_action(ctx, &args.instance, &json!({"restart": {}}))
+}
+
+/// `trove reset-status <instance>` (troveclient's `do_reset_status`): `POST /instances/<id>/action`
+/// with `{"reset_status": {}}`; prints nothing.
+pub fn reset_status(ctx: &mut Context<'_>, args: ShowArgs) -> anyhow::Result<()> {
+    instance_action(ctx, &args.instance, &json!({"reset_status": {}}))
+}
+
+/// Resolves `instance` and posts `body` to its action URL (troveclient's `instances._action`).
+fn instance_action(ctx: &mut Context<'_>, instance: &str, body: &Value) -> anyhow::Result<()> {
+    let instance = find(&ctx.client, &INSTANCE, instance)?;
     let id = instance
         .get("id")
         .map(Json::py_str)
         .ok_or_else(|| anyhow!("Invalid response: the instance has no id"))?;
-    ctx.client.post(
-        &format!("/instances/{}/action", segment(&id)),
-        &json!({"restart": {}}),
-    )?;
+    ctx.client
+        .post(&format!("/instances/{}/action", segment(&id)), body)?;
     Ok(())
 }
 

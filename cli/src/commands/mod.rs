@@ -120,6 +120,14 @@ pub enum Command {
     Delete(instance::DeleteArgs),
     /// Restarts an instance.
     Restart(instance::ShowArgs),
+    // troveclient's docstring; its command list shows the docstring's first line only.
+    #[command(
+        about = "Set the task status of an instance to NONE if the instance is in BUILD",
+        long_about = "Set the task status of an instance to NONE if the instance is in BUILD or \
+                      ERROR state. Resetting task status of an instance in BUILD state will allow \
+                      the instance to be deleted."
+    )]
+    ResetStatus(instance::ShowArgs),
     /// Creates a new cluster.
     ClusterCreate(cluster::CreateArgs),
     /// Lists all the clusters.
@@ -130,6 +138,8 @@ pub enum Command {
     ClusterInstances(cluster::ClusterArg),
     /// Delete specified cluster(s).
     ClusterDelete(cluster::DeleteArgs),
+    /// Set the cluster task to NONE.
+    ClusterResetStatus(cluster::ClusterArg),
     /// Lists all modules for each instance of a cluster.
     ClusterModules(cluster::ClusterArg),
     /// Creates a database on an instance.
@@ -260,6 +270,7 @@ pub fn dispatch(ctx: &mut Context<'_>, command: Command) -> anyhow::Result<()> {
         Command::Show(args) => instance::show(ctx, args),
         Command::Delete(args) => instance::delete(ctx, args),
         Command::Restart(args) => instance::restart(ctx, args),
+        Command::ResetStatus(args) => instance::reset_status(ctx, args),
         Command::DatabaseCreate(args) => database::database_create(ctx, args),
         Command::DatabaseList(args) => database::database_list(ctx, args),
         Command::DatabaseDelete(args) => database::database_delete(ctx, args),
@@ -273,6 +284,7 @@ pub fn dispatch(ctx: &mut Context<'_>, command: Command) -> anyhow::Result<()> {
         Command::ClusterShow(args) => cluster::show(ctx, args),
         Command::ClusterInstances(args) => cluster::instances(ctx, args),
         Command::ClusterDelete(args) => cluster::delete(ctx, args),
+        Command::ClusterResetStatus(args) => cluster::reset_status(ctx, args),
         Command::ClusterModules(args) => cluster::modules(ctx, args),
         Command::DatastoreList => datastore::list(ctx),
         Command::DatastoreShow(args) => datastore::show(ctx, args),
