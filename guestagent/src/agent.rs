@@ -75,7 +75,8 @@ pub struct Agent {
     modules: Arc<ModuleManager>,
     /// The record in `guest_state.json`; held across persist and heartbeat (see the module docs).
     state: tokio::sync::Mutex<GuestState>,
-    /// One `prepare` at a time: a redelivered one waits, then sees `prepared` and only re-reports.
+    /// Held while a `prepare` runs: another one meanwhile (a redelivery, or the taskmanager's re-send)
+    /// is ignored; one after it sees `prepared` and only re-reports.
     pub(crate) prepare_lock: tokio::sync::Mutex<()>,
     /// The datastore manager, or why there is none (an unknown manager name).
     datastore: Result<Arc<dyn Datastore>, String>,
@@ -118,7 +119,13 @@ impl Agent {
         state::create_private_dir(&guest.state_dir).with_context(|| {
             format!("creating the state directory {}", guest.state_dir.display())
         })?;
-        let record = state::load(&guest.state_dir.join(state::STATE_FILE))?;
+        let mut record = state::load(&guest.state_dir.join(state::STATE_FILE))?;
+        if interrupted_prepare(&record) {
+            // This process has just started, so nothing runs that prepare any more: report `new`
+            // until one runs again (redelivered by the broker, or sent again by the taskmanager).
+            tracing::warn!("the last prepare did not finish; waiting for prepare again");
+            record.service_status = None;
+        }
 
         let key = guest
             .instance_rpc_encr_key
@@ -272,12 +279,15 @@ impl Agent {
         }
     }
 
-    /// Heartbeats the current status now, if there is one (a guest never prepared has none).
+    /// Heartbeats the current status now: `new` for a guest that has not started a `prepare` yet, so
+    /// the taskmanager sees a guest that runs without one (and sends it again).
     pub async fn report_status(&self, ctx: &RpcContext) {
         let current = self.state.lock().await;
-        if let Some(description) = current.service_status.as_deref() {
-            self.send_heartbeat(description, ctx).await;
-        }
+        let description = current
+            .service_status
+            .as_deref()
+            .unwrap_or(ServiceStatus::New.description());
+        self.send_heartbeat(description, ctx).await;
     }
 
     /// Casts a heartbeat (the caller holds the state lock). A failure is logged: the next periodic
@@ -318,6 +328,12 @@ impl Agent {
         let body = rpc::encode_reply(&to.msg_id, result, self.keys.as_ref());
         self.transport.reply(&to.reply_q, &body).await
     }
+}
+
+/// Whether `record` is a `prepare` that was under way when the guest stopped: `building`, never
+/// prepared. Pure.
+pub fn interrupted_prepare(record: &GuestState) -> bool {
+    !record.prepared && record.status() == Some(ServiceStatus::Building)
 }
 
 async fn persist(path: PathBuf, record: GuestState) -> anyhow::Result<()> {

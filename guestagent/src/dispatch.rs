@@ -309,11 +309,16 @@ async fn handle_restart(agent: &Agent, ctx: &RpcContext) -> HandlerResult {
 
 /// `prepare` (cast): `building` → set up the datastore (its server started and answering) → the final
 /// status, reported at once → apply the modules → report their results to the conductor. A failure is
-/// reported as the instance's fault, then `failed to spawn`. Idempotent: once prepared, it only
-/// re-reports.
+/// reported as the instance's fault, then `failed to spawn`. Idempotent: a `prepare` that arrives
+/// while one runs is ignored (acked; the running one reports), and once prepared it only re-reports
+/// the status. So the taskmanager may send it again (a guest that reports `new` for too long) and the
+/// broker may redeliver it without harm.
 async fn handle_prepare(agent: &Agent, ctx: &RpcContext, args: Prepare) -> HandlerResult {
     let report_ctx = service_context(Some(ctx));
-    let _one_at_a_time = agent.prepare_lock.lock().await;
+    let Ok(_one_at_a_time) = agent.prepare_lock.try_lock() else {
+        tracing::info!("a prepare is already running; this one is ignored");
+        return Ok(Value::Null);
+    };
     if agent.state().await.prepared {
         tracing::info!("already prepared; reporting the current status");
         agent.report_status(&report_ctx).await;

@@ -23,8 +23,8 @@ pub const STATE_FILE: &str = "guest_state.json";
 #[serde(default)]
 pub struct GuestState {
     /// The description of the current service status (`building`, `running`...), as heartbeats carry
-    /// it. `None` until `prepare` starts: a guest that was never prepared has nothing to report, and the
-    /// control plane's row stays `new`.
+    /// it. `None` until `prepare` starts: a guest that was never prepared heartbeats `new`, which tells
+    /// the taskmanager that it runs but has no `prepare` (the taskmanager sends it again).
     pub service_status: Option<String>,
     /// Set once `prepare` has set up the datastore and reported the final status.
     pub prepared: bool,

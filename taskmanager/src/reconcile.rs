@@ -5,7 +5,18 @@
 //!    conductor. RUNNING, HEALTHY or INSTANCE_READY → task NONE. A failed status, or no success within
 //!    `usage_timeout` → service FAILED_TIMEOUT_GUESTAGENT, task BUILDING_ERROR_TIMEOUT_GA and a fault
 //!    (when `update_status_on_fail`). A failure the guest reported itself (`notify_exc_info`, recorded
-//!    by the conductor since the build started) keeps its own fault.
+//!    by the conductor since the build started) keeps its own fault. Two waits end sooner
+//!    ([`guest_wait`]):
+//!    - a guest that runs and heartbeats `new` has no `prepare` (it was lost with the broker, or with
+//!      the guest's queue): after `prepare_resend_after`, and then at most once per that period, the
+//!      guest's queue is declared again and `prepare` sent again, rebuilt from the database
+//!      ([`instance::create_args_from_rows`]); the guest ignores a second one;
+//!    - a guest launched that never reports at all (it exits at start again and again, cannot reach
+//!      the broker, hangs) fails the build after `guest_start_timeout`, as a timeout does, with a
+//!      fault that says so.
+//!
+//!    Both clocks are kept in memory from when the reconciler first sees the wait, so a restarted
+//!    taskmanager starts them again.
 //! 2. **Clusters building**: once every member is INSTANCE_READY (or already RUNNING), call
 //!    `cluster_complete` on the ready ones, then set the cluster's task to NONE. A failed member, or no
 //!    success within `cluster_usage_timeout` → every member BUILDING_ERROR_SERVER, cluster task NONE.
@@ -46,7 +57,9 @@ use futures_util::future::join_all;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trove_common::db::models::instance::record_fault;
-use trove_common::db::models::{Cluster, DatastoreVersion, Instance, ServiceStatusRow};
+use trove_common::db::models::{
+    Cluster, DatastoreVersion, Instance, InstanceModule, ServiceStatusRow,
+};
 use trove_common::db::schema::{instances, service_statuses};
 use trove_common::db::{self, DbError};
 use trove_common::rpc::guest::GuestMsg;
@@ -142,6 +155,94 @@ pub fn should_keep_running(inst: &Instance, host: &str) -> bool {
         && inst.server_status.as_deref() != Some("ERROR")
         && inst.task_id != InstanceTask::Deleting.code()
         && !is_error_task(inst.task_id)
+}
+
+/// What a building instance waits for from its guest, beyond a status change. `None` from
+/// [`guest_wait`]: nothing in particular (the guest prepares, or was not launched yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestWait {
+    /// Launched, but its guest has never reported: it may not have started.
+    Start,
+    /// Its guest reports `new`: it runs, and its `prepare` never arrived.
+    Prepare,
+}
+
+/// Which [`GuestWait`] a building instance is in, from its service status (`None`: no row),
+/// whether its guest has ever sent a heartbeat (`reported`), and whether the guest was launched.
+/// Pure.
+pub fn guest_wait(
+    status: Option<ServiceStatus>,
+    reported: bool,
+    launched: bool,
+) -> Option<GuestWait> {
+    if !matches!(status, None | Some(ServiceStatus::New)) {
+        return None;
+    }
+    if reported {
+        Some(GuestWait::Prepare)
+    } else if launched {
+        Some(GuestWait::Start)
+    } else {
+        None
+    }
+}
+
+/// What to do about a [`GuestWait`] now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitAction {
+    Nothing,
+    /// Send `prepare` again.
+    ResendPrepare,
+    /// The guest did not start within `guest_start_timeout`: the build fails.
+    NeverStarted,
+}
+
+/// One building instance's [`GuestWait`] as this reconciler has seen it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Watch {
+    wait: GuestWait,
+    /// When the wait was first seen.
+    since: Instant,
+    /// `prepare` re-sends so far, and when the last one was.
+    resent: u32,
+    resent_at: Option<Instant>,
+}
+
+impl Watch {
+    /// The watch after seeing `wait` at `now`: its clock runs on while the wait stays the same.
+    fn observe(prev: Option<&Self>, wait: GuestWait, now: Instant) -> Self {
+        match prev {
+            Some(w) if w.wait == wait => *w,
+            _ => Self {
+                wait,
+                since: now,
+                resent: 0,
+                resent_at: None,
+            },
+        }
+    }
+
+    /// What to do at `now`: a guest silent for `start_timeout` never started; a guest reporting
+    /// `new` for `resend_after` (since the wait began, or since the last re-send) gets `prepare`
+    /// again. A zero period turns its action off.
+    fn action(&self, now: Instant, resend_after: Duration, start_timeout: Duration) -> WaitAction {
+        match self.wait {
+            GuestWait::Start
+                if !start_timeout.is_zero()
+                    && now.saturating_duration_since(self.since) >= start_timeout =>
+            {
+                WaitAction::NeverStarted
+            }
+            GuestWait::Prepare
+                if !resend_after.is_zero()
+                    && now.saturating_duration_since(self.resent_at.unwrap_or(self.since))
+                        >= resend_after =>
+            {
+                WaitAction::ResendPrepare
+            }
+            _ => WaitAction::Nothing,
+        }
+    }
 }
 
 /// What to do with a building instance.
@@ -291,6 +392,8 @@ struct State {
     relaunch_slots: Arc<tokio::sync::Semaphore>,
     /// Failed builds already logged (with `update_status_on_fail` off they stay BUILDING).
     reported: HashSet<String>,
+    /// Building instances waiting on their guest ([`guest_wait`]), by instance.
+    watches: HashMap<String, Watch>,
     /// Clusters whose `cluster_complete` calls are running.
     completing: BusySet,
     /// When each stalled delete was last retried.
@@ -304,6 +407,7 @@ impl Default for State {
             relaunches: HashMap::new(),
             relaunch_slots: Arc::new(tokio::sync::Semaphore::new(RELAUNCHES_IN_FLIGHT)),
             reported: HashSet::new(),
+            watches: HashMap::new(),
             completing: BusySet::default(),
             delete_retries: HashMap::new(),
             tasks: JoinSet::new(),
@@ -371,9 +475,22 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 /// Instances with their service status (`None`: no row).
 type WithStatus = Vec<(Instance, Option<ServiceStatus>)>;
 
+/// A cluster being built, with its members.
+type ClusterBuild = (Cluster, WithStatus);
+
+/// A building instance as the build check sees it.
+#[derive(Clone, Debug)]
+struct Build {
+    inst: Instance,
+    /// Its service status (`None`: no row).
+    status: Option<ServiceStatus>,
+    /// Its guest has sent a heartbeat (the conductor's `conductor_lastseen` has one).
+    reported: bool,
+}
+
 /// Everything one pass needs, read in one database call.
 struct Snapshot {
-    building: WithStatus,
+    building: Vec<Build>,
     deleting: Vec<Instance>,
     clusters: Vec<(Cluster, WithStatus)>,
     /// The instances whose guests this host keeps running.
@@ -381,33 +498,20 @@ struct Snapshot {
 }
 
 fn load_snapshot(c: &mut PgConnection, host: &str) -> Result<Snapshot, DbError> {
-    let instances = Instance::with_tasks(c, &[InstanceTask::Building, InstanceTask::Deleting])?;
+    let (building, _) = load_builds(c, false)?;
+    let deleting = Instance::with_tasks(c, &[InstanceTask::Deleting])?;
     let clusters = Cluster::in_progress(c)?;
     let mut members = Vec::with_capacity(clusters.len());
     for cl in &clusters {
         members.push(Instance::cluster_members(c, &cl.id)?);
     }
-    let ids: Vec<String> = instances
-        .iter()
-        .chain(members.iter().flatten())
-        .map(|i| i.id.clone())
-        .collect();
+    let ids: Vec<String> = members.iter().flatten().map(|i| i.id.clone()).collect();
     let statuses: HashMap<String, Option<ServiceStatus>> =
         ServiceStatusRow::for_instances(c, &ids)?
             .into_iter()
             .map(|s| (s.instance_id.clone(), s.status()))
             .collect();
     let status_of = |i: &Instance| statuses.get(&i.id).copied().flatten();
-    let mut building = Vec::new();
-    let mut deleting = Vec::new();
-    for i in instances {
-        if i.task_id == InstanceTask::Building.code() {
-            let status = status_of(&i);
-            building.push((i, status));
-        } else if i.task_id == InstanceTask::Deleting.code() {
-            deleting.push(i);
-        }
-    }
     let clusters = clusters
         .into_iter()
         .zip(members)
@@ -431,29 +535,40 @@ fn load_snapshot(c: &mut PgConnection, host: &str) -> Result<Snapshot, DbError> 
     })
 }
 
-/// The building instances with their service statuses, in one query on `instances_building`
-/// (`task_id` is a literal so the planner can match the index's predicate), and, when `clusters`,
-/// the clusters being built with their members.
+/// The building instances with their service statuses and whether their guests have reported, in
+/// one query on `instances_building` (`task_id` is a literal so the planner can match the index's
+/// predicate; the heartbeat is one primary-key probe of `conductor_lastseen` per instance), and,
+/// when `clusters`, the clusters being built with their members.
 fn load_builds(
     c: &mut PgConnection,
     clusters: bool,
-) -> Result<(WithStatus, Vec<(Cluster, WithStatus)>), DbError> {
+) -> Result<(Vec<Build>, Vec<ClusterBuild>), DbError> {
     let building_task = diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
         "instances.task_id = {}",
         InstanceTask::Building.code()
     ));
-    let building: Vec<(Instance, Option<i32>)> = instances::table
+    // `heartbeat` is the conductor's `conductor_lastseen` method name for heartbeats.
+    let reported = diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "EXISTS (SELECT 1 FROM conductor_lastseen l \
+         WHERE l.instance_id = instances.id AND l.method_name = 'heartbeat')",
+    );
+    let building: Vec<(Instance, Option<i32>, bool)> = instances::table
         .left_join(service_statuses::table)
         .filter(diesel::dsl::not(instances::deleted))
         .filter(building_task)
         .select((
             Instance::as_select(),
             service_statuses::status_id.nullable(),
+            reported,
         ))
         .load(c)?;
     let building = building
         .into_iter()
-        .map(|(i, s)| (i, s.and_then(ServiceStatus::from_code)))
+        .map(|(inst, s, reported)| Build {
+            inst,
+            status: s.and_then(ServiceStatus::from_code),
+            reported,
+        })
         .collect();
     let mut in_progress = Vec::new();
     if clusters {
@@ -494,8 +609,8 @@ async fn check_builds(
         .await
         .context("loading the builds in progress")?;
     let now = db::now();
-    for (inst, status) in &building {
-        check_build(ctx, st, inst, *status, now).await?;
+    for b in &building {
+        check_build(ctx, st, b, now).await?;
     }
     for (cluster, members) in &clusters {
         check_cluster(ctx, st, cluster, members, now).await?;
@@ -518,15 +633,16 @@ async fn pass(ctx: &Arc<Ctx>, st: &mut State) -> anyhow::Result<InProgress> {
         .context("loading the work in progress")?;
     let now = db::now();
 
-    let building: HashSet<String> = snap.building.iter().map(|(i, _)| i.id.clone()).collect();
+    let building: HashSet<String> = snap.building.iter().map(|b| b.inst.id.clone()).collect();
     st.reported.retain(|id| building.contains(id));
+    st.watches.retain(|id, _| building.contains(id));
     keep_guests_running(ctx, st, &snap.keep_running);
     let deleting: HashSet<&str> = snap.deleting.iter().map(|i| i.id.as_str()).collect();
     st.delete_retries
         .retain(|id, _| deleting.contains(id.as_str()));
 
-    for (inst, status) in &snap.building {
-        check_build(ctx, st, inst, *status, now).await?;
+    for b in &snap.building {
+        check_build(ctx, st, b, now).await?;
     }
     for (cluster, members) in &snap.clusters {
         match ClusterTask::from_code(cluster.task_id) {
@@ -556,13 +672,17 @@ async fn pass(ctx: &Arc<Ctx>, st: &mut State) -> anyhow::Result<InProgress> {
 async fn check_build(
     ctx: &Arc<Ctx>,
     st: &mut State,
-    inst: &Instance,
-    status: Option<ServiceStatus>,
+    b: &Build,
     now: NaiveDateTime,
 ) -> anyhow::Result<()> {
+    let (inst, status) = (&b.inst, b.status);
     let started = inst.task_start_time.unwrap_or(inst.created);
     let timeout = Duration::from_secs(ctx.settings.default.usage_timeout);
-    match build_decision(status, started, now, timeout) {
+    let decision = build_decision(status, started, now, timeout);
+    if decision != BuildDecision::Wait {
+        st.watches.remove(&inst.id);
+    }
+    match decision {
         BuildDecision::Ready => {
             let id = inst.id.clone();
             let n = ctx
@@ -578,13 +698,139 @@ async fn check_build(
             }
         }
         // A guest that died meanwhile is started again by `keep_guests_running`.
-        BuildDecision::Wait => {}
+        BuildDecision::Wait => watch_guest(ctx, st, b).await?,
         BuildDecision::Failed {
             message,
             details,
             guest_reported,
         } => fail_build(ctx, st, inst, message, details, guest_reported).await?,
     }
+    Ok(())
+}
+
+/// While a build waits ([`guest_wait`]): fails it when its guest has not reported within
+/// `guest_start_timeout` of being seen launched, and sends `prepare` again when its guest has
+/// reported `new` for `prepare_resend_after` (this host's instances only; in a task of its own,
+/// holding the instance's lock, so a delete or a relaunch in progress makes it wait for the next
+/// check).
+async fn watch_guest(ctx: &Arc<Ctx>, st: &mut State, b: &Build) -> anyhow::Result<()> {
+    let inst = &b.inst;
+    let Some(wait) = guest_wait(b.status, b.reported, inst.compute_instance_id.is_some()) else {
+        st.watches.remove(&inst.id);
+        return Ok(());
+    };
+    let now = Instant::now();
+    let watch = Watch::observe(st.watches.get(&inst.id), wait, now);
+    st.watches.insert(inst.id.clone(), watch);
+    let d = &ctx.settings.default;
+    let resend_after = Duration::from_secs(d.prepare_resend_after);
+    let start_timeout = Duration::from_secs(d.guest_start_timeout);
+    match watch.action(now, resend_after, start_timeout) {
+        WaitAction::Nothing => {}
+        WaitAction::NeverStarted => {
+            let message = "The guest agent did not start.".to_owned();
+            let details = format!(
+                "The guest agent of this instance sent no status report within guest_start_timeout ({} s) of its launch: it exits at start, cannot reach the message broker, or hangs. See guest.log in the instance's state directory.",
+                start_timeout.as_secs()
+            );
+            fail_build(ctx, st, inst, message, details, false).await?;
+        }
+        WaitAction::ResendPrepare => {
+            if inst
+                .compute_host
+                .as_deref()
+                .is_some_and(|h| h != ctx.settings.default.host)
+            {
+                return Ok(());
+            }
+            let Some(guard) = ctx.locks.try_lock(&inst.id) else {
+                return Ok(());
+            };
+            let attempt = watch.resent + 1;
+            let waited = now.saturating_duration_since(watch.resent_at.unwrap_or(watch.since));
+            st.watches.insert(
+                inst.id.clone(),
+                Watch {
+                    resent: attempt,
+                    resent_at: Some(now),
+                    ..watch
+                },
+            );
+            tracing::warn!(
+                instance.id = %inst.id,
+                attempt,
+                waited_s = waited.as_secs(),
+                "the guest runs but reports new: its prepare was lost; sending prepare again"
+            );
+            let ctx = ctx.clone();
+            let id = inst.id.clone();
+            st.tasks.spawn(async move {
+                let _guard = guard;
+                if let Err(e) = resend_prepare(&ctx, &id, attempt).await {
+                    tracing::warn!(instance.id = %id, attempt, error = format!("{e:#}"), "cannot send prepare again yet; trying again after prepare_resend_after");
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sends `prepare` again to a building instance (the caller holds its lock): rebuilt from the rows
+/// ([`instance::create_args_from_rows`]), the guest's queue declared again first (it may have been
+/// lost with the broker). Looks at the instance again first: still building, its guest still
+/// reporting `new` (the first `prepare` may have arrived meanwhile). Modules updated since the
+/// instance's rows were written are recorded at the md5 sent.
+async fn resend_prepare(ctx: &Ctx, id: &str, attempt: u32) -> anyhow::Result<()> {
+    let key = id.to_owned();
+    let settings = ctx.settings.clone();
+    let rebuilt = ctx
+        .db
+        .run(move |c| -> anyhow::Result<_> {
+            let status = ServiceStatusRow::for_instance(c, &key)?.and_then(|s| s.status());
+            if !matches!(status, None | Some(ServiceStatus::New)) {
+                return Ok(None);
+            }
+            let Some(inst) = Instance::find_any(c, &key)? else {
+                return Ok(None);
+            };
+            if inst.deleted || inst.task_id != InstanceTask::Building.code() {
+                return Ok(None);
+            }
+            Ok(instance::create_args_from_rows(c, &settings, &inst)?.map(|r| (inst, r)))
+        })
+        .await
+        .context("rebuilding prepare from the database")?;
+    let Some((inst, rebuilt)) = rebuilt else {
+        return Ok(());
+    };
+    let key = guest::instance_key(&ctx.settings, inst.encrypted_key.as_deref())
+        .context("opening the instance's RPC key")?;
+    let manager = rebuilt.msg.datastore_manager.clone();
+    instance::send_prepare(
+        ctx,
+        &RpcContext::service(),
+        id,
+        key.as_deref(),
+        &rebuilt.msg,
+        rebuilt.memory_mb,
+        &manager,
+    )
+    .await?;
+    if !rebuilt.changed_modules.is_empty() {
+        let (key, changed) = (id.to_owned(), rebuilt.changed_modules.clone());
+        ctx.db
+            .run(move |c| {
+                c.transaction::<_, DbError, _>(|c| {
+                    for (module_id, md5) in &changed {
+                        InstanceModule::record(c, &key, module_id, md5)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .context("recording the modules sent with prepare")?;
+    }
+    tracing::info!(instance.id = %id, attempt, modules = rebuilt.msg.modules.len(), "prepare sent again");
     Ok(())
 }
 
@@ -628,7 +874,7 @@ fn keep_guests_running(ctx: &Arc<Ctx>, st: &mut State, instances: &[Instance]) {
 
 /// Starts the instance's guest again (the caller holds its lock): same port, guest.conf rewritten;
 /// the guest starts its datastore server on its existing data directory, and a `prepare` not done
-/// yet is still in its durable queue. Looks at the instance again first: a delete may have finished
+/// yet is still in its durable queue (or, lost, is sent again by [`watch_guest`]). Looks at the instance again first: a delete may have finished
 /// since the snapshot. A building instance whose guest cannot be started fails its build; any other
 /// is tried again after its backoff.
 async fn relaunch(ctx: &Arc<Ctx>, id: &str, attempt: u32) -> anyhow::Result<()> {
@@ -1152,6 +1398,79 @@ mod tests {
             next_tick(Duration::ZERO, ms(50), true),
             (ms(50), Tick::Full)
         );
+    }
+
+    #[test]
+    fn a_guest_is_waited_for_only_while_it_reports_new_or_nothing() {
+        // Reporting `new`: it runs without its prepare, launched or not (rows from before launches
+        // were recorded).
+        for launched in [true, false] {
+            assert_eq!(
+                guest_wait(Some(New), true, launched),
+                Some(GuestWait::Prepare)
+            );
+            assert_eq!(guest_wait(None, true, launched), Some(GuestWait::Prepare));
+        }
+        // Launched but never reported: it may not have started. Not launched yet: the create is
+        // still on its way, only usage_timeout applies.
+        assert_eq!(guest_wait(Some(New), false, true), Some(GuestWait::Start));
+        assert_eq!(guest_wait(None, false, true), Some(GuestWait::Start));
+        assert_eq!(guest_wait(Some(New), false, false), None);
+        // Any other status: the guest has its prepare (or the build decision handles it).
+        for s in [Building, Running, InstanceReady, Failed, Unknown, Shutdown] {
+            assert_eq!(guest_wait(Some(s), true, true), None, "{s:?}");
+            assert_eq!(guest_wait(Some(s), false, true), None, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn prepare_is_sent_again_once_per_period_and_a_silent_guest_times_out() {
+        let s = Duration::from_secs;
+        let (resend, start) = (s(20), s(120));
+        let t = Instant::now();
+        let w = Watch::observe(None, GuestWait::Prepare, t);
+        assert_eq!(w.action(t, resend, start), WaitAction::Nothing);
+        assert_eq!(w.action(t + s(19), resend, start), WaitAction::Nothing);
+        assert_eq!(
+            w.action(t + s(20), resend, start),
+            WaitAction::ResendPrepare
+        );
+        // The clock runs on while the wait stays the same.
+        assert_eq!(Watch::observe(Some(&w), GuestWait::Prepare, t + s(30)), w);
+        // After a re-send, the next one waits a whole period again.
+        let sent = Watch {
+            resent: 1,
+            resent_at: Some(t + s(20)),
+            ..w
+        };
+        assert_eq!(sent.action(t + s(39), resend, start), WaitAction::Nothing);
+        assert_eq!(
+            sent.action(t + s(40), resend, start),
+            WaitAction::ResendPrepare
+        );
+        // Zero turns re-sending off; a guest reporting `new` never times out here.
+        assert_eq!(sent.action(t + s(3600), s(0), start), WaitAction::Nothing);
+
+        let silent = Watch::observe(None, GuestWait::Start, t);
+        assert_eq!(
+            silent.action(t + s(119), resend, start),
+            WaitAction::Nothing
+        );
+        assert_eq!(
+            silent.action(t + s(120), resend, start),
+            WaitAction::NeverStarted
+        );
+        assert_eq!(
+            silent.action(t + s(3600), resend, s(0)),
+            WaitAction::Nothing
+        );
+        // A guest that starts reporting begins a new wait, with a clock of its own.
+        let up = Watch::observe(Some(&silent), GuestWait::Prepare, t + s(100));
+        assert_eq!(
+            (up.wait, up.since, up.resent),
+            (GuestWait::Prepare, t + s(100), 0)
+        );
+        assert_eq!(up.action(t + s(119), resend, start), WaitAction::Nothing);
     }
 
     #[test]

@@ -646,7 +646,7 @@ async fn filesystem_stats_have_trove_keys() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn periodic_heartbeats_start_once_there_is_a_status() {
+async fn periodic_heartbeats_say_new_until_there_is_a_status() {
     let g = Guest::new(false);
     let stop = CancellationToken::new();
     let task = tokio::spawn(crate::agent::run_heartbeats(
@@ -655,10 +655,8 @@ async fn periodic_heartbeats_start_once_there_is_a_status() {
         stop.clone(),
     ));
     tokio::time::sleep(std::time::Duration::from_secs(61)).await;
-    assert!(
-        g.heartbeats().is_empty(),
-        "a guest never prepared reports nothing"
-    );
+    // Up but never prepared: the taskmanager reads `new` as "prepare did not arrive".
+    assert_eq!(g.heartbeats(), ["new", "new", "new"]);
     g.agent
         .set_status(ServiceStatus::Running, Some(true), &admin())
         .await
@@ -666,7 +664,62 @@ async fn periodic_heartbeats_start_once_there_is_a_status() {
     tokio::time::sleep(std::time::Duration::from_secs(61)).await;
     stop.cancel();
     task.await.unwrap();
-    assert_eq!(g.heartbeats(), ["running", "running", "running"]);
+    assert_eq!(
+        g.heartbeats(),
+        ["new", "new", "new", "running", "running", "running"]
+    );
+}
+
+#[tokio::test]
+async fn a_prepare_while_one_runs_is_ignored_and_one_after_only_reports() {
+    let g = Guest::redis(false);
+    let args = json!({"memory_mb": 64, "modules": [module("m1", "message=hello")]});
+    // The taskmanager's re-send arriving while the first prepare still runs.
+    let first = g.encode("prepare", args.clone(), &admin(), false);
+    let second = g.encode("prepare", args.clone(), &admin(), false);
+    let (a, b) = tokio::join!(
+        handle_message(g.agent.clone(), &first),
+        handle_message(g.agent.clone(), &second)
+    );
+    assert!(matches!((a, b), (Outcome::Ack, Outcome::Ack)));
+    assert_eq!(g.heartbeats(), ["building", "running"]);
+    assert_eq!(g.module_reports().len(), 1, "the modules were applied once");
+    let pid = g.agent.datastore().unwrap().server().pid();
+    // One more after it: the status again, nothing set up again.
+    assert!(matches!(g.cast("prepare", args).await, Outcome::Ack));
+    assert_eq!(g.heartbeats(), ["building", "running", "running"]);
+    assert_eq!(g.module_reports().len(), 1);
+    assert_eq!(g.agent.datastore().unwrap().server().pid(), pid);
+}
+
+#[tokio::test]
+async fn a_prepare_interrupted_by_a_restart_is_new_again_and_runs_again() {
+    let g = Guest::redis(false);
+    // The guest was killed while it prepared: `building`, not prepared.
+    let path = g.agent.state_dir.join(state::STATE_FILE);
+    state::save(
+        &path,
+        &state::GuestState::default().with_status(ServiceStatus::Building, 1.0),
+    )
+    .unwrap();
+    let agent = g.restart();
+    agent.report_status(&admin()).await;
+    assert_eq!(g.heartbeats(), ["new"]);
+    let again = g.encode("prepare", json!({"memory_mb": 64}), &admin(), false);
+    assert!(matches!(
+        handle_message(agent.clone(), &again).await,
+        Outcome::Ack
+    ));
+    assert_eq!(g.heartbeats(), ["new", "building", "running"]);
+    assert!(agent.state().await.prepared);
+    // A prepare that failed is not an interrupted one: its status stays.
+    let failed = state::GuestState::default().with_status(ServiceStatus::Failed, 2.0);
+    assert!(!crate::agent::interrupted_prepare(&failed));
+    let done = state::GuestState {
+        prepared: true,
+        ..state::GuestState::default().with_status(ServiceStatus::Building, 3.0)
+    };
+    assert!(!crate::agent::interrupted_prepare(&done));
 }
 
 #[test]

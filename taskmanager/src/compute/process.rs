@@ -139,6 +139,16 @@ pub fn render_guest_conf(
         "amqp.reconnect_delay",
         &a.reconnect_delay.to_string(),
     )?;
+    option(
+        &mut out,
+        "amqp.reconnect_backoff",
+        &a.reconnect_backoff.to_string(),
+    )?;
+    option(
+        &mut out,
+        "amqp.reconnect_max_delay",
+        &a.reconnect_max_delay.to_string(),
+    )?;
     out.push_str("\n[guest]\n");
     option(&mut out, "guest.guest_id", &spec.instance_id)?;
     option(&mut out, "guest.datastore_manager", &spec.datastore_manager)?;
@@ -515,7 +525,13 @@ impl ProcessDriver {
             return Ok(handle); // already running, not started by us now
         }
         tokio::time::sleep(START_CHECK).await;
-        match self.exited_child(&spec.instance_id) {
+        // A status check meanwhile (the reconciler's) may have reaped it already: then it is gone.
+        let exited = self.exited_child(&spec.instance_id).or_else(|| {
+            self.running_pid(&spec.instance_id)
+                .is_none()
+                .then(|| "exited".to_owned())
+        });
+        match exited {
             Some(status) => {
                 let _ = fs::remove_file(self.pid_path(&spec.instance_id));
                 Err(ComputeError::ExitedAtStart {
@@ -943,6 +959,22 @@ mod tests {
         driver.stop(&id).await.unwrap();
         let log = fs::read_to_string(dir.join(LOG_FILE)).unwrap();
         assert!(log.contains("started"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_dies_at_once_is_an_error_even_when_a_status_check_reaps_it_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = fake_guest(tmp.path(), "exit 3");
+        let driver = Arc::new(driver_with(&bin, &tmp.path().join("guests")));
+        let launching = {
+            let driver = driver.clone();
+            tokio::spawn(async move { driver.launch(&spec(None)).await })
+        };
+        // The reconciler checks its guests meanwhile, and collects the exit status first.
+        tokio::time::sleep(START_CHECK / 2).await;
+        driver.reap();
+        let err = launching.await.unwrap().unwrap_err();
+        assert!(matches!(err, ComputeError::ExitedAtStart { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -94,26 +94,12 @@ pub async fn handle_create_instance(
     // does not exist yet is lost (and `mandatory` would bounce it), and the message waits in the
     // queue for the guest, which takes it as soon as it is up, while the driver is still watching
     // the new process for an early exit. A redelivered create casts it again; prepare is idempotent.
-    let topic = ctx.broker.names().guest(&id);
-    ctx.broker
-        .declare_topic_queue(&topic)
-        .await
-        .with_context(|| format!("declaring {topic}"))?;
+    // A prepare the broker loses anyway is sent again by the reconciler (`resend_prepare`).
     let memory_mb = Some(msg.flavor.ram)
         .filter(|r| *r > 0)
         .or(db_ram)
         .unwrap_or(0);
-    let prepare = prepare_args(&msg, memory_mb, &manager);
-    let keys = guest::keyring(key.as_deref());
-    guest::cast(
-        ctx,
-        &id,
-        keys.as_ref(),
-        rpc,
-        &GuestMsg::Prepare(Box::new(prepare)),
-    )
-    .await
-    .context("casting prepare")?;
+    send_prepare(ctx, rpc, &id, key.as_deref(), &msg, memory_mb, &manager).await?;
 
     if let Err(e) = ensure_guest(ctx, &inst, &manager, image_id.as_deref(), key.as_deref()).await? {
         return fail_compute(ctx, &inst, &e).await;
@@ -267,6 +253,136 @@ pub(crate) async fn fail_server_with(
         })
         .await
         .with_context(|| format!("recording the build failure of instance {}", inst.id))
+}
+
+/// Declares the guest's queue (idempotent), then casts it `prepare`, built by [`prepare_args`] from
+/// `msg` (the create message, or [`create_args_from_rows`] for a re-send), sealed with the instance
+/// key `key` when there is one.
+pub(crate) async fn send_prepare(
+    ctx: &Ctx,
+    rpc: &RpcContext,
+    instance_id: &str,
+    key: Option<&str>,
+    msg: &CreateInstance,
+    memory_mb: i32,
+    manager: &str,
+) -> anyhow::Result<()> {
+    let topic = ctx.broker.names().guest(instance_id);
+    ctx.broker
+        .declare_topic_queue(&topic)
+        .await
+        .with_context(|| format!("declaring {topic}"))?;
+    let prepare = prepare_args(msg, memory_mb, manager);
+    let keys = guest::keyring(key);
+    guest::cast(
+        ctx,
+        instance_id,
+        keys.as_ref(),
+        rpc,
+        &GuestMsg::Prepare(Box::new(prepare)),
+    )
+    .await
+    .context("casting prepare")
+}
+
+/// What `prepare` is rebuilt from when it is sent again: the `create_instance` arguments as the api
+/// built them (`api/src/service/instances.rs`, `insert_instance`), read back from the rows, the
+/// flavor's memory, and the modules whose md5 the instance's rows do not hold yet.
+#[derive(Clone, Debug)]
+pub struct RebuiltCreate {
+    pub msg: CreateInstance,
+    pub memory_mb: i32,
+    /// `(module_id, md5)` of modules updated since the instance's rows were written: the guest gets
+    /// them as they are now, so record that once it is sent.
+    pub changed_modules: Vec<(String, String)>,
+}
+
+/// Rebuilds the `create_instance` arguments of a building instance from the database, so `prepare`
+/// can be sent again whenever the first one was lost. Everything the api puts in the message is in
+/// the rows: the flavor (its row, even if deleted since), the datastore version (manager, packages,
+/// name), the cluster membership, and the modules (the instance's live `instance_modules` rows, each
+/// module as it is now, its contents decrypted with the module keys; a module deleted since is left
+/// out). `overrides` is the api's constant `{}`; the api never sends databases, users nor a root
+/// password at create, so there are none to rebuild. `None`: the datastore version is gone.
+pub fn create_args_from_rows(
+    c: &mut diesel::PgConnection,
+    settings: &trove_common::config::Settings,
+    inst: &Instance,
+) -> anyhow::Result<Option<RebuiltCreate>> {
+    use diesel::{ExpressionMethods as _, QueryDsl as _, RunQueryDsl as _, SelectableHelper as _};
+    use trove_common::db::models::{InstanceModule, Module};
+    use trove_common::db::schema::{flavors, modules};
+    use trove_common::rpc::guest::ModuleEntry;
+    use trove_common::rpc::taskmanager::{ClusterConfig, FlavorInfo};
+
+    let Some(version) = DatastoreVersion::find(c, &inst.datastore_version_id).optional()? else {
+        return Ok(None);
+    };
+    let flavor: Option<Flavor> = flavors::table
+        .find(&inst.flavor_id)
+        .select(Flavor::as_select())
+        .first(c)
+        .optional()?;
+    let keys = trove_common::rpc::keys::module_keyring(settings);
+    let mut entries = Vec::new();
+    let mut changed_modules = Vec::new();
+    for row in InstanceModule::for_instance(c, &inst.id)? {
+        let module: Option<Module> = modules::table
+            .find(&row.module_id)
+            .filter(modules::deleted.eq(false))
+            .select(Module::as_select())
+            .first(c)
+            .optional()?;
+        let Some(module) = module else { continue };
+        let contents = keys
+            .decrypt_string(&module.contents)
+            .map_err(|e| anyhow::anyhow!("module {} contents: {e}", module.id))?;
+        if module.md5 != row.md5 {
+            changed_modules.push((module.id.clone(), module.md5.clone()));
+        }
+        entries.push(ModuleEntry {
+            module: module.guest_payload(c, Some(contents))?,
+        });
+    }
+    let flavor_info = flavor
+        .as_ref()
+        .map(|f| FlavorInfo {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            ram: f.ram,
+            vcpus: f.vcpus,
+            disk: f.disk,
+            ephemeral: f.ephemeral,
+        })
+        .unwrap_or_else(|| FlavorInfo {
+            id: inst.flavor_id.clone(),
+            ..FlavorInfo::default()
+        });
+    let memory_mb = flavor_info.ram;
+    let msg = CreateInstance {
+        instance_id: inst.id.clone(),
+        name: inst.name.clone(),
+        flavor: flavor_info,
+        datastore_manager: version.manager.clone(),
+        packages: version.packages.clone(),
+        volume_size: inst.volume_size,
+        overrides: serde_json::json!({}),
+        cluster_config: inst.cluster_id.clone().map(|id| ClusterConfig {
+            id,
+            instance_type: inst
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| "member".into()),
+        }),
+        modules: entries,
+        ds_version: Some(version.name.clone()),
+        ..CreateInstance::default()
+    };
+    Ok(Some(RebuiltCreate {
+        msg,
+        memory_mb,
+        changed_modules,
+    }))
 }
 
 /// The `prepare` arguments for a create message.
