@@ -8,12 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use chrono::NaiveDateTime;
 use diesel::{PgConnection, RunQueryDsl};
 use regex::Regex;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
+use trove_tests::api::{count, md5_of, strings, wait_active, wait_guest_results, Api};
 use trove_tests::{ok, rows};
 use trove_tests::{ProcessStack, TestEnv};
 
@@ -21,175 +20,6 @@ use trove_tests::{ProcessStack, TestEnv};
 const ADMIN: &str = "admin00e46e5f7840e39012aff46a920";
 /// A 32-character project id of an ordinary tenant.
 const TENANT: &str = "eac1e46e5f7840e39012aff46a92073a";
-
-/// The md5 (over the base64 text, module-semantics §4) of `message=<text>\n`.
-fn md5_of(text: &str) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("message={text}\n"));
-    trove_common::module::contents_md5(&b64)
-}
-
-/// A small HTTP client for one tenant of the API.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn new(base: String, token: &str) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base,
-            token: token.to_owned(),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-Auth-Token", &self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("HTTP request");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Creates a live-update `ping` module with `message=<text>`; returns its id.
-    async fn create_module(&self, name: &str, text: &str) -> String {
-        let contents =
-            base64::engine::general_purpose::STANDARD.encode(format!("message={text}\n"));
-        let body = json!({"module": {"name": name, "module_type": "ping", "contents": contents,
-                                     "live_update": 1}});
-        let (status, v) = self
-            .send(reqwest::Method::POST, "/modules", Some(body))
-            .await;
-        assert_eq!(status, StatusCode::OK, "module create: {v}");
-        v["module"]["id"].as_str().expect("module id").to_owned()
-    }
-
-    async fn update_module(&self, id: &str, text: &str) {
-        let contents =
-            base64::engine::general_purpose::STANDARD.encode(format!("message={text}\n"));
-        let body = json!({"module": {"contents": contents}});
-        let (status, v) = self
-            .send(reqwest::Method::PUT, &format!("/modules/{id}"), Some(body))
-            .await;
-        assert_eq!(status, StatusCode::OK, "module update: {v}");
-        assert_eq!(v["module"]["md5"], md5_of(text));
-    }
-
-    /// Creates a redis instance (the default datastore) with the module; returns its id.
-    async fn create_instance(&self, name: &str, module: &str) -> String {
-        let body = json!({"instance": {"name": name, "flavorRef": "15", "volume": {"size": 1},
-                                       "modules": [{"id": module}]}});
-        let (status, v) = self
-            .send(reqwest::Method::POST, "/instances", Some(body))
-            .await;
-        assert_eq!(status, StatusCode::OK, "instance create: {v}");
-        v["instance"]["id"]
-            .as_str()
-            .expect("instance id")
-            .to_owned()
-    }
-
-    /// `PUT /modules/{id}/instances` with `{"reapply": body}`; must be accepted.
-    async fn reapply(&self, module: &str, body: Value) {
-        let (status, v) = self
-            .send(
-                reqwest::Method::PUT,
-                &format!("/modules/{module}/instances"),
-                Some(json!({ "reapply": body })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "reapply: {v}");
-    }
-
-    /// The module's reapply jobs, newest first.
-    async fn jobs(&self, module: &str) -> Vec<Value> {
-        let (status, v) = self
-            .send(
-                reqwest::Method::GET,
-                &format!("/modules/{module}/reapply"),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "reapply jobs: {v}");
-        v["reapply_jobs"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// `module-instance-count` as data: md5 → (current, count).
-    async fn count_only(&self, module: &str) -> BTreeMap<String, (bool, i64)> {
-        let (status, v) = self
-            .send(
-                reqwest::Method::GET,
-                &format!("/modules/{module}/instances?count_only=true"),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "count_only: {v}");
-        v["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                (
-                    r["module_md5"].as_str().unwrap_or_default().to_owned(),
-                    (
-                        r["current"].as_bool().unwrap_or(false),
-                        r["instance_count"].as_i64().unwrap_or(-1),
-                    ),
-                )
-            })
-            .collect()
-    }
-
-    /// Statuses of the tenant's instances (one page: tests keep it under the page size).
-    async fn statuses(&self) -> BTreeMap<String, String> {
-        let (status, v) = self.send(reqwest::Method::GET, "/instances", None).await;
-        assert_eq!(status, StatusCode::OK, "instance list: {v}");
-        v["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|i| {
-                (
-                    i["id"].as_str().unwrap_or_default().to_owned(),
-                    i["status"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    }
-}
-
-/// Runs SQL returning one text column `v`.
-fn strings(conn: &mut PgConnection, sql: &str) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        v: String,
-    }
-    diesel::sql_query(sql)
-        .load::<Row>(conn)
-        .expect("query")
-        .into_iter()
-        .map(|r| r.v)
-        .collect()
-}
-
-fn count(conn: &mut PgConnection, sql: &str) -> i64 {
-    strings(conn, &format!("SELECT ({sql})::text AS v"))[0]
-        .parse()
-        .expect("a count")
-}
 
 /// A `compute_host` no taskmanager of these tests runs as.
 const DOWN_HOST: &str = "a-host-that-is-down";
@@ -253,38 +83,6 @@ async fn wait_new_guest(state_path: &Path, id: &str, killed: u32, timeout: Durat
 }
 
 /// Polls until every instance in `ids` is ACTIVE; fails fast on an error status.
-async fn wait_active(api: &Api, ids: &[String], timeout: Duration) {
-    trove_tests::eventually(timeout, "every instance ACTIVE", || async {
-        let statuses = api.statuses().await;
-        for id in ids {
-            let s = statuses.get(id).map(String::as_str).unwrap_or("missing");
-            assert!(
-                !s.contains("ERROR") && s != "FAILED",
-                "instance {id} is {s}"
-            );
-        }
-        ids.iter()
-            .all(|id| statuses.get(id).is_some_and(|s| s == "ACTIVE"))
-            .then_some(())
-    })
-    .await
-    .unwrap();
-}
-
-/// Polls until the guest of every instance has reported module `module` at `md5` as OK.
-async fn wait_guest_results(db_url: &str, module: &str, md5: &str, n: i64, timeout: Duration) {
-    let sql = format!(
-        "SELECT count(*) FROM guest_module_results WHERE module_id = '{module}' AND md5 = '{md5}' \
-         AND status = 'OK'"
-    );
-    trove_tests::eventually(timeout, "the guests' module results", || async {
-        let mut conn = <PgConnection as diesel::Connection>::establish(db_url).ok()?;
-        (count(&mut conn, &sql) == n).then_some(())
-    })
-    .await
-    .unwrap();
-}
-
 /// Module `name` (contents `message=<v1>`) on `n` new instances `<name>-<i>`, every one ACTIVE (within
 /// `active_within`) and its guest's result for it stored: (module id, instance ids).
 async fn module_on_instances(
@@ -615,11 +413,21 @@ async fn guests_that_are_down_fail_and_the_rest_are_reapplied() {
     for (id, pid) in &killed {
         assert_still_down(env.state_dir.path(), id, *pid);
     }
-    // Not a terminal: no progress bar, one summary line on stdout.
+    // Not a terminal: no progress bar; the summary line, then one line per failed instance, in
+    // the job's order, with why it failed.
     let summary =
         Regex::new(r"^Reapply [0-9a-f-]{36}: finished, 4 applied, 0 skipped, 2 failed of 6\n$")
             .unwrap();
-    assert!(summary.is_match(ok(&out)), "summary: {:?}", out.stdout);
+    let mut lines = ok(&out).split_inclusive('\n');
+    let first = lines.next().unwrap_or_default();
+    assert!(summary.is_match(first), "summary: {:?}", out.stdout);
+    let failures: Vec<&str> = lines.collect();
+    let expected: Vec<String> = ids
+        .iter()
+        .filter(|id| down.contains(*id))
+        .map(|id| format!("  failed {id}: no answer from the guest within the timeout\n"))
+        .collect();
+    assert_eq!(failures, expected, "failure lines: {:?}", out.stdout);
     assert!(
         !out.stderr.contains('#'),
         "no progress bar off a terminal: {:?}",

@@ -458,7 +458,10 @@ impl Drop for TestEnv {
     }
 }
 
+pub mod api;
+mod private_broker;
 mod process_stack;
+pub use private_broker::PrivateBroker;
 pub use process_stack::{
     eventually, guest_pid, kill_guests_under, process_alive, property, restart_guest,
     sigkill_guest, trove_cli, Detached, ProcessStack,

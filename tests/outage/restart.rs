@@ -1,0 +1,104 @@
+//! RabbitMQ killed and started again under running services (issue 2, "must show"; issue 14): they
+//! reconnect by themselves, re-declare their topology and resubscribe, guests declare their queues
+//! again (a guest's queue is not durable, so the restart dropped it), and the system keeps working.
+//! On a node of the test's own ([`PrivateBroker`]), so nobody else's tests see the outage.
+
+use std::time::{Duration, Instant};
+
+use trove_tests::ok;
+use trove_tests::{property, PrivateBroker, TestEnv};
+
+/// A 32-character project id (an ordinary member, not admin).
+const TENANT: &str = "0b5e55ed5f60718293a4b5c6d7e8f90a";
+/// How long the services get to come back after the broker does.
+const RECOVERY: Duration = Duration::from_secs(90);
+
+async fn create(env: &TestEnv, name: &str) -> String {
+    let out = env
+        .trove(
+            TENANT,
+            &["create", name, "15", "--size", "1", "--datastore", "mysql"],
+        )
+        .await;
+    property(ok(&out), "id").expect("create prints the id")
+}
+
+async fn wait_active(env: &TestEnv, id: &str, timeout: Duration) {
+    env.eventually(timeout, &format!("{id} ACTIVE"), || async {
+        let out = env.trove(TENANT, &["show", id]).await;
+        (property(&out.stdout, "status").as_deref() == Some("ACTIVE")).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The `sent` stamp (guest clock, epoch seconds) of the newest heartbeat the conductor stored.
+fn last_heartbeat(env: &TestEnv, id: &str) -> f64 {
+    env.query_strings(&format!(
+        "SELECT sent::text AS v FROM conductor_lastseen \
+         WHERE instance_id = '{id}' AND method_name = 'heartbeat'"
+    ))
+    .first()
+    .and_then(|s| s.parse().ok())
+    .unwrap_or(0.0)
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_guests_reconnect_after_the_broker_is_killed_and_restarted() {
+    let mut broker = PrivateBroker::start().expect("private broker");
+    let started = Instant::now();
+    // A short expiry, so a guest that never came back would show SHUTDOWN instead of a stale ACTIVE.
+    let transport = broker.transport_url();
+    let env = TestEnv::start_with(move |s| {
+        s.default.transport_url = transport;
+        s.default.agent_heartbeat_expiry = 5;
+        s.default.agent_heartbeat_time = 1;
+    })
+    .await
+    .unwrap();
+    let first = create(&env, "before").await;
+    wait_active(&env, &first, Duration::from_secs(30)).await;
+    // A call to the guest before the outage, so the api's reply queue exists and must be replaced.
+    ok(&env.trove(TENANT, &["module-query", &first]).await);
+
+    let outage = Instant::now();
+    broker.kill();
+    broker.restart().expect("broker restart");
+    let down_for = outage.elapsed();
+    let back_at = epoch_now();
+
+    // A new instance: api (outbox relay) → taskmanager → a new guest → conductor, all reconnected.
+    let recovering = Instant::now();
+    let second = create(&env, "after").await;
+    wait_active(&env, &second, RECOVERY).await;
+    let second_active = recovering.elapsed();
+
+    // The first guest reconnected too: the conductor stores heartbeats it sent after the restart, and the
+    // instance is ACTIVE (the sweep would have made it SHUTDOWN otherwise).
+    env.eventually(RECOVERY, "a heartbeat from the first guest", || async {
+        (last_heartbeat(&env, &first) > back_at).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_active(&env, &first, RECOVERY).await;
+    let first_active = recovering.elapsed();
+
+    // Calls work again: the api's reply queue (exclusive, gone with its connection) was re-created.
+    env.eventually(RECOVERY, "module-query answered", || async {
+        (env.trove(TENANT, &["module-query", &first]).await.status == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "broker: killed and restarted in {down_for:?}; new instance ACTIVE {second_active:?} and old guest \
+         heartbeating {first_active:?} after the broker was back; total {:?}",
+        started.elapsed()
+    );
+}
