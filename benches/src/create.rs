@@ -100,6 +100,10 @@ impl CreateArgs {
             casts_in_flight: defaults.default.module_reapply_casts_in_flight,
             keep_logs: self.keep_logs,
             guest_binary: self.guest_binary.clone(),
+            idle_secs: 0,
+            broker_restart: false,
+            broker_stop_cmd: String::new(),
+            broker_start_cmd: String::new(),
         }
     }
 }
@@ -402,7 +406,7 @@ async fn create_until_active(
 
 /// The processes whose working directory is `<state>/<id>/data` (the datastore servers), by
 /// instance id. A deleted directory reads as `<path> (deleted)`, which still counts.
-fn processes_under(state: &Path) -> HashMap<String, Vec<u32>> {
+pub(crate) fn processes_under(state: &Path) -> HashMap<String, Vec<u32>> {
     let mut by_id: HashMap<String, Vec<u32>> = HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -429,7 +433,7 @@ fn instance_of_data_dir(state: &Path, cwd: &Path) -> Option<String> {
 }
 
 /// Whether a process has exited and waits for its parent to reap it (state `Z`).
-fn is_zombie(pid: u32) -> bool {
+pub(crate) fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? == "Z"))

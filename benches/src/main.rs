@@ -3,7 +3,9 @@
 //!
 //! - `trove-bench count`: `module-instance-count` latency at a million `instance_modules` rows.
 //! - `trove-bench reapply --mode real|fleet --n N`: fleet-wide reapply throughput, with real guest
-//!   processes or with one process hosting N guest agents.
+//!   processes or with one process hosting N guest agents; in real mode, `--idle-secs S` and
+//!   `--broker-restart` add an idle fleet's load and CPU and a broker restart's recovery
+//!   (`benches/fleet-on-one-host.sh` runs them at 2,000 instances).
 //! - `trove-bench create --datastore redis|mysql --n N --concurrency C [--density]`: create →
 //!   ACTIVE latency with real databases, memory per instance, and instances one host holds.
 //! - `trove-bench broker`: the broker alone (publish with confirms, consume), to tell its ceiling
@@ -21,6 +23,7 @@ mod broker_probe;
 mod count;
 mod create;
 mod fleet_host;
+mod idle_restart;
 mod probe;
 mod reapply;
 

@@ -3,6 +3,7 @@
 //! Everything here reads; nothing changes the machine. `/proc` figures are Linux's (kB for memory,
 //! clock ticks for CPU time).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -93,6 +94,81 @@ pub fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// The 1-minute load average.
+pub fn load1() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `procs_running` and `procs_blocked` of `/proc/stat`: the tasks runnable (or running) and in
+/// uninterruptible sleep right now, the instantaneous demand the load average smooths. Reading it
+/// counts the reading thread, so `procs_running` is at least 1.
+pub fn procs() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let field = |key: &str| -> Option<u64> {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("procs_running")?, field("procs_blocked")?))
+}
+
+/// The inodes of the ESTABLISHED TCP sockets whose remote port is `port`, in a `/proc/net/tcp` or
+/// `/proc/net/tcp6` text (addresses and ports in hex, state `01` = ESTABLISHED). Pure.
+pub fn established_to(text: &str, port: u16) -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    for line in text.lines().skip(1) {
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(remote), Some(state), Some(inode)) = (f.get(2), f.get(3), f.get(9)) else {
+            continue;
+        };
+        let remote_port = remote
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if *state == "01" && remote_port == Some(port) {
+            if let Ok(inode) = inode.parse() {
+                inodes.insert(inode);
+            }
+        }
+    }
+    inodes
+}
+
+/// The inodes of this network namespace's TCP connections to `port` (IPv4 and IPv6).
+pub fn connections_to(port: u16) -> HashSet<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|text| established_to(&text, port))
+        .collect()
+}
+
+/// Whether a process has one of `sockets` (inodes) open.
+pub fn holds_socket(pid: u32, sockets: &HashSet<u64>) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| sockets.contains(&inode))
+    })
 }
 
 /// `VmHWM` (peak resident) and `VmRSS` (resident now) of a process, in kB.
@@ -292,6 +368,19 @@ mod tests {
         let s = Summary::of(&[3.0]).unwrap();
         assert_eq!((s.p50, s.p95, s.max), (3.0, 3.0, 3.0));
         assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn established_connections_to_a_port() {
+        // 127.0.0.1:40000 -> 127.0.0.1:5672 ESTABLISHED (inode 111); the broker's side of it (local
+        // port 5672, inode 222); one to 5672 in TIME_WAIT (06, inode 0); a listener (0A, inode 333).
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:9C40 0100007F:1628 01 00000000:00000000 00:00000000 00000000     0        0 111 1 0 20 4 30 10 -1\n\
+            1: 0100007F:1628 0100007F:9C40 01 00000000:00000000 00:00000000 00000000   107        0 222 1 0 20 4 30 10 -1\n\
+            2: 0100007F:9C41 0100007F:1628 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0\n\
+            3: 00000000:1628 00000000:0000 0A 00000000:00000000 00:00000000 00000000   107        0 333 1 0\n";
+        assert_eq!(established_to(text, 5672), HashSet::from([111]));
+        assert!(established_to(text, 6379).is_empty());
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! `GET /modules/{id}/instances?count_only=True` until it shows all N instances current. The
 //! reapply itself goes through the api's outbox, the taskmanager, the broker, the guests and the
 //! conductor, as in production.
+//!
+//! Real mode can also leave the fleet idle before the reapply (`--idle-secs`: the load's return to
+//! idle, each guest's and server's CPU and memory) and restart the broker after it
+//! (`--broker-restart`: how long until every guest reconnected, reported and is ACTIVE again); see
+//! [`crate::idle_restart`] and `benches/fleet-on-one-host.sh`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -35,6 +40,7 @@ use tokio::process::{Child, Command};
 use trove_tests::TestDb;
 
 use crate::fleet_host::{started_path, GuestLine, StatsFile};
+use crate::idle_restart::{self, Created};
 use crate::probe::{self, CpuMeter, Summary};
 
 /// Where the guests run.
@@ -93,6 +99,22 @@ pub struct ReapplyArgs {
     /// images ship it, when it is built; otherwise the one beside this binary).
     #[arg(long)]
     pub guest_binary: Option<PathBuf>,
+    /// Real mode: once every instance is ACTIVE, leave the fleet alone this many seconds and report
+    /// the load's return to idle and the CPU and memory of each guest agent and datastore server
+    /// (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub idle_secs: u64,
+    /// Real mode: after the reapply rounds, restart the broker (`--broker-stop-cmd`, then
+    /// `--broker-start-cmd`) and measure until every guest reported again and every instance is
+    /// ACTIVE. This restarts the machine's broker: every other client of it is disconnected.
+    #[arg(long)]
+    pub broker_restart: bool,
+    /// How `--broker-restart` stops the broker (`sh -c`).
+    #[arg(long, default_value = "rabbitmqctl stop_app")]
+    pub broker_stop_cmd: String,
+    /// How `--broker-restart` starts it again (`sh -c`); the broker counts as back when it returns.
+    #[arg(long, default_value = "rabbitmqctl start_app")]
+    pub broker_start_cmd: String,
 }
 
 /// The guest agent binary of real mode: `--guest-binary`, else the `guest` profile's build, else
@@ -153,7 +175,7 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 }
@@ -202,6 +224,11 @@ struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
 }
+
+/// Instances ACTIVE: no task running and the guest's last status RUNNING.
+pub(crate) const ACTIVE_SQL: &str =
+    "SELECT count(*) AS n FROM instances i JOIN service_statuses s ON s.instance_id = i.id \
+     WHERE NOT i.deleted AND i.task_id = 1 AND s.status_id = 1";
 
 pub(crate) fn count(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
     Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
@@ -392,6 +419,10 @@ enum Guests {
 /// Runs the benchmark and prints the report.
 pub async fn run(args: ReapplyArgs) -> anyhow::Result<()> {
     ensure!(args.n > 0, "--n must be at least 1");
+    ensure!(
+        args.mode == Mode::Real || (args.idle_secs == 0 && !args.broker_restart),
+        "--idle-secs and --broker-restart are for --mode real"
+    );
     let state_root = match (args.mode, &args.state_root) {
         (_, Some(root)) => Some(root.clone()),
         (Mode::Fleet, None) => Some(PathBuf::from("/dev/shm")),
@@ -455,14 +486,31 @@ async fn bench(args: &ReapplyArgs, stack: &mut Stack) -> BenchResult {
     let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(out, "state directories: {}", stack.state.display());
     let setup = match args.mode {
-        Mode::Real => setup_real(args, stack, &module_id, &mut out).await,
-        Mode::Fleet => setup_fleet(args, stack, &module_id, &mut out).await,
+        Mode::Real => setup_real(args, stack, &module_id, &mut out)
+            .await
+            .map(|(g, c)| (g, Some(c))),
+        Mode::Fleet => setup_fleet(args, stack, &module_id, &mut out)
+            .await
+            .map(|g| (g, None)),
     };
-    let guests = match setup {
+    let (guests, created) = match setup {
         Ok(g) => g,
         Err((g, e)) => return Err((g, e)),
     };
-    match measure(args, stack, &module_id, &guests, &mut out).await {
+    let measured = async {
+        if let (Guests::Real(pids), Some(created)) = (&guests, &created) {
+            if args.idle_secs > 0 {
+                idle_restart::idle(args, stack, pids, created, &mut out).await?;
+            }
+        }
+        measure(args, stack, &module_id, &guests, &mut out).await?;
+        if let (Guests::Real(pids), true) = (&guests, args.broker_restart) {
+            idle_restart::broker_restart(args, stack, pids, &mut out).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    match measured {
         Ok(()) => Ok((guests, out)),
         Err(e) => {
             print!("{out}");
@@ -477,8 +525,8 @@ async fn setup_real(
     stack: &Stack,
     module_id: &str,
     out: &mut String,
-) -> Result<Guests, (Option<Guests>, anyhow::Error)> {
-    let res: anyhow::Result<Guests> = async {
+) -> Result<(Guests, Created), (Option<Guests>, anyhow::Error)> {
+    let res: anyhow::Result<(Guests, Created)> = async {
         let mut conn = stack.db.conn();
         let create = |i: usize| {
             let body = json!({"instance": {"name": format!("bench-{i}"), "flavorRef": "15",
@@ -492,8 +540,7 @@ async fn setup_real(
                 Ok::<_, anyhow::Error>(v["instance"]["id"].as_str().context("instance id")?.to_owned())
             }
         };
-        let active_sql = "SELECT count(*) AS n FROM instances i JOIN service_statuses s ON s.instance_id = i.id \
-                          WHERE NOT i.deleted AND i.task_id = 1 AND s.status_id = 1";
+        let active_sql = ACTIVE_SQL;
         // One guest alone on a quiet machine first: its start-to-first-heartbeat without contention.
         let load = probe::load();
         let t = Instant::now();
@@ -524,6 +571,10 @@ async fn setup_real(
         })
         .await?;
         let all_active = t.elapsed();
+        let created = Created {
+            active_at: Instant::now(),
+            load1: probe::load1(),
+        };
         // Prepare's module results reported for every instance: the conductor is idle again.
         until("every prepare's module results", Duration::from_secs(300), Duration::from_millis(100), || {
             Ok(count(&mut conn, "SELECT count(*) AS n FROM guest_module_results")? >= n)
@@ -564,7 +615,7 @@ async fn setup_real(
             single.map_or("?".into(), |v| format!("{v:.0}")),
             Summary::of(&lat).map_or("?".into(), |s| s.to_string())
         );
-        Ok(Guests::Real(pids))
+        Ok((Guests::Real(pids), created))
     }
     .await;
     res.map_err(|e| (None, e))
