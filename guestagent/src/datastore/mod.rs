@@ -110,6 +110,8 @@ pub struct DatastoreConfig {
     pub bin_dir: PathBuf,
     pub template_dir: PathBuf,
     pub start_timeout: Duration,
+    /// `hz` for a redis server (`[guest] redis_hz`).
+    pub redis_hz: u16,
 }
 
 impl DatastoreConfig {
@@ -123,6 +125,7 @@ impl DatastoreConfig {
             bin_dir: g.datastore_bin_dir.clone(),
             template_dir: g.template_dir.clone(),
             start_timeout: Duration::from_secs(g.server_start_timeout),
+            redis_hz: g.redis_hz,
         }
     }
 
@@ -541,6 +544,7 @@ mod tests {
             bin_dir: PathBuf::new(),
             template_dir: PathBuf::new(),
             start_timeout: Duration::from_secs(1),
+            redis_hz: 1,
         };
         let err = for_manager(cfg).err().unwrap();
         assert_eq!(err.class_name(), "DatastoreOperationNotSupported");

@@ -158,6 +158,7 @@ pub fn render_conf(
     socket: &std::path::Path,
     password: Option<&str>,
     cluster: bool,
+    hz: u16,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -177,6 +178,8 @@ pub fn render_conf(
     out.push_str("appendfsync everysec\n");
     // The append-only file is the durable copy; no RDB snapshots on top of it.
     out.push_str("save \"\"\n");
+    // Background tasks per second while idle ([guest] redis_hz): a host runs thousands of these.
+    let _ = writeln!(out, "hz {hz}");
     if let Some(pw) = password {
         let _ = writeln!(out, "requirepass {}", conf_value(pw));
         let _ = writeln!(out, "masterauth {}", conf_value(pw));
@@ -244,6 +247,7 @@ impl Datastore for Redis {
                 &socket,
                 password.as_deref(),
                 cluster,
+                self.cfg.redis_hz,
             );
             let path = self.conf_path();
             crate::state::write_atomic(&path, conf.as_bytes()).map_err(io_err("writing", &path))?;
@@ -391,6 +395,7 @@ mod tests {
             std::path::Path::new("/s/redis.sock"),
             Some("p\"w"),
             true,
+            1,
         );
         for line in [
             "bind 127.0.0.1",
@@ -401,6 +406,7 @@ mod tests {
             "masterauth \"p\\\"w\"",
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
+            "hz 1",
             "unixsocket \"/s/redis.sock\"",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing in\n{conf}");
@@ -412,6 +418,7 @@ mod tests {
             std::path::Path::new("/s/redis.sock"),
             None,
             false,
+            10,
         );
         assert!(!plain.contains("requirepass") && !plain.contains("cluster-enabled"));
     }

@@ -190,6 +190,7 @@ pub fn render_guest_conf(
         "guest.server_restart_delay",
         &g.server_restart_delay.to_string(),
     )?;
+    option(&mut out, "guest.redis_hz", &g.redis_hz.to_string())?;
     Ok(out)
 }
 
