@@ -98,6 +98,7 @@ impl CreateArgs {
             label: self.label.clone(),
             persistent_casts: defaults.default.module_reapply_persistent_casts,
             casts_in_flight: defaults.default.module_reapply_casts_in_flight,
+            durable_guest_queues: defaults.amqp.durable_guest_queues,
             keep_logs: self.keep_logs,
             guest_binary: self.guest_binary.clone(),
             idle_secs: 0,

@@ -92,6 +92,10 @@ pub struct ReapplyArgs {
     /// `module_reapply_casts_in_flight`: a batch's casts awaiting their confirms at once.
     #[arg(long, default_value_t = trove_common::config::Settings::default().default.module_reapply_casts_in_flight)]
     pub casts_in_flight: u32,
+    /// `[amqp] durable_guest_queues`: declare the guests' queues durable (persistent casts to them
+    /// then cost the broker a disk write each).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub durable_guest_queues: bool,
     /// Keep the services' logs (their directory is printed) even when the run succeeds.
     #[arg(long)]
     pub keep_logs: bool,
@@ -154,6 +158,7 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
          [amqp]\n\
          prefix = {prefix}\n\
          queue_expires_ms = 10000\n\
+         durable_guest_queues = {durable}\n\
          [guest]\n\
          datastore_manager = redis\n\
          [compute]\n\
@@ -163,6 +168,7 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
         report = args.report_interval,
         persistent = args.persistent_casts,
         in_flight = args.casts_in_flight,
+        durable = args.durable_guest_queues,
         state = state.display(),
         guest = guest_binary(args).display(),
     )
@@ -480,8 +486,8 @@ async fn bench(args: &ReapplyArgs, stack: &mut Stack) -> BenchResult {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## trove-bench reapply --mode {:?} --n {} --persistent-casts {} --casts-in-flight {} {}",
-        args.mode, args.n, args.persistent_casts, args.casts_in_flight, args.label
+        "## trove-bench reapply --mode {:?} --n {} --persistent-casts {} --casts-in-flight {} --durable-guest-queues {} {}",
+        args.mode, args.n, args.persistent_casts, args.casts_in_flight, args.durable_guest_queues, args.label
     );
     let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(out, "state directories: {}", stack.state.display());
