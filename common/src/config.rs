@@ -225,6 +225,11 @@ pub struct AmqpSection {
     pub reconnect_backoff: f64,
     /// Seconds: the step never grows past this (oslo's `rabbit_interval_max`).
     pub reconnect_max_delay: f64,
+    /// Seconds: `reconnect_delay` for the guests the taskmanager starts (their `guest.conf`). A host
+    /// runs thousands of guests, and every one of them loses its connection in the same instant
+    /// when the broker restarts: a wider first step spreads their reconnects over more seconds, so
+    /// the host and the broker see a ramp (BENCHMARKS.md). The services keep `reconnect_delay`.
+    pub guest_reconnect_delay: f64,
     /// Whether guests' `guestagent.<id>` queues survive a broker restart (oslo's
     /// `amqp_durable_queues`, for guest queues only; the services' queues are always durable). Off:
     /// guests declare their queues again on reconnecting, and a restart recovers in seconds.
@@ -250,6 +255,7 @@ impl Default for AmqpSection {
             reconnect_delay: 1.0,
             reconnect_backoff: 2.0,
             reconnect_max_delay: 30.0,
+            guest_reconnect_delay: 5.0,
             queue_expires_ms: 0,
             durable_guest_queues: false,
             conductor_batch_size: 64,

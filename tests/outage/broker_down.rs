@@ -36,10 +36,11 @@ fn rss_kib(pid: u32) -> u64 {
 async fn guests_keep_their_memory_through_a_ten_minute_outage_and_reconnect_within_a_minute() {
     const GUESTS: usize = 20;
     let mut broker = PrivateBroker::start().expect("private broker");
-    // The production reconnect schedule (1 s doubling to 30 s), heartbeats every second: a guest
-    // tries to publish every second for the whole outage.
+    // The production reconnect schedule (guests: 5 s doubling to 30 s), heartbeats every second: a
+    // guest tries to publish every second for the whole outage.
     let overrides = format!(
-        "[DEFAULT]\ntransport_url = {}\n[amqp]\nreconnect_delay = 1\nreconnect_max_delay = 30\n",
+        "[DEFAULT]\ntransport_url = {}\n\
+         [amqp]\nreconnect_delay = 1\nguest_reconnect_delay = 5\nreconnect_max_delay = 30\n",
         broker.transport_url()
     );
     let stack = ProcessStack::start_with(&overrides).await.expect("stack");

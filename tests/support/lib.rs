@@ -206,36 +206,23 @@ impl PooledTestDb {
 /// A live instance row `id` of tenant `t1` on datastore version `v1`: no server yet (BUILD), no
 /// task, no host, no address. Tests change what they need.
 pub fn instance_row(id: &str) -> trove_common::db::models::Instance {
-    let now = trove_common::db::now();
+    use trove_common::db::models::{instance::NewInstance, Instance};
     let none = trove_common::status::InstanceTask::None;
-    trove_common::db::models::Instance {
-        id: id.into(),
-        created: now,
-        updated: now,
-        name: "inst".into(),
-        hostname: None,
-        compute_instance_id: None,
-        server_status: Some("BUILD".into()),
+    Instance {
         task_id: none.code(),
         task_description: none.description().into(),
         task_start_time: None,
-        volume_id: None,
-        volume_size: None,
-        flavor_id: "15".into(),
-        tenant_id: "t1".into(),
-        datastore_version_id: "v1".into(),
-        cluster_id: None,
-        shard_id: None,
-        instance_type: None,
-        region_id: "RegionOne".into(),
-        encrypted_key: None,
-        configuration_id: None,
-        slave_of_id: None,
-        deleted: false,
-        deleted_at: None,
-        compute_host: None,
-        address: None,
-        port: None,
+        ..Instance::building(
+            NewInstance {
+                id,
+                name: "inst",
+                tenant_id: "t1",
+                flavor_id: "15",
+                datastore_version_id: "v1",
+                region_id: "RegionOne",
+            },
+            trove_common::db::now(),
+        )
     }
 }
 
@@ -271,6 +258,7 @@ pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
     // whose restart (the broker test) recovers every durable queue left on it.
     s.amqp.queue_expires_ms = 5 * 60 * 1000;
     s.amqp.reconnect_delay = 0.2;
+    s.amqp.guest_reconnect_delay = 0.2;
     s.api.outbox_poll_interval = 0.2;
     // The guests' database servers: checked twice a second, a dead one started again after a second
     // (long enough for a test to see the instance leave ACTIVE).

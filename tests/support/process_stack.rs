@@ -277,6 +277,7 @@ impl ProcessStack {
              prefix = {prefix}\n\
              queue_expires_ms = 300000\n\
              reconnect_delay = 0.2\n\
+             guest_reconnect_delay = 0.2\n\
              \n\
              [api]\n\
              outbox_poll_interval = 0.2\n\

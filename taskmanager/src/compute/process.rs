@@ -137,7 +137,7 @@ pub fn render_guest_conf(
     option(
         &mut out,
         "amqp.reconnect_delay",
-        &a.reconnect_delay.to_string(),
+        &a.guest_reconnect_delay.to_string(),
     )?;
     option(
         &mut out,
