@@ -38,6 +38,25 @@ fn fault(status: u16, body: &Value) -> (u16, String) {
     )
 }
 
+/// The owner's DELETE of `id` is refused with Trove's 422 for a build.
+async fn assert_delete_refused_not_ready(env: &TestEnv, id: &str) {
+    let (s, b) = http(
+        env,
+        OWNER,
+        Method::DELETE,
+        &format!("/instances/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        fault(s, &b),
+        (
+            422,
+            format!("Instance {id} is not ready. (Status is BUILD).")
+        )
+    );
+}
+
 async fn status_of(env: &TestEnv, token: &str, id: &str) -> String {
     let (code, body) = http(env, token, Method::GET, &format!("/instances/{id}"), None).await;
     assert_eq!(code, 200, "{body}");
@@ -91,21 +110,7 @@ async fn an_admin_resets_a_stuck_build_and_others_get_troves_errors() {
     assert_eq!(status_of(&env, OWNER, &id).await, "BUILD");
 
     // Trove's rule: a build cannot be deleted (it is seconds old, well within the grace).
-    let (s, b) = http(
-        &env,
-        OWNER,
-        Method::DELETE,
-        &format!("/instances/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        fault(s, &b),
-        (
-            422,
-            format!("Instance {id} is not ready. (Status is BUILD).")
-        )
-    );
+    assert_delete_refused_not_ready(&env, &id).await;
 
     // The owner is not an admin: Trove's policy error, through the API and the CLI.
     let action = format!("/instances/{id}/action");
@@ -349,21 +354,7 @@ async fn a_build_whose_guest_is_gone_can_be_deleted_after_the_grace() {
     }
 
     for id in [&recent, &young] {
-        let (s, b) = http(
-            &env,
-            OWNER,
-            Method::DELETE,
-            &format!("/instances/{id}"),
-            None,
-        )
-        .await;
-        assert_eq!(
-            fault(s, &b),
-            (
-                422,
-                format!("Instance {id} is not ready. (Status is BUILD).")
-            )
-        );
+        assert_delete_refused_not_ready(&env, id).await;
     }
     let out = env.trove(OWNER, &["delete", &young]).await;
     assert_eq!(out.status, 1);
@@ -400,19 +391,5 @@ async fn a_zero_grace_keeps_troves_rule() {
     let id = instance_create(&env, OWNER, "old-build", &[]).await;
     let long_ago = trove_common::db::now() - chrono::Duration::days(1);
     backdate(&env, &id, long_ago, long_ago);
-    let (s, b) = http(
-        &env,
-        OWNER,
-        Method::DELETE,
-        &format!("/instances/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        fault(s, &b),
-        (
-            422,
-            format!("Instance {id} is not ready. (Status is BUILD).")
-        )
-    );
+    assert_delete_refused_not_ready(&env, &id).await;
 }

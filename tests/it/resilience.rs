@@ -1,6 +1,6 @@
 //! What the services do when things go wrong (issue 2, "must show"): a guest killed with SIGKILL, and
-//! garbage published to every service's queue. (Restarting RabbitMQ is in the separate `broker` test
-//! binary, so it cannot disturb these.)
+//! garbage published to every service's queue. (Broker restarts and outages are in the `outage` test
+//! binary, each on a RabbitMQ node of its own.)
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde_json::{json, Map};
 use trove_common::amqp::{amqp_uri, Names};
+use trove_common::epoch_now;
 use trove_common::rpc::{encode_request, RpcContext, Security};
 use trove_tests::ok;
 use trove_tests::{guest_pid, process_alive, property, sigkill_guest, transport_url, TestEnv};
@@ -40,13 +41,6 @@ async fn wait_status(env: &TestEnv, id: &str, want: &str, timeout: Duration) {
     })
     .await
     .unwrap();
-}
-
-fn epoch_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// A SIGKILLed guest stops heartbeating: the conductor marks its instance SHUTDOWN once the last

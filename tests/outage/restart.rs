@@ -5,31 +5,22 @@
 
 use std::time::{Duration, Instant};
 
+use trove_common::epoch_now;
 use trove_tests::ok;
-use trove_tests::{property, PrivateBroker, TestEnv};
+use trove_tests::{instance_create, wait_active as wait_active_as, PrivateBroker, TestEnv};
 
 /// A 32-character project id (an ordinary member, not admin).
 const TENANT: &str = "0b5e55ed5f60718293a4b5c6d7e8f90a";
 /// How long the services get to come back after the broker does.
 const RECOVERY: Duration = Duration::from_secs(90);
 
+/// A mysql instance named `name` as the tenant.
 async fn create(env: &TestEnv, name: &str) -> String {
-    let out = env
-        .trove(
-            TENANT,
-            &["create", name, "15", "--size", "1", "--datastore", "mysql"],
-        )
-        .await;
-    property(ok(&out), "id").expect("create prints the id")
+    instance_create(env, TENANT, name, &["--datastore", "mysql"]).await
 }
 
 async fn wait_active(env: &TestEnv, id: &str, timeout: Duration) {
-    env.eventually(timeout, &format!("{id} ACTIVE"), || async {
-        let out = env.trove(TENANT, &["show", id]).await;
-        (property(&out.stdout, "status").as_deref() == Some("ACTIVE")).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_active_as(env, TENANT, id, timeout).await;
 }
 
 /// The `sent` stamp (guest clock, epoch seconds) of the newest heartbeat the conductor stored.
@@ -41,13 +32,6 @@ fn last_heartbeat(env: &TestEnv, id: &str) -> f64 {
     .first()
     .and_then(|s| s.parse().ok())
     .unwrap_or(0.0)
-}
-
-fn epoch_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

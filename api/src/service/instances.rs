@@ -10,8 +10,8 @@ use trove_common::crypto::Keyring;
 use trove_common::db::models::instance::Scope;
 use trove_common::db::models::module::Caller;
 use trove_common::db::models::{
-    Cluster, Datastore, DatastoreVersion, Flavor, Instance, InstanceModule, Module, OutboxMessage,
-    ServiceStatusRow,
+    Cluster, Datastore, DatastoreVersion, Flavor, Instance, InstanceModule, Module, NewInstance,
+    OutboxMessage, ServiceStatusRow,
 };
 use trove_common::db::{new_id, now};
 use trove_common::module::check_datastore;
@@ -109,35 +109,23 @@ pub fn insert_instance(
     entries: Vec<ModuleEntry>,
     topic: &str,
 ) -> ApiResult<Instance> {
-    let now = now();
+    let id = new_id();
     let instance = Instance {
-        id: new_id(),
-        created: now,
-        updated: now,
-        name: spec.name.clone(),
-        hostname: None,
-        compute_instance_id: None,
-        server_status: Some("BUILD".into()),
-        task_id: InstanceTask::Building.code(),
-        task_description: InstanceTask::Building.description().into(),
-        task_start_time: Some(now),
-        volume_id: None,
         volume_size: Some(spec.volume_size),
-        flavor_id: spec.flavor.id.clone(),
-        tenant_id: tenant.into(),
-        datastore_version_id: ver.id.clone(),
         cluster_id: spec.cluster.clone(),
-        shard_id: None,
         instance_type: spec.cluster.as_ref().map(|_| "member".into()),
-        region_id: settings.default.region.clone(),
         encrypted_key: keys::seal_instance_key(settings, &trove_common::crypto::random_rpc_key()),
-        configuration_id: None,
-        slave_of_id: None,
-        deleted: false,
-        deleted_at: None,
-        compute_host: None,
-        address: None,
-        port: None,
+        ..Instance::building(
+            NewInstance {
+                id: &id,
+                name: &spec.name,
+                tenant_id: tenant,
+                flavor_id: &spec.flavor.id,
+                datastore_version_id: &ver.id,
+                region_id: &settings.default.region,
+            },
+            now(),
+        )
     };
     Instance::insert(conn, &instance)?;
     for m in mods {
@@ -378,33 +366,19 @@ mod tests {
 
     fn trove_instance(id: &str, created: NaiveDateTime) -> Instance {
         Instance {
-            id: id.into(),
-            created,
-            updated: created,
             name: "n".into(),
-            hostname: None,
-            compute_instance_id: None,
-            server_status: Some("BUILD".into()),
-            task_id: InstanceTask::Building.code(),
-            task_description: InstanceTask::Building.description().into(),
-            task_start_time: Some(created),
-            volume_id: None,
             volume_size: Some(1),
-            flavor_id: "15".into(),
-            tenant_id: "t1".into(),
-            datastore_version_id: "v1".into(),
-            cluster_id: None,
-            shard_id: None,
-            instance_type: None,
-            region_id: "RegionOne".into(),
-            encrypted_key: None,
-            configuration_id: None,
-            slave_of_id: None,
-            deleted: false,
-            deleted_at: None,
-            compute_host: None,
-            address: None,
-            port: None,
+            ..Instance::building(
+                NewInstance {
+                    id,
+                    name: "n",
+                    tenant_id: "t1",
+                    flavor_id: "15",
+                    datastore_version_id: "v1",
+                    region_id: "RegionOne",
+                },
+                created,
+            )
         }
     }
 }

@@ -45,9 +45,6 @@ pub struct Instance {
     pub port: Option<i32>,
 }
 
-/// An instance row about to be inserted.
-pub type NewInstance = Instance;
-
 #[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable)]
 #[diesel(table_name = service_statuses)]
 pub struct ServiceStatusRow {
@@ -85,7 +82,52 @@ pub enum Scope<'a> {
     Any,
 }
 
+/// What a new instance row is made of: the request's choices.
+#[derive(Clone, Copy, Debug)]
+pub struct NewInstance<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub tenant_id: &'a str,
+    pub flavor_id: &'a str,
+    pub datastore_version_id: &'a str,
+    pub region_id: &'a str,
+}
+
 impl Instance {
+    /// A new live instance as the api inserts it at create: server BUILD, task BUILDING since `now`,
+    /// no volume, cluster, key, host or address yet. Callers set what the request carries.
+    pub fn building(new: NewInstance<'_>, now: NaiveDateTime) -> Self {
+        Self {
+            id: new.id.into(),
+            created: now,
+            updated: now,
+            name: new.name.into(),
+            hostname: None,
+            compute_instance_id: None,
+            server_status: Some("BUILD".into()),
+            task_id: InstanceTask::Building.code(),
+            task_description: InstanceTask::Building.description().into(),
+            task_start_time: Some(now),
+            volume_id: None,
+            volume_size: None,
+            flavor_id: new.flavor_id.into(),
+            tenant_id: new.tenant_id.into(),
+            datastore_version_id: new.datastore_version_id.into(),
+            cluster_id: None,
+            shard_id: None,
+            instance_type: None,
+            region_id: new.region_id.into(),
+            encrypted_key: None,
+            configuration_id: None,
+            slave_of_id: None,
+            deleted: false,
+            deleted_at: None,
+            compute_host: None,
+            address: None,
+            port: None,
+        }
+    }
+
     /// A live instance, scoped.
     pub fn find(conn: &mut PgConnection, id: &str, scope: Scope<'_>) -> QueryResult<Option<Self>> {
         let mut q = instances::table
