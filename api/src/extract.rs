@@ -39,6 +39,15 @@ impl Context {
         }
     }
 
+    /// The instances the caller may see: all of them for an admin, else its project's.
+    pub fn instance_scope(&self) -> trove_common::db::models::instance::Scope<'_> {
+        if self.is_admin {
+            trove_common::db::models::instance::Scope::Any
+        } else {
+            trove_common::db::models::instance::Scope::Tenant(&self.project_id)
+        }
+    }
+
     /// The caller as the module queries see it.
     pub fn caller(&self) -> trove_common::db::models::module::Caller<'_> {
         trove_common::db::models::module::Caller {

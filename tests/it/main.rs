@@ -8,6 +8,7 @@ mod isolation;
 mod keystone;
 mod modules_api;
 mod modules_at_rest;
+mod queues;
 mod real_databases;
 mod reapply;
 mod reset_status;

@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use diesel::Connection;
 use serde_json::{json, Map, Value};
-use trove_common::db::models::instance::Scope;
 use trove_common::db::models::{Flavor, Instance};
 
 use super::{accepted, load_instance, next_link, paging};
@@ -243,11 +242,7 @@ pub async fn delete(
     let expiry = settings.default.agent_heartbeat_expiry;
     st.db
         .run(move |c| {
-            let scope = if ctx.is_admin {
-                Scope::Any
-            } else {
-                Scope::Tenant(&ctx.project_id)
-            };
+            let scope = ctx.instance_scope();
             svc::delete_instance(c, &settings, &ctx.rpc(), scope, &id, &topic, |c, inst| {
                 let d = Instance::detail(c, vec![inst.clone()])?.remove(0);
                 Ok(views::status(&d, expiry))

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use trove_common::amqp::AmqpError;
-use trove_common::db::models::instance::{InstanceDetail, Scope};
+use trove_common::db::models::instance::InstanceDetail;
 use trove_common::db::models::Instance;
 
 use crate::app::AppState;
@@ -149,18 +149,12 @@ pub fn next_link(
 /// Loads a live instance the caller may see (admins: any tenant), with its view data; 404 otherwise.
 pub async fn load_instance(state: &AppState, ctx: &Context, id: &str) -> ApiResult<InstanceDetail> {
     let id = id.to_owned();
-    let tenant = ctx.project_id.clone();
-    let admin = ctx.is_admin;
+    let ctx = ctx.clone();
     state
         .db
         .run(move |c| {
-            let scope = if admin {
-                Scope::Any
-            } else {
-                Scope::Tenant(&tenant)
-            };
-            let inst =
-                Instance::find(c, &id, scope)?.ok_or_else(|| ApiError::resource_not_found(&id))?;
+            let inst = Instance::find(c, &id, ctx.instance_scope())?
+                .ok_or_else(|| ApiError::resource_not_found(&id))?;
             Ok(Instance::detail(c, vec![inst])?.remove(0))
         })
         .await

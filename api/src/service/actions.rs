@@ -13,7 +13,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use serde_json::Value;
 use trove_common::config::Settings;
-use trove_common::db::models::instance::{InstanceDetail, Scope};
+use trove_common::db::models::instance::InstanceDetail;
 use trove_common::db::models::{Cluster, Instance, ServiceStatusRow};
 use trove_common::db::schema::service_statuses;
 use trove_common::rpc::taskmanager::TaskManagerMsg;
@@ -107,11 +107,7 @@ pub fn restart(
     topic: &str,
     status_of: impl Fn(&InstanceDetail) -> &'static str,
 ) -> ApiResult<()> {
-    let scope = if ctx.is_admin {
-        Scope::Any
-    } else {
-        Scope::Tenant(&ctx.project_id)
-    };
+    let scope = ctx.instance_scope();
     conn.transaction(|c| {
         let inst = Instance::find(c, id, scope)?.ok_or_else(|| ApiError::resource_not_found(id))?;
         let d = Instance::detail(c, vec![inst])?.remove(0);
@@ -256,11 +252,7 @@ pub fn reset_status(
     id: &str,
     force_delete: bool,
 ) -> ApiResult<()> {
-    let scope = if ctx.is_admin {
-        Scope::Any
-    } else {
-        Scope::Tenant(&ctx.project_id)
-    };
+    let scope = ctx.instance_scope();
     conn.transaction(|c| {
         Instance::find(c, id, scope)?.ok_or_else(|| ApiError::resource_not_found(id))?;
         authorize_reset(ctx.is_admin, force_delete, "instance:reset_status")?;

@@ -16,7 +16,7 @@ use trove_common::db::models::{
 use trove_common::db::{new_id, now};
 use trove_common::module::check_datastore;
 use trove_common::rpc::guest::ModuleEntry;
-use trove_common::rpc::taskmanager::{ClusterConfig, CreateInstance, FlavorInfo, TaskManagerMsg};
+use trove_common::rpc::taskmanager::{ClusterConfig, CreateInstance, TaskManagerMsg};
 use trove_common::rpc::{self, keys, RpcContext};
 use trove_common::status::{ClusterTask, InstanceTask};
 
@@ -131,18 +131,10 @@ pub fn insert_instance(
     for m in mods {
         InstanceModule::record(conn, &instance.id, &m.id, &m.md5)?;
     }
-    let f = &spec.flavor;
     let msg = TaskManagerMsg::CreateInstance(Box::new(CreateInstance {
         instance_id: instance.id.clone(),
         name: instance.name.clone(),
-        flavor: FlavorInfo {
-            id: f.id.clone(),
-            name: f.name.clone(),
-            ram: f.ram,
-            vcpus: f.vcpus,
-            disk: f.disk,
-            ephemeral: f.ephemeral,
-        },
+        flavor: spec.flavor.info(),
         datastore_manager: ver.manager.clone(),
         packages: ver.packages.clone(),
         volume_size: Some(spec.volume_size),

@@ -346,14 +346,7 @@ pub fn create_args_from_rows(
     }
     let flavor_info = flavor
         .as_ref()
-        .map(|f| FlavorInfo {
-            id: f.id.clone(),
-            name: f.name.clone(),
-            ram: f.ram,
-            vcpus: f.vcpus,
-            disk: f.disk,
-            ephemeral: f.ephemeral,
-        })
+        .map(Flavor::info)
         .unwrap_or_else(|| FlavorInfo {
             id: inst.flavor_id.clone(),
             ..FlavorInfo::default()

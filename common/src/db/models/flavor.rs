@@ -34,6 +34,18 @@ impl Flavor {
             .load(conn)
     }
 
+    /// The flavor as `create_instance` and `prepare` carry it.
+    pub fn info(&self) -> crate::rpc::taskmanager::FlavorInfo {
+        crate::rpc::taskmanager::FlavorInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            ram: self.ram,
+            vcpus: self.vcpus,
+            disk: self.disk,
+            ephemeral: self.ephemeral,
+        }
+    }
+
     /// Creates or replaces a flavor (trove-manage flavor_create).
     pub fn upsert(conn: &mut PgConnection, f: &Self) -> QueryResult<()> {
         diesel::insert_into(flavors::table)
