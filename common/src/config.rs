@@ -465,7 +465,8 @@ pub struct GuestSection {
     /// Redis's `hz` in each instance's `redis.conf`: how often the idle server runs its background
     /// tasks (active key expiry, client timeouts). Redis's own default, 10, costs an idle server
     /// about 0.08 % of a core, which on a host of 2,000 instances is 1.7 cores spent doing nothing;
-    /// 1 costs under 0.02 % (BENCHMARKS.md). Keys still expire on access; 1 to 500.
+    /// 1 costs under 0.02 % (BENCHMARKS.md). Keys still expire on access; 1 to 500. Cluster members
+    /// keep 10: Redis Cluster's bus (gossip, failure detection) runs on this clock.
     pub redis_hz: u16,
 }
 

@@ -1065,11 +1065,18 @@ async fn module_instances_pages_and_deletes_retire_rows() {
     assert_eq!(counts(ADMIN, true).await, "5");
     assert_eq!(counts(TENANT, true).await, "2");
 
-    // cluster-delete retires the members' rows (the members must have finished building first).
+    // cluster-delete retires the members' rows. The cluster must have finished building first:
+    // its members ACTIVE, then joined into one Redis Cluster (task NONE again).
     env.eventually(BUILD, "cluster members ACTIVE", || async {
         let out = env.trove(ADMIN, &["cluster-instances", "pc"]).await;
         let r = rows(&out.stdout);
         (r.len() == 2 && r.iter().all(|r| r[4] == "ACTIVE")).then_some(())
+    })
+    .await
+    .unwrap();
+    env.eventually(BUILD, "cluster built (task NONE)", || async {
+        let out = env.trove(ADMIN, &["cluster-show", "pc"]).await;
+        (prop(&out.stdout, "task_name") == "NONE").then_some(())
     })
     .await
     .unwrap();

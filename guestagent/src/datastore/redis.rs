@@ -150,6 +150,9 @@ fn conf_value(v: &str) -> String {
     out
 }
 
+/// Redis's own `hz`, which cluster members keep.
+pub const REDIS_DEFAULT_HZ: u16 = 10;
+
 /// The configuration file of an instance's server.
 pub fn render_conf(
     bind_host: &str,
@@ -178,8 +181,10 @@ pub fn render_conf(
     out.push_str("appendfsync everysec\n");
     // The append-only file is the durable copy; no RDB snapshots on top of it.
     out.push_str("save \"\"\n");
-    // Background tasks per second while idle ([guest] redis_hz): a host runs thousands of these.
-    let _ = writeln!(out, "hz {hz}");
+    // Background tasks per second while idle ([guest] redis_hz): a host runs thousands of these. A
+    // cluster member keeps Redis's own 10: its cluster bus (gossip, failure detection, the state
+    // turning ok after a join) runs on the same clock.
+    let _ = writeln!(out, "hz {}", if cluster { REDIS_DEFAULT_HZ } else { hz });
     if let Some(pw) = password {
         let _ = writeln!(out, "requirepass {}", conf_value(pw));
         let _ = writeln!(out, "masterauth {}", conf_value(pw));
@@ -406,7 +411,7 @@ mod tests {
             "masterauth \"p\\\"w\"",
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
-            "hz 1",
+            "hz 10",
             "unixsocket \"/s/redis.sock\"",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing in\n{conf}");
@@ -418,9 +423,11 @@ mod tests {
             std::path::Path::new("/s/redis.sock"),
             None,
             false,
-            10,
+            1,
         );
         assert!(!plain.contains("requirepass") && !plain.contains("cluster-enabled"));
+        // A single instance runs at the configured hz, a cluster member (above) at Redis's own.
+        assert!(plain.lines().any(|l| l == "hz 1"), "{plain}");
     }
 
     #[test]
