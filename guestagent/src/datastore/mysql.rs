@@ -175,12 +175,23 @@ impl Mysql {
         Ok(version)
     }
 
+    /// The instance's own directory for the server's temporary files. MariaDB names them after
+    /// its thread ids, so two servers sharing `/tmp` (two guests making the host's template at once)
+    /// remove each other's and fail.
+    fn tmp_dir(&self) -> Result<std::path::PathBuf, DatastoreError> {
+        let dir = self.cfg.state_dir.join("tmp");
+        ensure_dir(&dir)?;
+        Ok(dir)
+    }
+
     async fn install_db(&self, target: &Path) -> Result<(), DatastoreError> {
         let install = self.binary(INSTALL_NAMES)?;
         ensure_dir(target)?;
+        let tmp = self.tmp_dir()?;
         let mut cmd = tokio::process::Command::new(&install);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", target.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
             .arg("--innodb-log-file-size=8M")
@@ -259,6 +270,7 @@ impl Mysql {
             self.cfg.port_or(DEFAULT_PORT),
             &socket,
             &self.cfg.record_path("mariadbd.pid"),
+            &self.tmp_dir()?,
             nix::unistd::geteuid().is_root(),
         );
         let path = self.cfg.state_dir.join("my.cnf");
@@ -399,6 +411,7 @@ pub fn render_conf(
     port: u16,
     socket: &Path,
     pid_file: &Path,
+    tmp_dir: &Path,
     as_root: bool,
 ) -> String {
     let mut out = String::new();
@@ -412,6 +425,8 @@ pub fn render_conf(
     let _ = writeln!(out, "bind-address = {bind_host}");
     let _ = writeln!(out, "socket = {}", socket.display());
     let _ = writeln!(out, "pid-file = {}", pid_file.display());
+    // Temporary tables in the instance's own directory, not the host's shared /tmp.
+    let _ = writeln!(out, "tmpdir = {}", tmp_dir.display());
     out.push_str(
         "skip-name-resolve\n\
          innodb_buffer_pool_size = 16M\n\
@@ -731,10 +746,12 @@ mod tests {
             10002,
             Path::new("/s/mysqld.sock"),
             Path::new("/s/datastore/mariadbd.pid"),
+            Path::new("/s/tmp"),
             true,
         );
         for line in [
             "user = root",
+            "tmpdir = /s/tmp",
             "datadir = /s/data",
             "port = 10002",
             "bind-address = 127.0.0.1",
