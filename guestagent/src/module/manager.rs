@@ -3,7 +3,9 @@
 //! Each module lives in `<state_dir>/modules/<type>/<module_id>/`:
 //!
 //! - `contents.dat`: the decoded contents, which the driver reads;
-//! - `result.json`: the [`ModuleResult`] record that module-apply and module-query return.
+//! - `result.json`: the [`ModuleResult`] record that module-apply and module-query return, plus this
+//!   guest's apply sequence number (`applied_seq`), which orders modules applied within one
+//!   timestamp tick.
 //!
 //! Both are written atomically (temporary file, fsync, rename; then one fsync of their directory for
 //! both renames), so a crash leaves the old file or the new one, never a torn one. Both are private to the guest's user, because
@@ -57,7 +59,10 @@ pub struct ModuleManager {
     /// Serialises apply and remove: each reads `result.json`, runs the driver and writes it back, and
     /// two calls for the same module interleaving would lose one of the updates (for example, a
     /// remove's `removed` stamp). Lists only read whole files, so they do not take it.
-    write_lock: Mutex<()>,
+    ///
+    /// It holds the last apply sequence number handed out, read from the stored records on the first
+    /// apply after start (`None` until then).
+    write_lock: Mutex<Option<u64>>,
     /// The clock, replaceable in tests so that timestamps differ and order predictably.
     now: fn() -> String,
 }
@@ -93,7 +98,7 @@ impl ModuleManager {
             root: state_dir.as_ref().join("modules"),
             registry,
             datastore_manager: datastore_manager.into(),
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(None),
             now: timestamp_now,
         }
     }
@@ -124,13 +129,16 @@ impl ModuleManager {
             .iter()
             .map(|module| self.check(module))
             .collect::<Result<Vec<_>, _>>()?;
-        let _guard = self
+        let mut last_seq = self
             .write_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         checked
             .into_iter()
-            .map(|module| self.apply_one(module))
+            .map(|module| {
+                let seq = self.next_seq(&mut last_seq)?;
+                self.apply_one(module, seq)
+            })
             .collect()
     }
 
@@ -172,7 +180,25 @@ impl ModuleManager {
         })
     }
 
-    fn apply_one(&self, checked: Checked<'_>) -> Result<ModuleResult, ApplyError> {
+    /// The next apply sequence number: one more than any this guest has stored.
+    fn next_seq(&self, last: &mut Option<u64>) -> Result<u64, ApplyError> {
+        let prev = match *last {
+            Some(seq) => seq,
+            None => {
+                let mut max = 0;
+                for file in self.result_files()? {
+                    if let Ok(Some(stored)) = read_result(&file) {
+                        max = max.max(stored.applied_seq);
+                    }
+                }
+                max
+            }
+        };
+        *last = Some(prev + 1);
+        Ok(prev + 1)
+    }
+
+    fn apply_one(&self, checked: Checked<'_>, seq: u64) -> Result<ModuleResult, ApplyError> {
         let Checked {
             module,
             driver,
@@ -195,7 +221,7 @@ impl ModuleManager {
         // Starting from the stored record is what keeps `created` across re-applies (even after a
         // removal). An unreadable record is replaced, as Trove falls back to the defaults.
         let mut result = match read_result(&result_file) {
-            Ok(Some(existing)) => existing,
+            Ok(Some(existing)) => existing.result,
             Ok(None) => ModuleResult {
                 created: Some(now.clone()),
                 ..ModuleResult::default()
@@ -233,7 +259,7 @@ impl ModuleManager {
         result.visible = module.visible;
         result.is_admin = module.is_admin;
         result.contents = None;
-        write_result(&result_file, &result)?;
+        write_result(&result_file, &result, seq)?;
 
         tracing::info!(
             module.id = %module.id,
@@ -265,7 +291,10 @@ impl ModuleManager {
         let not_applied = || ApplyError::NotApplied {
             name: module.name.clone(),
         };
-        let mut result = read_result(&result_file)?.ok_or_else(not_applied)?;
+        let Stored {
+            mut result,
+            applied_seq,
+        } = read_result(&result_file)?.ok_or_else(not_applied)?;
 
         let outcome = driver.run_remove(&ApplyContext {
             name: &module.name,
@@ -283,11 +312,13 @@ impl ModuleManager {
         );
 
         result.removed = Some((self.now)());
-        write_result(&result_file, &result)
+        write_result(&result_file, &result, applied_seq)
     }
 
     /// Lists the applied modules (the `module_list` RPC behind module-query): every module not
-    /// removed, newest `updated` first.
+    /// removed, newest `updated` first, as Trove's guest sorts them; modules with the same `updated`
+    /// (applied within one 10 ms tick of the 22-character timestamp) are ordered by when they were
+    /// applied, the later first.
     ///
     /// Modules with `visible` false are left out unless `caller_is_admin` (the RPC context's
     /// `is_admin`). With `include_contents`, each record carries base64 of `contents.dat`, except that a
@@ -300,7 +331,11 @@ impl ModuleManager {
     ) -> Result<Vec<ModuleResult>, ApplyError> {
         let mut results = Vec::new();
         for result_file in self.result_files()? {
-            let Some(mut result) = read_result(&result_file)? else {
+            let Some(Stored {
+                mut result,
+                applied_seq,
+            }) = read_result(&result_file)?
+            else {
                 continue; // removed by hand between listing and reading
             };
             if result.removed.is_some() || !(caller_is_admin || result.visible) {
@@ -319,11 +354,12 @@ impl ModuleManager {
                 let bytes = fs::read(&data_file).map_err(ApplyError::io(&data_file))?;
                 Some(BASE64.encode(bytes))
             };
-            results.push(result);
+            results.push((result, applied_seq));
         }
-        // A stable sort over paths read in sorted order keeps ties deterministic.
-        results.sort_by(|a, b| b.updated.cmp(&a.updated));
-        Ok(results)
+        results.sort_by(|(a, a_seq), (b, b_seq)| {
+            b.updated.cmp(&a.updated).then_with(|| b_seq.cmp(a_seq))
+        });
+        Ok(results.into_iter().map(|(result, _)| result).collect())
     }
 
     fn driver(&self, module_type: &str) -> Result<&dyn ModuleDriver, ApplyError> {
@@ -400,7 +436,17 @@ fn sub_dirs(dir: &Path) -> Result<Vec<PathBuf>, ApplyError> {
 }
 
 /// Reads a result record; `None` if the file does not exist.
-fn read_result(path: &Path) -> Result<Option<ModuleResult>, ApplyError> {
+/// What `result.json` holds: the record the RPCs return, and when this guest applied it relative to
+/// its other modules. Records written before the sequence existed read as 0 (oldest).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    result: ModuleResult,
+    #[serde(default)]
+    applied_seq: u64,
+}
+
+fn read_result(path: &Path) -> Result<Option<Stored>, ApplyError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -414,8 +460,18 @@ fn read_result(path: &Path) -> Result<Option<ModuleResult>, ApplyError> {
         })
 }
 
-fn write_result(path: &Path, result: &ModuleResult) -> Result<(), ApplyError> {
-    let json = serde_json::to_vec(result).map_err(|source| ApplyError::CorruptResult {
+fn write_result(path: &Path, result: &ModuleResult, applied_seq: u64) -> Result<(), ApplyError> {
+    #[derive(serde::Serialize)]
+    struct StoredRef<'a> {
+        #[serde(flatten)]
+        result: &'a ModuleResult,
+        applied_seq: u64,
+    }
+    let json = serde_json::to_vec(&StoredRef {
+        result,
+        applied_seq,
+    })
+    .map_err(|source| ApplyError::CorruptResult {
         path: path.to_owned(),
         source,
     })?;
@@ -672,7 +728,8 @@ mod tests {
         g.manager.remove(&module("m1", "")).unwrap();
         let stored = read_result(&g.manager.root().join("ping/m1/result.json"))
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .result;
         assert!(stored.removed.is_some());
         assert_eq!(stored.created, created);
         assert!(g.manager.list(false, true).unwrap().is_empty());
@@ -785,6 +842,60 @@ mod tests {
             }])
             .unwrap();
         assert_eq!(ids(&g.manager.list(false, false).unwrap()), ["c", "a", "b"]);
+    }
+
+    /// A clock that never moves: every apply lands in the same 10 ms tick.
+    fn frozen_now() -> String {
+        timestamp(Utc.with_ymd_and_hms(2017, 6, 2, 17, 0, 0).unwrap())
+    }
+
+    #[test]
+    fn list_orders_one_tick_by_apply_order_later_first() {
+        let mut g = guest("mysql");
+        g.manager.now = frozen_now;
+        // Ids chosen so that path order (a, b, c, d) is not the apply order.
+        g.manager.apply(vec![module("c", "message=1")]).unwrap();
+        g.manager
+            .apply(vec![module("a", "message=2"), module("d", "message=3")])
+            .unwrap();
+        g.manager.apply(vec![module("b", "message=4")]).unwrap();
+        assert_eq!(
+            ids(&g.manager.list(false, false).unwrap()),
+            ["b", "d", "a", "c"]
+        );
+        // Applying one again makes it the latest.
+        g.manager.apply(vec![module("c", "message=5")]).unwrap();
+        assert_eq!(
+            ids(&g.manager.list(false, false).unwrap()),
+            ["c", "b", "d", "a"]
+        );
+        // A removal does not move the others.
+        g.manager.remove(&module("d", "")).unwrap();
+        assert_eq!(ids(&g.manager.list(false, false).unwrap()), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn apply_sequence_continues_after_a_restart() {
+        let state = tempfile::tempdir().unwrap();
+        let types = vec!["ping".to_owned()];
+        let mut first = ModuleManager::new(state.path(), drivers::load(&types), "redis");
+        first.now = frozen_now;
+        first.apply(vec![module("z", "message=1")]).unwrap();
+        first.apply(vec![module("y", "message=2")]).unwrap();
+        drop(first);
+        // A new guest process over the same state directory picks the sequence up from the files.
+        let mut second = ModuleManager::new(state.path(), drivers::load(&types), "redis");
+        second.now = frozen_now;
+        second.apply(vec![module("z", "message=3")]).unwrap();
+        assert_eq!(ids(&second.list(false, false).unwrap()), ["z", "y"]);
+        // The RPC record carries no sequence: result.json's extra key stays private.
+        let listed = serde_json::to_value(&second.list(false, false).unwrap()[0]).unwrap();
+        assert!(listed.get("applied_seq").is_none());
+        let raw: serde_json::Value = serde_json::from_slice(
+            &fs::read(state.path().join("modules/ping/z/result.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(raw["applied_seq"], 3);
     }
 
     #[test]
