@@ -1016,6 +1016,43 @@ async fn module_instances_pages_and_deletes_retire_rows() {
     .await;
     assert_eq!(page2["instances"].as_array().unwrap().len(), 1);
     assert!(page2.get("links").is_none(), "last page: {page2}");
+    // Each instance's links carry the caller's project, as Trove builds them, so an admin can follow
+    // the link of another tenant's instance (the URL tenant must be the caller's).
+    for item in page1["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["instances"].as_array().unwrap())
+    {
+        let id = item["id"].as_str().unwrap();
+        let href = item["links"][0]["href"].as_str().unwrap();
+        assert!(
+            href.ends_with(&format!("/v1.0/{ADMIN}/instances/{id}")),
+            "{href}"
+        );
+        let (status, shown) = http(
+            &env,
+            ADMIN,
+            reqwest::Method::GET,
+            &format!("/instances/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{shown}");
+        let flavor_href = shown["instance"]["flavor"]["links"][0]["href"]
+            .as_str()
+            .unwrap();
+        assert!(
+            flavor_href.contains(&format!("/v1.0/{ADMIN}/flavors/")),
+            "{flavor_href}"
+        );
+    }
+    assert!(
+        [&t1, &t2]
+            .iter()
+            .any(|t| first.contains(&t.as_str()) || page2["instances"][0]["id"] == json!(t)),
+        "a tenant's instance is among those the admin followed"
+    );
 
     // The CLI follows the links: all three single instances, with the admin's Tenant ID column.
     let out = env.trove(ADMIN, &["module-instances", "pg"]).await;

@@ -147,7 +147,7 @@ pub async fn create(
                 enqueue_taskmanager(conn, &settings, &topic, &TaskManagerMsg::CreateCluster { cluster_id: cluster.id.clone() }, &rpc)?;
                 let members = { let rows = Instance::cluster_members(conn, &cluster.id)?; Instance::detail(conn, rows)? };
                 tracing::info!(cluster.id = %cluster.id, members = members.len(), "cluster accepted");
-                Ok::<_, ApiError>(views::view(&cluster, &ds.name, &ver.name, &members, &ctx.base_url, false, expiry))
+                Ok::<_, ApiError>(views::view(&cluster, &ds.name, &ver.name, &members, &ctx.base_url, &ctx.project_id, false, expiry))
             })
         })
         .await?;
@@ -182,6 +182,7 @@ async fn load(st: &AppState, ctx: &Context, id: &str, full: bool) -> ApiResult<M
                 &ver.map(|v| v.name).unwrap_or_default(),
                 &members,
                 &base,
+                &tenant,
                 full,
                 expiry,
             ))

@@ -144,7 +144,7 @@ pub async fn create(
     st.outbox.notify_one();
     let expiry = st.settings.default.agent_heartbeat_expiry;
     Ok(
-        Json(json!({"instance": views::detail(&detail, &ctx.base_url, ctx.is_admin, expiry)}))
+        Json(json!({"instance": views::detail(&detail, &ctx.base_url, &ctx.project_id, ctx.is_admin, expiry)}))
             .into_response(),
     )
 }
@@ -176,9 +176,9 @@ async fn list(
         .iter()
         .map(|d| {
             Value::Object(if detail {
-                views::detail(d, &ctx.base_url, ctx.is_admin, expiry)
+                views::detail(d, &ctx.base_url, &ctx.project_id, ctx.is_admin, expiry)
             } else {
-                views::list_item(d, &ctx.base_url, ctx.is_admin, expiry)
+                views::list_item(d, &ctx.base_url, &ctx.project_id, ctx.is_admin, expiry)
             })
         })
         .collect();
@@ -226,7 +226,7 @@ pub async fn show(
     let d = load_instance(&st, &ctx, &id).await?;
     let expiry = st.settings.default.agent_heartbeat_expiry;
     Ok(
-        Json(json!({"instance": views::detail(&d, &ctx.base_url, ctx.is_admin, expiry)}))
+        Json(json!({"instance": views::detail(&d, &ctx.base_url, &ctx.project_id, ctx.is_admin, expiry)}))
             .into_response(),
     )
 }

@@ -191,7 +191,15 @@ pub async fn instances(
             let details = Instance::detail(c, rows)?;
             let items: Vec<Value> = details
                 .iter()
-                .map(|d| Value::Object(iviews::list_item(d, &ctx.base_url, ctx.is_admin, expiry)))
+                .map(|d| {
+                    Value::Object(iviews::list_item(
+                        d,
+                        &ctx.base_url,
+                        &ctx.project_id,
+                        ctx.is_admin,
+                        expiry,
+                    ))
+                })
                 .collect();
             body.insert("instances".into(), Value::Array(items));
             Ok((body, last, more))

@@ -8,13 +8,16 @@ use trove_common::status::ClusterTask;
 
 use super::links;
 
-/// The cluster view; `full` adds status, flavor and volume to each member (show).
+/// The cluster view; `full` adds status, flavor and volume to each member (show). Links carry
+/// `project`, the caller's project (see `instances::list_item`).
+#[allow(clippy::too_many_arguments)]
 pub fn view(
     c: &Cluster,
     ds: &str,
     ver: &str,
     members: &[InstanceDetail],
     base: &str,
+    project: &str,
     full: bool,
     expiry: u64,
 ) -> Map<String, Value> {
@@ -27,10 +30,10 @@ pub fn view(
         .map(|d| {
             let i = &d.instance;
             let mut m = json!({"id": i.id, "name": i.name, "type": i.instance_type.clone().unwrap_or_else(|| "member".into()),
-                               "links": links(base, &i.tenant_id, "instances", &i.id)});
+                               "links": links(base, project, "instances", &i.id)});
             if full {
                 m["status"] = json!(super::instances::status(d, expiry));
-                m["flavor"] = json!({"id": i.flavor_id, "links": links(base, &i.tenant_id, "flavors", &i.flavor_id)});
+                m["flavor"] = json!({"id": i.flavor_id, "links": links(base, project, "flavors", &i.flavor_id)});
                 if let Some(s) = i.volume_size {
                     m["volume"] = json!({"size": s});
                 }
@@ -57,7 +60,7 @@ pub fn view(
     );
     o.insert("created".into(), json!(api_time(c.created)));
     o.insert("updated".into(), json!(api_time(c.updated)));
-    o.insert("links".into(), links(base, &c.tenant_id, "clusters", &c.id));
+    o.insert("links".into(), links(base, project, "clusters", &c.id));
     o.insert("datastore".into(), json!({"type": ds, "version": ver}));
     o.insert("instances".into(), Value::Array(instances));
     if !cluster_ips.is_empty() {

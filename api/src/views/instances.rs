@@ -23,10 +23,13 @@ pub fn status(d: &InstanceDetail, heartbeat_expiry: u64) -> &'static str {
     })
 }
 
-/// The list item; `tenant_id` only for admins.
+/// The list item; `tenant_id` only for admins. Links carry `project`, the caller's project, as
+/// Trove's `create_links` builds them: an admin listing another tenant's instance gets links it can
+/// follow (the URL tenant must be the caller's).
 pub fn list_item(
     d: &InstanceDetail,
     base: &str,
+    project: &str,
     is_admin: bool,
     expiry: u64,
 ) -> Map<String, Value> {
@@ -35,13 +38,10 @@ pub fn list_item(
     o.insert("id".into(), json!(i.id));
     o.insert("name".into(), json!(i.name));
     o.insert("status".into(), json!(status(d, expiry)));
-    o.insert(
-        "links".into(),
-        links(base, &i.tenant_id, "instances", &i.id),
-    );
+    o.insert("links".into(), links(base, project, "instances", &i.id));
     o.insert(
         "flavor".into(),
-        json!({"id": i.flavor_id, "links": links(base, &i.tenant_id, "flavors", &i.flavor_id)}),
+        json!({"id": i.flavor_id, "links": links(base, project, "flavors", &i.flavor_id)}),
     );
     o.insert(
         "datastore".into(),
@@ -83,9 +83,15 @@ pub fn addresses(i: &Instance) -> Option<Value> {
 }
 
 /// The detail view.
-pub fn detail(d: &InstanceDetail, base: &str, is_admin: bool, expiry: u64) -> Map<String, Value> {
+pub fn detail(
+    d: &InstanceDetail,
+    base: &str,
+    project: &str,
+    is_admin: bool,
+    expiry: u64,
+) -> Map<String, Value> {
     let i = &d.instance;
-    let mut o = list_item(d, base, is_admin, expiry);
+    let mut o = list_item(d, base, project, is_admin, expiry);
     o.insert("created".into(), json!(api_time(i.created)));
     o.insert("updated".into(), json!(api_time(i.updated)));
     if let Some(c) = &i.cluster_id {
