@@ -607,6 +607,15 @@ async fn modules_apply_in_priority_then_apply_order() {
         listed_stamps.windows(2).all(|w| w[0] >= w[1]),
         "{listed_stamps:?}"
     );
+    // Exactly the reverse of the apply order, ties within one 10 ms timestamp tick included (issue
+    // 16): the module applied later comes first.
+    let mut newest_first = names(&second);
+    newest_first.reverse();
+    assert_eq!(names(&listed), newest_first);
+    eprintln!(
+        "apply_order: module-query had {} pairs sharing a timestamp",
+        listed_stamps.windows(2).filter(|w| w[0] == w[1]).count()
+    );
     let by_name = |rs: &[Value]| -> BTreeSet<(String, String)> {
         rs.iter()
             .map(|r| {
