@@ -30,7 +30,8 @@ pub async fn index(
     _t: TenantId,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let filter = q.get("datastore").cloned();
+    // An empty `datastore=` filters nothing, as in Trove (an empty string is false there).
+    let filter = q.get("datastore").filter(|f| !f.is_empty()).cloned();
     let list = st
         .db
         .run(move |c| {
