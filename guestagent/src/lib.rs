@@ -4,6 +4,7 @@ pub mod agent;
 pub mod datastore;
 pub mod dedup;
 pub mod dispatch;
+#[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod health;
 pub mod module;
