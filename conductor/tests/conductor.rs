@@ -531,20 +531,18 @@ async fn dispatcher_authenticates_guests() {
     assert_eq!(current(&id).await.status(), Some(ServiceStatus::Healthy));
 }
 
-/// Polls `check` every 50 ms until it holds, or fails after `secs` seconds.
+/// Polls `check` until it holds, or fails the test after `secs` seconds ([`trove_tests::eventually`]).
 async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    trove_tests::eventually(Duration::from_secs(secs), what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

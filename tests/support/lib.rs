@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -390,27 +390,18 @@ impl TestEnv {
         trove_cli(&self.api_url, token, args, cwd).await
     }
 
-    /// Polls `check` until it returns `Some` or `timeout` passes.
+    /// Polls `check` until it returns `Some` or `timeout` passes ([`eventually`]).
     pub async fn eventually<T, F, Fut>(
         &self,
         timeout: Duration,
         what: &str,
-        mut check: F,
+        check: F,
     ) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(v) = check().await {
-                return Ok(v);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("timed out after {timeout:?} waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(timeout, what, check).await
     }
 
     /// Runs SQL returning one text column, for assertions.
@@ -447,12 +438,14 @@ impl Drop for TestEnv {
 }
 
 pub mod api;
+mod poll;
 mod private_broker;
 mod process_stack;
+pub use poll::eventually;
 pub use private_broker::PrivateBroker;
 pub use process_stack::{
-    eventually, guest_pid, kill_guests_under, process_alive, property, restart_guest,
-    sigkill_guest, trove_cli, Detached, ProcessStack,
+    guest_pid, kill_guests_under, process_alive, property, restart_guest, sigkill_guest, trove_cli,
+    Detached, ProcessStack,
 };
 
 /// The data rows of a prettytable, as trimmed cells (the header row is skipped).

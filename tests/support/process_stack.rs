@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
+use crate::poll::eventually;
 use crate::{bin, transport_url, CliOutput, TestDb};
 
 /// How long the api gets to answer `GET /` after start.
@@ -67,24 +68,6 @@ pub fn property(table: &str, name: &str) -> Option<String> {
         let key = cells.next()?.trim();
         (key == name).then(|| cells.next().unwrap_or_default().trim().to_owned())
     })
-}
-
-/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The pid a guest's `guest.pid` names, under a taskmanager's `[compute] state_path`.
