@@ -41,7 +41,7 @@ pub struct Dispatcher {
     /// instance id → its keyring (None: the instance has no key, so its messages travel in plain).
     keys: moka::sync::Cache<String, Option<Keyring>>,
     /// job id → its module, for reapply answers.
-    jobs: crate::bulk::JobModules,
+    jobs: crate::batch::JobModules,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -78,7 +78,7 @@ impl Dispatcher {
             settings,
             db,
             keys: moka::sync::Cache::new(KEY_CACHE_CAPACITY),
-            jobs: crate::bulk::JobModules::default(),
+            jobs: crate::batch::JobModules::default(),
         }
     }
 
@@ -93,10 +93,10 @@ impl Dispatcher {
 
     /// Handles a batch of delivery bodies and says what to do with each, in order. Each message is
     /// decoded and authenticated on its own; then the database work of the whole batch goes through
-    /// [`crate::bulk::apply_batch`]: heartbeats in one statement, reapply answers in another, the
-    /// rest one by one in a transaction with a savepoint each. One message's database error fails
-    /// (and retries) only that message, or the statement's messages, which are then applied one by
-    /// one. Everything is committed before this returns.
+    /// [`crate::batch::apply_batch`], round by round: heartbeats in one statement, `module_results`
+    /// reports in another, the rest one by one in a transaction with a savepoint each. One message's
+    /// database error fails (and retries) only that message: a statement that fails over several is
+    /// run again for each of them alone. Everything is committed before this returns.
     pub async fn dispatch_batch(&self, bodies: &[&[u8]]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(bodies.len());
         let mut work: Vec<(usize, ConductorMsg, tracing::Span)> = Vec::new();
@@ -136,7 +136,7 @@ impl Dispatcher {
         let done = self
             .db
             .run(move |conn| {
-                let results = crate::bulk::apply_batch(conn, &msgs, &jobs);
+                let results = crate::batch::apply_batch(conn, &msgs, &jobs);
                 Ok::<_, DbError>((msgs, results))
             })
             .await;

@@ -1,33 +1,31 @@
-//! One handler per conductor method (messaging.md §4), each one short transaction.
+//! The conductor's rules for each method (messaging.md §4) that are not statements of their own,
+//! and what every method's outcome is and how it is logged.
 //!
-//! Every handler is idempotent under redelivery, because the broker may hand the same cast over twice
+//! Every rule is idempotent under redelivery, because the broker may hand the same cast over twice
 //! (a consumer died between commit and ack):
 //! - **Ordering.** Guests stamp every report with `sent` (their clock). `conductor_lastseen` keeps the
 //!   newest `sent` per (instance, method) and a report that is not newer is dropped, as Trove's
-//!   `_message_too_old` does. The check and the write share one transaction, so two reports racing
-//!   each other cannot both win.
+//!   `_message_too_old` does. The check and the write share one statement (or transaction), so two
+//!   reports racing each other cannot both win.
 //! - **Reapply answers** (`module_results` with a `job_id`) skip that check: answers for different
 //!   jobs must all count, whatever their order. They are deduplicated by the job item's state instead
 //!   (only an item still `sent` is answered).
 //! - The conductor **never** writes `instance_modules` (module-semantics §11): the taskmanager records
 //!   the instances that answered OK. Guest results go to `guest_module_results`, for observability.
 //!
-//! [`heartbeat`] and [`module_results`] take a connection and open their own transaction (a savepoint
-//! inside a batch's); [`apply`] picks one for a message. The dispatcher runs them through `Db::run`,
-//! off the async threads, mostly via the set-based [`crate::bulk`], which gives the same outcomes.
+//! Heartbeats and `module_results` are applied only by [`crate::batch`]'s statements, for a batch of
+//! any size; [`apply_other`] applies the other methods, one message at a time.
 
 use diesel::prelude::*;
 use trove_common::db::models::instance::record_fault;
-use trove_common::db::models::{
-    lastseen, GuestModuleResult, Instance, ReapplyItem, ReapplyJob, ServiceStatusRow,
-};
+use trove_common::db::models::{lastseen, GuestModuleResult, Instance};
 use trove_common::rpc::conductor::ConductorMsg;
 use trove_common::rpc::guest::ModuleResult;
 use trove_common::status::ServiceStatus;
 
 /// The `conductor_lastseen` method names.
 pub(crate) const HEARTBEAT: &str = "heartbeat";
-const MODULE_RESULTS: &str = "module_results";
+pub(crate) const MODULE_RESULTS: &str = "module_results";
 const NOTIFY_EXC_INFO: &str = "notify_exc_info";
 
 /// Column limits of `instance_faults`: a longer message is cut (it only explains), never refused.
@@ -40,30 +38,7 @@ const MD5_MAX: usize = 32;
 const STATUS_MAX: usize = 16;
 const GUEST_TIME_MAX: usize = 32;
 
-/// What a fresh heartbeat does to the stored service status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatusDecision {
-    /// Store this status, with `updated_at = now`.
-    Set(ServiceStatus),
-    /// RESTART_REQUIRED is kept until an operator restarts the datastore; only `updated_at` moves
-    /// (so the instance does not look stale).
-    Touch,
-    /// The description names no status we know: change nothing.
-    Ignore,
-}
-
-/// Decides what a heartbeat carrying `description` does, given the current status. Pure.
-pub fn decide_status(current: Option<ServiceStatus>, description: &str) -> StatusDecision {
-    if current == Some(ServiceStatus::RestartRequired) {
-        return StatusDecision::Touch;
-    }
-    match ServiceStatus::from_description(description) {
-        Some(status) => StatusDecision::Set(status),
-        None => StatusDecision::Ignore,
-    }
-}
-
-/// What [`heartbeat`] did.
+/// What a heartbeat did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeartbeatOutcome {
     /// The status was set from the description.
@@ -78,41 +53,6 @@ pub enum HeartbeatOutcome {
     InstanceGone,
     /// The instance has no `service_statuses` row: nothing to update.
     NoStatusRow,
-}
-
-/// Applies one heartbeat in one transaction (messaging.md §4).
-pub fn heartbeat(
-    conn: &mut PgConnection,
-    instance_id: &str,
-    description: &str,
-    sent: f64,
-) -> QueryResult<HeartbeatOutcome> {
-    conn.transaction(|conn| {
-        if !is_live(conn, instance_id)? {
-            return Ok(HeartbeatOutcome::InstanceGone);
-        }
-        if !lastseen::accept(conn, instance_id, HEARTBEAT, sent)? {
-            return Ok(HeartbeatOutcome::Stale);
-        }
-        let Some(row) = ServiceStatusRow::for_instance(conn, instance_id)? else {
-            return Ok(HeartbeatOutcome::NoStatusRow);
-        };
-        match decide_status(row.status(), description) {
-            StatusDecision::Touch => {
-                ServiceStatusRow::touch(conn, instance_id)?;
-                Ok(HeartbeatOutcome::KeptRestartRequired)
-            }
-            StatusDecision::Ignore => Ok(HeartbeatOutcome::UnknownStatus),
-            StatusDecision::Set(status) => {
-                // `set` keeps RESTART_REQUIRED itself, which covers a change made since we read the row.
-                if ServiceStatusRow::set(conn, instance_id, status, false)? == 0 {
-                    ServiceStatusRow::touch(conn, instance_id)?;
-                    return Ok(HeartbeatOutcome::KeptRestartRequired);
-                }
-                Ok(HeartbeatOutcome::Applied(status))
-            }
-        }
-    })
 }
 
 /// Logs what a heartbeat did.
@@ -186,7 +126,7 @@ pub fn job_verdict(
     }
 }
 
-/// What [`module_results`] did.
+/// What a `module_results` report did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModuleResultsOutcome {
     /// The results were stored.
@@ -203,53 +143,6 @@ pub enum ModuleResultsOutcome {
     Stale,
     /// The instance is deleted (or gone): ignored.
     InstanceGone,
-}
-
-/// Stores one `module_results` report in one transaction (see the module docs for the rules).
-pub fn module_results(
-    conn: &mut PgConnection,
-    instance_id: &str,
-    results: &[ModuleResult],
-    sent: f64,
-    job_id: Option<&str>,
-    error: Option<&str>,
-) -> QueryResult<ModuleResultsOutcome> {
-    conn.transaction(|conn| {
-        if !is_live(conn, instance_id)? {
-            return Ok(ModuleResultsOutcome::InstanceGone);
-        }
-        if job_id.is_none() && !lastseen::accept(conn, instance_id, MODULE_RESULTS, sent)? {
-            return Ok(ModuleResultsOutcome::Stale);
-        }
-        let now = trove_common::db::now();
-        let (mut stored, mut skipped) = (0, 0);
-        for r in results {
-            match result_row(instance_id, r, now) {
-                Some(row) if GuestModuleResult::upsert(conn, &row)? == 1 => stored += 1,
-                Some(_) => skipped += 1,
-                None => {
-                    warn_malformed(r);
-                    skipped += 1;
-                }
-            }
-        }
-        let item_answered = match job_id {
-            None => None,
-            Some(job_id) => {
-                let module_id = ReapplyJob::find(conn, job_id)?.map(|j| j.module_id);
-                let (status, message) = job_verdict(module_id.as_deref(), results, error);
-                Some(
-                    ReapplyItem::answer(conn, job_id, instance_id, status, message.as_deref())?
-                        == 1,
-                )
-            }
-        };
-        Ok(ModuleResultsOutcome::Stored {
-            stored,
-            skipped,
-            item_answered,
-        })
-    })
 }
 
 /// Logs what a `module_results` report did.
@@ -339,30 +232,10 @@ pub enum Applied {
     NotifyExcInfo(ExcInfoOutcome),
 }
 
-/// The database work of one message. Each handler runs in a transaction of its own, which is a
-/// savepoint when this is called inside a batch's transaction. Errors are database errors.
-pub fn apply(conn: &mut PgConnection, msg: &ConductorMsg) -> QueryResult<Applied> {
+/// The database work of a message that no statement of [`crate::batch`] covers, in a transaction
+/// of its own (a savepoint inside a batch's). Errors are database errors.
+pub fn apply_other(conn: &mut PgConnection, msg: &ConductorMsg) -> QueryResult<Applied> {
     match msg {
-        ConductorMsg::Heartbeat {
-            instance_id,
-            payload,
-            sent,
-        } => heartbeat(conn, instance_id, &payload.service_status, *sent).map(Applied::Heartbeat),
-        ConductorMsg::ModuleResults {
-            instance_id,
-            results,
-            sent,
-            job_id,
-            error,
-        } => module_results(
-            conn,
-            instance_id,
-            results,
-            *sent,
-            job_id.as_deref(),
-            error.as_deref(),
-        )
-        .map(Applied::ModuleResults),
         ConductorMsg::ReportRoot { .. } => Ok(Applied::ReportRoot),
         ConductorMsg::NotifyExcInfo {
             instance_id,
@@ -372,10 +245,13 @@ pub fn apply(conn: &mut PgConnection, msg: &ConductorMsg) -> QueryResult<Applied
             ..
         } => notify_exc_info(conn, instance_id, message, exception, *sent)
             .map(Applied::NotifyExcInfo),
+        ConductorMsg::Heartbeat { .. } | ConductorMsg::ModuleResults { .. } => {
+            unreachable!("heartbeats and module reports go through crate::batch")
+        }
     }
 }
 
-/// Logs what [`apply`] did, in the message's span.
+/// Logs what applying a message did, in the message's span.
 pub fn log_applied(msg: &ConductorMsg, applied: &Applied) {
     match (msg, applied) {
         (
@@ -471,44 +347,6 @@ mod tests {
             is_admin: false,
             contents: None,
         }
-    }
-
-    #[test]
-    fn restart_required_is_kept() {
-        use ServiceStatus::*;
-        assert_eq!(
-            decide_status(Some(RestartRequired), "running"),
-            StatusDecision::Touch
-        );
-        assert_eq!(
-            decide_status(Some(RestartRequired), "no such status"),
-            StatusDecision::Touch
-        );
-        assert_eq!(
-            decide_status(Some(Building), "running"),
-            StatusDecision::Set(Running)
-        );
-        assert_eq!(
-            decide_status(Some(New), "instance ready"),
-            StatusDecision::Set(InstanceReady)
-        );
-        assert_eq!(
-            decide_status(Some(Running), "restart required"),
-            StatusDecision::Set(RestartRequired)
-        );
-        assert_eq!(decide_status(None, "healthy"), StatusDecision::Set(Healthy));
-    }
-
-    #[test]
-    fn unknown_descriptions_are_ignored() {
-        assert_eq!(
-            decide_status(Some(ServiceStatus::Running), "RUNNING"),
-            StatusDecision::Ignore
-        );
-        assert_eq!(
-            decide_status(Some(ServiceStatus::Running), ""),
-            StatusDecision::Ignore
-        );
     }
 
     #[test]

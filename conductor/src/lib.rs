@@ -1,6 +1,6 @@
 #![doc = include_str!("../README.md")]
 
-pub mod bulk;
+pub mod batch;
 pub mod dispatch;
 pub mod handlers;
 pub mod sweep;
@@ -18,7 +18,7 @@ pub use dispatch::Dispatcher;
 /// Serves the conductor queue and runs the heartbeat sweep until `shutdown` is cancelled.
 ///
 /// Declares and consumes `broker.names().conductor()`: the deliveries waiting, up to
-/// `[amqp] conductor_batch_size` at a time, are applied together ([`bulk::apply_batch`]) and acked
+/// `[amqp] conductor_batch_size` at a time, are applied together ([`batch::apply_batch`]) and acked
 /// only after their work commits; up to `[amqp] conductor_batches_in_flight` batches are in flight,
 /// and while others are, a batch waits up to `conductor_batch_linger_ms` to fill. Beside it,
 /// [`sweep::run`] marks guests whose heartbeats stopped SHUTDOWN every `agent_heartbeat_time`

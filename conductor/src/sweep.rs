@@ -5,7 +5,7 @@
 //! status is RUNNING or HEALTHY but was last updated more than `agent_heartbeat_expiry` seconds ago,
 //! and sets their status to SHUTDOWN (issue 2; Trove shows such guests as SHUTDOWN too). `updated_at`
 //! stays as it was, so the API can still tell how long the guest has been silent. When heartbeats
-//! return, [`crate::handlers::heartbeat`] sets the reported status again and the instance is ACTIVE.
+//! return, the next heartbeat ([`crate::batch`]) sets the reported status again and the instance is ACTIVE.
 //!
 //! Instances being built or deleted are the taskmanager's business and are left alone, as are
 //! statuses a guest chose itself (RESTART_REQUIRED, BLOCKED, ...).

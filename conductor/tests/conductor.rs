@@ -1,5 +1,6 @@
-//! The handlers and the dispatcher against a real PostgreSQL: one fresh database per test, migrated,
-//! and dropped at the end (even when the test fails).
+//! The conductor's rules (`batch::apply_batch`, the one path every message takes) and the dispatcher
+//! against a real PostgreSQL: one fresh database per test, migrated, and dropped at the end (even when
+//! the test fails).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,8 @@ use trove_common::rpc::guest::ModuleResult;
 use trove_common::rpc::keys::seal_instance_key;
 use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
 use trove_common::status::{InstanceTask, ServiceStatus};
-use trove_conductor::handlers::{self, HeartbeatOutcome, ModuleResultsOutcome};
+use trove_conductor::batch::apply_batch;
+use trove_conductor::handlers::{self, Applied, HeartbeatOutcome, ModuleResultsOutcome};
 use trove_conductor::Dispatcher;
 use trove_tests::PooledTestDb;
 
@@ -128,16 +130,32 @@ fn result(module_id: &str, status: &str, message: &str, updated: &str) -> Module
     }
 }
 
-async fn heartbeat(t: &PooledTestDb, id: &str, description: &str, sent: f64) -> HeartbeatOutcome {
-    let payload = HeartbeatPayload {
-        service_status: description.into(),
-    };
-    let id = id.to_owned();
-    t.run(move |c| handlers::heartbeat(c, &id, &payload.service_status, sent))
-        .await
+/// One message as a batch of one, outside a transaction, as the dispatcher applies a delivery alone.
+async fn apply_one(t: &PooledTestDb, msg: ConductorMsg) -> Result<Applied, DbError> {
+    t.db.run(move |c| {
+        apply_batch(c, &[msg], &Default::default())
+            .pop()
+            .expect("one outcome")
+            .map_err(DbError::from)
+    })
+    .await
 }
 
-/// [`handlers::module_results`] in its own transaction, as the dispatcher applies one message.
+async fn heartbeat(t: &PooledTestDb, id: &str, description: &str, sent: f64) -> HeartbeatOutcome {
+    let msg = ConductorMsg::Heartbeat {
+        instance_id: id.to_owned(),
+        payload: HeartbeatPayload {
+            service_status: description.into(),
+        },
+        sent,
+    };
+    match apply_one(t, msg).await.unwrap() {
+        Applied::Heartbeat(outcome) => outcome,
+        other => panic!("not a heartbeat outcome: {other:?}"),
+    }
+}
+
+/// A `module_results` report as a batch of one.
 async fn module_results(
     t: &PooledTestDb,
     id: String,
@@ -146,11 +164,17 @@ async fn module_results(
     job_id: Option<String>,
     error: Option<String>,
 ) -> Result<ModuleResultsOutcome, DbError> {
-    t.db.run(move |c| {
-        handlers::module_results(c, &id, &results, sent, job_id.as_deref(), error.as_deref())
-            .map_err(DbError::from)
+    let msg = ConductorMsg::ModuleResults {
+        instance_id: id,
+        results,
+        sent,
+        job_id,
+        error,
+    };
+    apply_one(t, msg).await.map(|applied| match applied {
+        Applied::ModuleResults(outcome) => outcome,
+        other => panic!("not a module_results outcome: {other:?}"),
     })
-    .await
 }
 
 /// The instance's live fault: (message, details).
@@ -176,7 +200,10 @@ async fn notify_exc_info_records_the_fault_in_order_for_live_instances() {
         sent,
         serialized_notification: None,
     };
-    let apply = |m: ConductorMsg| t.run(move |c| handlers::apply(c, &m));
+    let apply = |m: ConductorMsg| {
+        let t = &t;
+        async move { apply_one(t, m).await.unwrap() }
+    };
     assert_eq!(
         apply(msg("Failed to start redis-server.", "port in use", 10.0)).await,
         handlers::Applied::NotifyExcInfo(handlers::ExcInfoOutcome::Recorded)
@@ -809,7 +836,7 @@ struct Text {
     v: String,
 }
 
-/// The fleet of [`set_based_batches_match_one_by_one`]: instances `i01`…`i15` cloned from the seeded
+/// The fleet of [`every_batch_size_gives_each_message_its_outcome`]: instances `i01`…`i15` cloned from the seeded
 /// one, each set up for one case, plus reapply job `j1` (items `sent` for every instance, except
 /// `i09`'s, already answered) and stored results to be older than.
 fn seed_cases(conn: &mut PgConnection, template: &str) -> QueryResult<()> {
@@ -933,66 +960,9 @@ fn written(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
         .collect())
 }
 
-#[tokio::test]
-async fn set_based_batches_match_one_by_one() {
-    // One database per way of applying: one by one, a batch inside a transaction (savepoints), and
-    // a batch on its own, as the dispatcher runs it (each statement commits by itself).
-    let (one, inside, alone) = (test_db().await, test_db().await, test_db().await);
-    let settings = Settings::default();
-    for t in [&one, &inside, &alone] {
-        let s = settings.clone();
-        t.run(move |c| {
-            let template = seed(c, &s)?;
-            seed_cases(c, &template)
-        })
-        .await;
-    }
-    let msgs = case_messages();
-    let m = msgs.clone();
-    let (expected, expected_rows) = one
-        .run(move |c| {
-            let applied: Vec<_> = m
-                .iter()
-                .map(|msg| handlers::apply(c, msg))
-                .collect::<QueryResult<_>>()?;
-            Ok((applied, written(c)?))
-        })
-        .await;
-    let m = msgs.clone();
-    let (got, got_rows) = inside
-        .run(move |c| {
-            let applied = c.transaction(|c| {
-                trove_conductor::bulk::apply_batch(c, &m, &Default::default())
-                    .into_iter()
-                    .collect::<QueryResult<Vec<_>>>()
-            })?;
-            Ok((applied, written(c)?))
-        })
-        .await;
-    let (got_alone, got_alone_rows) = alone
-        .run(move |c| {
-            let applied = trove_conductor::bulk::apply_batch(c, &msgs, &Default::default())
-                .into_iter()
-                .collect::<QueryResult<Vec<_>>>()?;
-            Ok((applied, written(c)?))
-        })
-        .await;
-    assert_eq!(got_alone, expected);
-    assert_eq!(got_alone_rows, expected_rows);
-    assert_eq!(got, expected);
-    assert_eq!(got_rows, expected_rows);
-    // The cases did what they are named for (the comparison alone would pass on a no-op).
-    use handlers::Applied::{Heartbeat as H, ModuleResults as M};
-    assert_eq!(
-        expected[0],
-        H(HeartbeatOutcome::Applied(ServiceStatus::Running))
-    );
-    assert_eq!(expected[1], H(HeartbeatOutcome::Stale));
-    assert_eq!(expected[2], H(HeartbeatOutcome::KeptRestartRequired));
-    assert_eq!(expected[3], H(HeartbeatOutcome::UnknownStatus));
-    assert_eq!(expected[4], H(HeartbeatOutcome::InstanceGone));
-    assert_eq!(expected[5], H(HeartbeatOutcome::NoStatusRow));
-    assert_eq!(expected[7], H(HeartbeatOutcome::Stale));
+/// What each of [`case_messages`] must do, in order.
+fn case_outcomes() -> Vec<Applied> {
+    use Applied::{Heartbeat as H, ModuleResults as M};
     let stored = |stored, skipped, answered| {
         M(ModuleResultsOutcome::Stored {
             stored,
@@ -1000,20 +970,135 @@ async fn set_based_batches_match_one_by_one() {
             item_answered: Some(answered),
         })
     };
-    assert_eq!(expected[8], stored(1, 0, true));
-    assert_eq!(expected[9], stored(1, 0, false));
-    assert_eq!(expected[10], stored(0, 1, true));
-    assert_eq!(expected[11], stored(0, 0, true));
-    assert_eq!(expected[12], M(ModuleResultsOutcome::Stale));
-    assert_eq!(expected[13], stored(1, 1, true));
-    assert_eq!(expected[14], stored(1, 0, true));
-    assert_eq!(expected[15], stored(1, 0, false));
+    vec![
+        H(HeartbeatOutcome::Applied(ServiceStatus::Running)),
+        H(HeartbeatOutcome::Stale),
+        H(HeartbeatOutcome::KeptRestartRequired),
+        H(HeartbeatOutcome::UnknownStatus),
+        H(HeartbeatOutcome::InstanceGone),
+        H(HeartbeatOutcome::NoStatusRow),
+        H(HeartbeatOutcome::Applied(ServiceStatus::Running)),
+        H(HeartbeatOutcome::Stale), // i07's second, older than its first
+        stored(1, 0, true),
+        stored(1, 0, false), // i09: its item was already answered
+        stored(0, 1, true),  // i10: the stored result is newer
+        stored(0, 0, true),  // i11: the call failed as a whole
+        M(ModuleResultsOutcome::Stale),
+        stored(1, 1, true),  // i13: one result's id is too long to store
+        stored(1, 0, true),  // i14: FAILED, no result for the job's module
+        stored(1, 0, false), // i15: the job row is gone
+    ]
+}
+
+/// The one path gives every message the same outcome and writes the same rows whatever the batch:
+/// all the cases in one batch as the dispatcher runs it (each statement committing by itself), the
+/// same batch inside a transaction (savepoints), and each message as a batch of one.
+#[tokio::test]
+async fn every_batch_size_gives_each_message_its_outcome() {
+    let (whole, inside, singles) = (test_db().await, test_db().await, test_db().await);
+    let settings = Settings::default();
+    for t in [&whole, &inside, &singles] {
+        let s = settings.clone();
+        t.run(move |c| {
+            let template = seed(c, &s)?;
+            seed_cases(c, &template)
+        })
+        .await;
+    }
+    let expected = case_outcomes();
+    let msgs = case_messages();
+    let m = msgs.clone();
+    let (got, rows) = whole
+        .run(move |c| {
+            let applied = apply_batch(c, &m, &Default::default())
+                .into_iter()
+                .collect::<QueryResult<Vec<_>>>()?;
+            Ok((applied, written(c)?))
+        })
+        .await;
+    assert_eq!(got, expected, "one batch");
+    let m = msgs.clone();
+    let (got, inside_rows) = inside
+        .run(move |c| {
+            let applied = c.transaction(|c| {
+                apply_batch(c, &m, &Default::default())
+                    .into_iter()
+                    .collect::<QueryResult<Vec<_>>>()
+            })?;
+            Ok((applied, written(c)?))
+        })
+        .await;
+    assert_eq!(got, expected, "one batch in a transaction");
+    assert_eq!(inside_rows, rows);
+    let mut got = Vec::new();
+    for msg in msgs {
+        got.push(apply_one(&singles, msg).await.unwrap());
+    }
+    assert_eq!(got, expected, "batches of one");
+    let single_rows = singles.run(written).await;
+    assert_eq!(single_rows, rows);
+    // And the rows are the ones the cases are named for.
+    for row in [
+        "item|j1|i08|answered|OK|applied|t",
+        "item|j1|i14|answered|FAILED|the guest reported no result for module m1|t",
+        "item|j1|i11|answered|FAILED|prepare check failed|t",
+        "seen|i07|heartbeat|100",
+        "seen|i12|module_results|150",
+    ] {
+        assert!(rows.contains(&row.to_owned()), "{row} not in {rows:#?}");
+    }
+    // md5 is char(32): the seeded 'old' is padded.
     assert!(
-        expected_rows.contains(
-            &"item|j1|i14|answered|FAILED|the guest reported no result for module m1|t".to_owned()
-        ),
-        "{expected_rows:#?}"
+        rows.contains(&format!(
+            "result|i10|m1|{:<32}|OK|newer than the report|2026-11-26 11:00:00.00",
+            "old"
+        )),
+        "{rows:#?}"
     );
+    assert!(
+        !rows.iter().any(|r| r.starts_with("result|i12|")),
+        "a stale report stores nothing: {rows:#?}"
+    );
+}
+
+/// A report that names a module twice stores the one applied last in its order, unless that one is
+/// older, in any batch (PostgreSQL refuses to upsert one row twice in a statement).
+#[tokio::test]
+async fn a_report_naming_a_module_twice_stores_the_later_result() {
+    let t = test_db().await;
+    let settings = Settings::default();
+    let id = t.run(move |c| seed(c, &settings)).await;
+    let report = |results: Vec<ModuleResult>, sent: f64| ConductorMsg::ModuleResults {
+        instance_id: id.clone(),
+        results,
+        sent,
+        job_id: None,
+        error: None,
+    };
+    let first = result("m1", "OK", "first", "2026-11-26 10:00:01.00");
+    let second = result("m1", "ERROR", "second", "2026-11-26 10:00:02.00");
+    let outcome = apply_one(&t, report(vec![first.clone(), second.clone()], 1.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Applied::ModuleResults(ModuleResultsOutcome::Stored {
+            stored: 1,
+            skipped: 1,
+            item_answered: None
+        })
+    );
+    let i = id.clone();
+    let stored = t.run(move |c| GuestModuleResult::for_instance(c, &i)).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].message.as_deref(), Some("second"));
+    // An older result after a newer one does not win.
+    apply_one(&t, report(vec![second, first], 2.0))
+        .await
+        .unwrap();
+    let i = id.clone();
+    let stored = t.run(move |c| GuestModuleResult::for_instance(c, &i)).await;
+    assert_eq!(stored[0].message.as_deref(), Some("second"));
 }
 
 #[tokio::test]
@@ -1040,20 +1125,18 @@ async fn a_failing_set_based_batch_falls_back_to_one_by_one() {
     // As the dispatcher runs it: no transaction around the batch.
     let (outcomes, rows) = t
         .run(move |c| {
-            let outcomes = trove_conductor::bulk::apply_batch(c, &msgs, &Default::default());
+            let outcomes = apply_batch(c, &msgs, &Default::default());
             Ok((outcomes, written(c)?))
         })
         .await;
     assert!(outcomes[0].is_err(), "{outcomes:?}");
     assert_eq!(
         outcomes[1].as_ref().ok(),
-        Some(&handlers::Applied::ModuleResults(
-            ModuleResultsOutcome::Stored {
-                stored: 1,
-                skipped: 0,
-                item_answered: Some(true)
-            }
-        ))
+        Some(&Applied::ModuleResults(ModuleResultsOutcome::Stored {
+            stored: 1,
+            skipped: 0,
+            item_answered: Some(true)
+        }))
     );
     assert!(rows.contains(&"item|j1|i08|sent|f".to_owned()), "{rows:#?}");
     assert!(

@@ -26,6 +26,15 @@ pub struct Prepared<'a> {
     binds: Vec<Box<dyn QueryFragment<Pg> + 'a>>,
 }
 
+/// The text of a `.sql` file without its full-line `--` comments, for [`prepared`]: the placeholder
+/// scanner does not know comments, so a `$n` or an apostrophe in one would be misread.
+pub fn strip_comments(sql: &str) -> String {
+    sql.lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A statement like `diesel::sql_query(sql)`, but prepared once per connection.
 pub fn prepared(sql: &str) -> Prepared<'_> {
     Prepared {
@@ -126,6 +135,12 @@ impl<Conn> RunQueryDsl<Conn> for Prepared<'_> {}
 #[cfg(test)]
 mod tests {
     use super::split_placeholders;
+
+    #[test]
+    fn comments_are_stripped() {
+        let sql = "-- $1: the item's id\nSELECT $1\n  -- indented\nFROM t";
+        assert_eq!(super::strip_comments(sql), "SELECT $1\nFROM t");
+    }
 
     #[test]
     fn placeholders_are_found_outside_quotes_only() {

@@ -4,7 +4,6 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Text, Timestamp};
 
 use crate::db::schema::guest_module_results;
 
@@ -25,32 +24,6 @@ pub struct GuestModuleResult {
 }
 
 impl GuestModuleResult {
-    /// Inserts or replaces the row of (instance, module). A report whose `guest_updated` is older than
-    /// the stored one changes nothing, so a redelivered old report never rolls the row back. Returns
-    /// the number of rows written (0 or 1).
-    pub fn upsert(conn: &mut PgConnection, r: &Self) -> QueryResult<usize> {
-        crate::db::prepared(
-            "INSERT INTO guest_module_results
-               (instance_id, module_id, md5, status, message, guest_created, guest_updated, reported_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (instance_id, module_id) DO UPDATE SET
-               md5 = excluded.md5, status = excluded.status, message = excluded.message,
-               guest_created = excluded.guest_created, guest_updated = excluded.guest_updated,
-               reported_at = excluded.reported_at
-             WHERE excluded.guest_updated IS NULL OR guest_module_results.guest_updated IS NULL
-                OR excluded.guest_updated >= guest_module_results.guest_updated",
-        )
-        .bind::<Text, _>(&r.instance_id)
-        .bind::<Text, _>(&r.module_id)
-        .bind::<Text, _>(&r.md5)
-        .bind::<Text, _>(&r.status)
-        .bind::<Nullable<Text>, _>(r.message.as_deref())
-        .bind::<Nullable<Text>, _>(r.guest_created.as_deref())
-        .bind::<Nullable<Text>, _>(r.guest_updated.as_deref())
-        .bind::<Timestamp, _>(r.reported_at)
-        .execute(conn)
-    }
-
     /// Every result stored for an instance, by module id.
     pub fn for_instance(conn: &mut PgConnection, instance_id: &str) -> QueryResult<Vec<Self>> {
         guest_module_results::table

@@ -398,15 +398,6 @@ impl ServiceStatusRow {
         ))
         .execute(conn)
     }
-
-    /// Refreshes `updated_at` only (a heartbeat while RESTART_REQUIRED).
-    pub fn touch(conn: &mut PgConnection, instance_id: &str) -> QueryResult<usize> {
-        diesel::update(
-            service_statuses::table.filter(service_statuses::instance_id.eq(instance_id)),
-        )
-        .set(service_statuses::updated_at.eq(crate::db::now()))
-        .execute(conn)
-    }
 }
 
 /// Records (or refreshes) the one live fault of an instance.

@@ -120,38 +120,6 @@ impl ReapplyJob {
 }
 
 impl ReapplyItem {
-    /// Records a guest's answer (the conductor's `module_results` with a `job_id`): `state = 'answered'`,
-    /// `answered_at = now`, with the verdict. Only an item still `sent` changes, so an answer for an
-    /// item already answered or failed (timed out), or a redelivered answer, is a no-op. Returns the
-    /// number of rows changed (0 or 1).
-    pub fn answer(
-        conn: &mut PgConnection,
-        job_id: &str,
-        instance_id: &str,
-        status: &str,
-        message: Option<&str>,
-    ) -> QueryResult<usize> {
-        // By primary key only, then the state checked here: a predicate on `state` could lead the
-        // planner to scan the job's items by state instead (a batch holds thousands).
-        let state: Option<String> = reapply_job_items::table
-            .find((job_id, instance_id))
-            .for_update()
-            .select(reapply_job_items::state)
-            .first(conn)
-            .optional()?;
-        if state.as_deref() != Some("sent") {
-            return Ok(0);
-        }
-        diesel::update(reapply_job_items::table.find((job_id, instance_id)))
-            .set((
-                reapply_job_items::state.eq("answered"),
-                reapply_job_items::answered_at.eq(crate::db::now()),
-                reapply_job_items::status.eq(status),
-                reapply_job_items::message.eq(message),
-            ))
-            .execute(conn)
-    }
-
     pub fn find(
         conn: &mut PgConnection,
         job_id: &str,
