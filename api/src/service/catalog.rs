@@ -34,32 +34,6 @@ impl Catalog {
         })
     }
 
-    /// The datastore's name, or `all` for none.
-    pub fn datastore_name(&self, id: Option<&str>) -> String {
-        match id {
-            None => "all".into(),
-            Some(id) => self
-                .datastores
-                .iter()
-                .find(|d| d.id == id)
-                .map(|d| d.name.clone())
-                .unwrap_or_else(|| id.into()),
-        }
-    }
-
-    /// The version's name, or `all` for none.
-    pub fn version_name(&self, id: Option<&str>) -> String {
-        match id {
-            None => "all".into(),
-            Some(id) => self
-                .versions
-                .iter()
-                .find(|v| v.id == id)
-                .map(|v| v.name.clone())
-                .unwrap_or_else(|| id.into()),
-        }
-    }
-
     pub fn version(&self, id: &str) -> Option<&DatastoreVersion> {
         self.versions.iter().find(|v| v.id == id)
     }

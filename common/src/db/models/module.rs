@@ -209,32 +209,24 @@ impl Module {
 }
 
 impl Module {
-    /// The detailed payload a guest receives for this module (names looked up), with `contents` as given.
-    pub fn guest_payload(
+    /// Trove's detailed module view as a guest receives it, with `contents` as given: the one place
+    /// a module's view is built. The api's list and show views are this payload without `contents`
+    /// (and, for the list, without `live_update`).
+    ///
+    /// `datastore` and `datastore_version` are the names of `datastore_id` and
+    /// `datastore_version_id` where they were found; the view says `all` for a module bound to no
+    /// datastore (or version), and the id itself for a row that no longer exists.
+    pub fn payload(
         &self,
-        conn: &mut PgConnection,
+        datastore: Option<String>,
+        datastore_version: Option<String>,
         contents: Option<String>,
-    ) -> QueryResult<crate::rpc::guest::ModulePayload> {
-        use crate::db::schema::{datastore_versions, datastores};
-        let ds = match &self.datastore_id {
-            Some(id) => datastores::table
-                .find(id)
-                .select(datastores::name)
-                .first::<String>(conn)
-                .optional()?
-                .unwrap_or_else(|| id.clone()),
-            None => "all".into(),
+    ) -> crate::rpc::guest::ModulePayload {
+        let named = |id: &Option<String>, name: Option<String>| match id {
+            None => "all".to_owned(),
+            Some(id) => name.unwrap_or_else(|| id.clone()),
         };
-        let ver = match &self.datastore_version_id {
-            Some(id) => datastore_versions::table
-                .find(id)
-                .select(datastore_versions::name)
-                .first::<String>(conn)
-                .optional()?
-                .unwrap_or_else(|| id.clone()),
-            None => "all".into(),
-        };
-        Ok(crate::rpc::guest::ModulePayload {
+        crate::rpc::guest::ModulePayload {
             id: self.id.clone(),
             name: self.name.clone(),
             module_type: self.module_type.clone(),
@@ -242,9 +234,9 @@ impl Module {
             tenant_id: self.tenant_id.clone(),
             tenant: self.tenant_id.clone().unwrap_or_else(|| "all".into()),
             datastore_id: self.datastore_id.clone(),
-            datastore: ds,
+            datastore: named(&self.datastore_id, datastore),
             datastore_version_id: self.datastore_version_id.clone(),
-            datastore_version: ver,
+            datastore_version: named(&self.datastore_version_id, datastore_version),
             auto_apply: self.auto_apply,
             priority_apply: self.priority_apply,
             apply_order: i32::from(self.apply_order),
@@ -255,6 +247,32 @@ impl Module {
             created: Some(crate::api_time(self.created)),
             updated: Some(crate::api_time(self.updated)),
             contents,
-        })
+        }
+    }
+
+    /// [`Module::payload`] with the datastore and version names read from the database.
+    pub fn guest_payload(
+        &self,
+        conn: &mut PgConnection,
+        contents: Option<String>,
+    ) -> QueryResult<crate::rpc::guest::ModulePayload> {
+        use crate::db::schema::{datastore_versions, datastores};
+        let datastore = match &self.datastore_id {
+            Some(id) => datastores::table
+                .find(id)
+                .select(datastores::name)
+                .first::<String>(conn)
+                .optional()?,
+            None => None,
+        };
+        let version = match &self.datastore_version_id {
+            Some(id) => datastore_versions::table
+                .find(id)
+                .select(datastore_versions::name)
+                .first::<String>(conn)
+                .optional()?,
+            None => None,
+        };
+        Ok(self.payload(datastore, version, contents))
     }
 }
