@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
-use trove_common::amqp::{AmqpError, Outcome};
+use trove_common::amqp::Outcome;
 use trove_common::crypto::Keyring;
-use trove_common::db::DbError;
 use trove_common::rpc::taskmanager::TaskManagerMsg;
 use trove_common::rpc::{self, take_message, RpcContext};
 
+use crate::error::outcome;
 use crate::handlers::{self, ReapplyArgs};
-use crate::{Ctx, Interrupted};
+use crate::Ctx;
 
 /// Handles one delivery body and says whether to ack, requeue or dead-letter it.
 pub async fn handle_delivery(ctx: Arc<Ctx>, body: &[u8]) -> Outcome {
@@ -114,38 +114,12 @@ pub async fn dispatch(ctx: &Arc<Ctx>, rpc: &RpcContext, msg: TaskManagerMsg) -> 
     }
 }
 
-/// What a handler error means for its delivery (see the module docs).
-pub fn outcome(err: &anyhow::Error) -> Outcome {
-    if is_transient(err) {
-        Outcome::Retry(format!("{err:#}"))
-    } else {
-        Outcome::DeadLetter(format!("{err:#}"))
-    }
-}
-
-/// True when a cause of `err` is the database, the broker or the shutdown: worth another try.
-pub fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        if cause.is::<DbError>() || cause.is::<diesel::result::Error>() || cause.is::<Interrupted>()
-        {
-            return true;
-        }
-        match cause.downcast_ref::<AmqpError>() {
-            // A guest answered with an error, or with something we cannot read: retrying repeats it.
-            Some(AmqpError::Remote(_) | AmqpError::Decode(_)) => false,
-            Some(_) => true,
-            None => false,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::Context as _;
     use trove_common::config::Settings;
     use trove_common::rpc::keys::{taskmanager_keyring, taskmanager_security};
-    use trove_common::rpc::{encode_request, to_method_args, RemoteError, Security};
+    use trove_common::rpc::{encode_request, to_method_args, Security};
 
     fn encoded(msg: &TaskManagerMsg, security: &Security) -> Vec<u8> {
         let (method, args) = to_method_args(msg);
@@ -191,33 +165,5 @@ mod tests {
         assert!(decode(&unknown, keys.as_ref())
             .unwrap_err()
             .contains("resize_flavor"));
-    }
-
-    #[test]
-    fn database_broker_and_shutdown_errors_are_retried() {
-        let db: anyhow::Error = DbError::Join.into();
-        assert!(matches!(
-            outcome(&db.context("loading instance i1")),
-            Outcome::Retry(_)
-        ));
-        let q: anyhow::Error = diesel::result::Error::NotFound.into();
-        assert!(matches!(outcome(&q), Outcome::Retry(_)));
-        let amqp = Err::<(), _>(AmqpError::Unroutable("guestagent.x".into()))
-            .context("casting prepare")
-            .unwrap_err();
-        assert!(matches!(outcome(&amqp), Outcome::Retry(_)));
-        assert!(matches!(
-            outcome(&anyhow::Error::new(Interrupted)),
-            Outcome::Retry(_)
-        ));
-    }
-
-    #[test]
-    fn logic_errors_are_dead_lettered_with_their_cause() {
-        let e = anyhow::anyhow!("reapply is not wired yet");
-        assert!(matches!(outcome(&e), Outcome::DeadLetter(m) if m.contains("not wired")));
-        let remote = anyhow::Error::new(AmqpError::Remote(RemoteError::new("NotFound", "gone")))
-            .context("calling");
-        assert!(matches!(outcome(&remote), Outcome::DeadLetter(m) if m.contains("gone")));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod compute;
 pub mod dispatch;
+pub mod error;
 pub mod guest;
 pub mod handlers;
 pub mod reconcile;

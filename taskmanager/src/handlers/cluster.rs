@@ -15,7 +15,7 @@ use trove_common::rpc::RpcContext;
 use trove_common::status::ClusterTask;
 
 use super::instance;
-use crate::dispatch::is_transient;
+use crate::error::is_transient;
 use crate::{guest, Ctx, Interrupted};
 use trove_common::rpc::guest::GuestMsg;
 

@@ -2,7 +2,7 @@
 //!
 //! Handlers return `anyhow::Result<()>`. `Ok` means "done, ack" (including "nothing to do", e.g. the
 //! instance is already deleted: messages may be redelivered, so every handler is idempotent). An error
-//! is classified by `dispatch::outcome`: database, broker and shutdown errors requeue the message;
+//! is classified by `error::outcome`: database, broker and shutdown errors requeue the message;
 //! anything else dead-letters it.
 
 pub mod cluster;
