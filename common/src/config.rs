@@ -125,6 +125,14 @@ pub struct DefaultSection {
     /// How many of a reapply batch's casts await their broker confirms at once (ours).
     pub module_reapply_casts_in_flight: u32,
     pub max_accepted_volume_size: i32,
+    /// Default quota of instances per tenant (-1: unlimited), unless the tenant has its own.
+    pub max_instances_per_tenant: i32,
+    /// Default quota of volume capacity (GB) across a tenant's instances.
+    pub max_volumes_per_tenant: i32,
+    /// Default quota of backups per tenant (listed; trove-rs has no backups to count).
+    pub max_backups_per_tenant: i32,
+    /// Default quota of RAM (MB) across a tenant's instances.
+    pub max_ram_per_tenant: i32,
     /// `keystone` (Trove's default: tokens are validated against `[keystone_authtoken]`) or `noauth`
     /// (development only: the token names the user and the project).
     pub auth_strategy: String,
@@ -178,6 +186,10 @@ impl Default for DefaultSection {
             module_reapply_persistent_casts: true,
             module_reapply_casts_in_flight: 64,
             max_accepted_volume_size: 10,
+            max_instances_per_tenant: 10,
+            max_volumes_per_tenant: 40,
+            max_backups_per_tenant: 50,
+            max_ram_per_tenant: -1,
             auth_strategy: "keystone".into(),
             admin_roles: vec!["admin".into()],
             allow_noauth: false,
@@ -523,6 +535,20 @@ impl Settings {
                 return invalid(name, "must be greater than zero");
             }
         }
+        // Trove treats any negative limit as unlimited; -1 is the one spelling its API accepts.
+        for (name, v) in [
+            (
+                "DEFAULT.max_instances_per_tenant",
+                d.max_instances_per_tenant,
+            ),
+            ("DEFAULT.max_volumes_per_tenant", d.max_volumes_per_tenant),
+            ("DEFAULT.max_backups_per_tenant", d.max_backups_per_tenant),
+            ("DEFAULT.max_ram_per_tenant", d.max_ram_per_tenant),
+        ] {
+            if v < -1 {
+                return invalid(name, "must be -1 (unlimited) or more");
+            }
+        }
         if d.module_reapply_min_batch_delay < 0 {
             return invalid(
                 "DEFAULT.module_reapply_min_batch_delay",
@@ -741,6 +767,27 @@ mod tests {
         assert_eq!(s.default.module_reapply_max_batch_size, 50);
         assert_eq!(s.default.agent_call_high_timeout, 180);
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn quota_defaults_are_troves_and_read_from_default() {
+        let d = Settings::default().default;
+        assert_eq!(
+            (
+                d.max_instances_per_tenant,
+                d.max_volumes_per_tenant,
+                d.max_backups_per_tenant,
+                d.max_ram_per_tenant
+            ),
+            (10, 40, 50, -1)
+        );
+        let f = write("[DEFAULT]\nmax_instances_per_tenant = 3\nmax_ram_per_tenant = 4096\n");
+        let s = load(&[f.path().into()]).unwrap();
+        assert_eq!(s.default.max_instances_per_tenant, 3);
+        assert_eq!(s.default.max_ram_per_tenant, 4096);
+        let f = write("[DEFAULT]\nmax_volumes_per_tenant = -2\n");
+        let err = load(&[f.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("DEFAULT.max_volumes_per_tenant"), "{err}");
     }
 
     #[test]

@@ -190,6 +190,8 @@ diesel::table! {
         #[max_length = 255]
         address -> Nullable<Varchar>,
         port -> Nullable<Int4>,
+        quota_held -> Bool,
+        quota_ram -> Int4,
     }
 }
 
@@ -237,6 +239,35 @@ diesel::table! {
         #[max_length = 64]
         request_id -> Varchar,
         created -> Timestamp,
+    }
+}
+
+diesel::table! {
+    quota_usages (id) {
+        #[max_length = 36]
+        id -> Varchar,
+        created -> Timestamp,
+        updated -> Timestamp,
+        #[max_length = 64]
+        tenant_id -> Varchar,
+        #[max_length = 255]
+        resource -> Varchar,
+        in_use -> Int4,
+        reserved -> Int4,
+    }
+}
+
+diesel::table! {
+    quotas (id) {
+        #[max_length = 36]
+        id -> Varchar,
+        created -> Timestamp,
+        updated -> Timestamp,
+        #[max_length = 64]
+        tenant_id -> Varchar,
+        #[max_length = 255]
+        resource -> Varchar,
+        hard_limit -> Int4,
     }
 }
 
@@ -331,6 +362,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     instances,
     modules,
     outbox,
+    quota_usages,
+    quotas,
     reapply_job_items,
     reapply_jobs,
     service_statuses,

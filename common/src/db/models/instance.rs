@@ -43,6 +43,12 @@ pub struct Instance {
     pub address: Option<String>,
     /// The port it listens on, unique among the live instances of its host; kept while it lives.
     pub port: Option<i32>,
+    /// Whether the instance holds its share of its tenant's quota usage: set by the create that
+    /// reserved it, cleared by the database when the usage is given back (the row is marked deleted
+    /// or enters a BUILDING_ERROR task; see [`crate::db::models::quota`]).
+    pub quota_held: bool,
+    /// The RAM (MB) its create counted against the tenant's `ram` usage, given back with it.
+    pub quota_ram: i32,
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Identifiable, Insertable)]
@@ -95,7 +101,8 @@ pub struct NewInstance<'a> {
 
 impl Instance {
     /// A new live instance as the api inserts it at create: server BUILD, task BUILDING since `now`,
-    /// no volume, cluster, key, host or address yet. Callers set what the request carries.
+    /// no volume, cluster, key, host or address yet, and no quota held. Callers set what the request
+    /// carries.
     pub fn building(new: NewInstance<'_>, now: NaiveDateTime) -> Self {
         Self {
             id: new.id.into(),
@@ -125,6 +132,8 @@ impl Instance {
             compute_host: None,
             address: None,
             port: None,
+            quota_held: false,
+            quota_ram: 0,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod instance_module;
 pub mod lastseen;
 pub mod module;
 pub mod outbox;
+pub mod quota;
 pub mod reapply;
 
 pub use cluster::Cluster;
@@ -19,4 +20,5 @@ pub use instance::{Instance, NewInstance, ServiceStatusRow};
 pub use instance_module::InstanceModule;
 pub use module::{Module, ModuleChangeset, NewModule};
 pub use outbox::OutboxMessage;
+pub use quota::{Quota, QuotaUsage};
 pub use reapply::{ReapplyItem, ReapplyJob};
