@@ -9,7 +9,8 @@ use tower_http::trace::TraceLayer;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::handlers::{
-    actions, clusters, databases, datastores, instance_modules, instances, modules, root, users,
+    actions, clusters, databases, datastores, instance_modules, instances, modules, quotas, root,
+    users,
 };
 
 /// `GET /`: the version document (no auth).
@@ -123,6 +124,11 @@ pub fn router(state: AppState) -> Router {
             &format!("{t}/datastores/{{ds}}/versions/{{ver}}"),
             get(datastores::version),
         )
+        .route(
+            &format!("{t}/mgmt/quotas/{{id}}"),
+            get(quotas::show).put(quotas::update),
+        )
+        .route(&format!("{t}/limits"), get(quotas::limits))
         .route(&format!("{t}/flavors"), get(datastores::flavors))
         .route(&format!("{t}/flavors/{{id}}"), get(datastores::flavor))
         .fallback(unknown_route)

@@ -153,6 +153,8 @@ fn config_text(db_url: &str, prefix: &str, port: u16, state: &Path, args: &Reapp
          module_reapply_instance_timeout = 120\n\
          module_reapply_persistent_casts = {persistent}\n\
          module_reapply_casts_in_flight = {in_flight}\n\
+         max_instances_per_tenant = -1\n\
+         max_volumes_per_tenant = -1\n\
          [database]\n\
          connection = {db_url}\n\
          [amqp]\n\

@@ -248,6 +248,10 @@ pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
     s.default.agent_call_high_timeout = 20;
     s.default.agent_call_low_timeout = 5;
     s.default.module_reapply_instance_timeout = 10;
+    // No default quota: fleets of one tenant are the tests' daily bread. The quota tests set Trove's
+    // defaults back (or a tenant's own limits).
+    s.default.max_instances_per_tenant = -1;
+    s.default.max_volumes_per_tenant = -1;
     s.default.bind_host = "127.0.0.1".into();
     // The harness's tokens are noauth tokens (user = project = token); Keystone tests switch to
     // `keystone` in `TestEnv::start_with`.

@@ -251,6 +251,9 @@ impl ProcessStack {
              agent_call_high_timeout = 20\n\
              agent_call_low_timeout = 5\n\
              module_reapply_instance_timeout = 10\n\
+             # No default quota (the fleet tests create tens of instances in one tenant).\n\
+             max_instances_per_tenant = -1\n\
+             max_volumes_per_tenant = -1\n\
              \n\
              [database]\n\
              connection = {db_url}\n\

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use diesel::Connection;
 use serde_json::{json, Map, Value};
+use trove_common::db::models::quota::Deltas;
 use trove_common::db::models::{Cluster, Flavor, Instance};
 use trove_common::rpc::taskmanager::TaskManagerMsg;
 use trove_common::status::ClusterTask;
@@ -18,6 +19,7 @@ use crate::extract::{Context, JsonBody};
 use crate::handlers::instances::module_ids;
 use crate::service::catalog::Catalog;
 use crate::service::instances::{self as svc, enqueue_taskmanager, InstanceSpec};
+use crate::service::quotas;
 use crate::validate::{root, Checker};
 use crate::views::clusters as views;
 
@@ -131,6 +133,13 @@ pub async fn create(
                     let entries = svc::payloads(&mods, &cat, &keys)?;
                     member_mods.push((mods, entries, ids.clone()));
                 }
+                // Every member at once (Trove's cluster check_quotas, then each member's own), last,
+                // so the tenant's usage rows stay locked only while the rows are written.
+                let mut deltas = Deltas::default();
+                for (flavor, size) in flavors.iter().zip(&sizes) {
+                    deltas.add_instance(flavor.ram, *size);
+                }
+                quotas::reserve(conn, &settings, &ctx.project_id, &deltas)?;
                 let cluster = svc::new_cluster(&name, &ctx.project_id, ver);
                 Cluster::insert(conn, &cluster)?;
                 let rpc = ctx.rpc();

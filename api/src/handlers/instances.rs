@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use diesel::Connection;
 use serde_json::{json, Map, Value};
+use trove_common::db::models::quota::Deltas;
 use trove_common::db::models::{Flavor, Instance};
 
 use super::{accepted, load_instance, next_link, paging};
@@ -15,6 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Context, JsonBody};
 use crate::service::catalog::Catalog;
 use crate::service::instances::{self as svc, InstanceSpec};
+use crate::service::quotas;
 use crate::validate::{py_repr, root, Checker, UUID_PATTERN};
 use crate::views::instances as views;
 
@@ -117,6 +119,10 @@ pub async fn create(
                 let volume_size = svc::check_volume(&settings, size)?;
                 let mods = svc::modules_for(conn, ctx.caller(), &ids, ds, ver)?;
                 let entries = svc::payloads(&mods, &cat, &keys)?;
+                // Last, so the tenant's usage rows stay locked only while the rows are written.
+                let mut deltas = Deltas::default();
+                deltas.add_instance(flavor.ram, volume_size);
+                quotas::reserve(conn, &settings, &ctx.project_id, &deltas)?;
                 let spec = InstanceSpec {
                     name,
                     flavor,

@@ -7,6 +7,7 @@ pub mod datastores;
 pub mod instance_modules;
 pub mod instances;
 pub mod modules;
+pub mod quotas;
 pub mod root;
 pub mod users;
 

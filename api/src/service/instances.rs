@@ -95,7 +95,8 @@ pub fn payloads(mods: &[Module], cat: &Catalog, keys: &Keyring) -> ApiResult<Vec
 }
 
 /// Inserts one instance (BUILDING, NEW, a fresh RPC key), records its modules and queues
-/// `create_instance`. Call inside a transaction.
+/// `create_instance`. The instance holds its share of the tenant's quota usage (`quota_held`), so
+/// the caller must have reserved it ([`super::quotas::reserve`]) in the same transaction.
 #[allow(clippy::too_many_arguments)]
 pub fn insert_instance(
     conn: &mut PgConnection,
@@ -115,6 +116,8 @@ pub fn insert_instance(
         cluster_id: spec.cluster.clone(),
         instance_type: spec.cluster.as_ref().map(|_| "member".into()),
         encrypted_key: keys::seal_instance_key(settings, &trove_common::crypto::random_rpc_key()),
+        quota_held: true,
+        quota_ram: spec.flavor.ram,
         ..Instance::building(
             NewInstance {
                 id: &id,

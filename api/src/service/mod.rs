@@ -6,3 +6,4 @@ pub mod databases;
 pub mod instances;
 pub mod modules;
 pub mod mysql_data;
+pub mod quotas;

@@ -5,6 +5,7 @@ pub mod databases;
 pub mod datastores;
 pub mod instances;
 pub mod modules;
+pub mod quotas;
 
 use serde_json::{json, Value};
 
