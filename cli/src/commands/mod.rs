@@ -10,6 +10,7 @@ pub mod datastore;
 pub mod flavor;
 pub mod instance;
 pub mod module;
+pub mod quota;
 
 use std::io::Write;
 
@@ -198,6 +199,12 @@ pub enum Command {
     ModuleQuery(module::InstanceArg),
     /// Retrieve module contents from an instance.
     ModuleRetrieve(module::RetrieveArgs),
+    /// Show quotas for a tenant.
+    QuotaShow(quota::ShowArgs),
+    /// Update quotas for a tenant.
+    QuotaUpdate(quota::UpdateArgs),
+    /// Lists the limits for a tenant.
+    LimitList,
 }
 
 /// What a command runs with: the API client, how to print, and where.
@@ -306,6 +313,9 @@ pub fn dispatch(ctx: &mut Context<'_>, command: Command) -> anyhow::Result<()> {
         Command::ModuleRemove(args) => module::remove(ctx, args),
         Command::ModuleQuery(args) => module::query(ctx, args),
         Command::ModuleRetrieve(args) => module::retrieve(ctx, args),
+        Command::QuotaShow(args) => quota::show(ctx, args),
+        Command::QuotaUpdate(args) => quota::update(ctx, args),
+        Command::LimitList => quota::list(ctx),
     }
 }
 
