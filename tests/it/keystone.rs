@@ -825,6 +825,64 @@ async fn python_trove_shell_prints_our_tables() {
     }
 }
 
+/// python-troveclient's `quota-update`, `quota-show` and `limit-list` print the same tables as ours
+/// (compared as in [`python_trove_shell_prints_our_tables`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_trove_shell_prints_our_quota_tables() {
+    let mut k = KeystoneEnv::start().await;
+    // Alice's instance stays a row: quotas are the api's business.
+    k.env.stop_taskmanager().await;
+    let (admin, alice) = (k.ks.admin(), k.ks.alice());
+    let project = k.ks.login(&alice).await.project_id;
+    ok(
+        &k.trove(&alice, &["create", "quota1", "15", "--size", "2"], None)
+            .await,
+        "create",
+    );
+    for (user, args) in [
+        (
+            &admin,
+            vec!["quota-update", project.as_str(), "instances", "7"],
+        ),
+        (
+            &admin,
+            vec!["quota-update", project.as_str(), "volumes", "-1"],
+        ),
+        (&admin, vec!["quota-show", project.as_str()]),
+        (&alice, vec!["quota-show", project.as_str()]),
+        (&alice, vec!["limit-list"]),
+    ] {
+        let (ours, raw, py2) = tokio::join!(
+            k.trove(user, &args, None),
+            k.python_trove(user, &args, false),
+            k.python_trove(user, &args, true)
+        );
+        let what = format!("`trove {}` as {}", args.join(" "), user.name);
+        let ours = ok(&ours, &format!("our {what}"));
+        let raw = ok(&raw, &format!("python {what}"));
+        assert_eq!(
+            cells(&ours),
+            cells(&raw),
+            "{what}: our cells differ from python-troveclient's\nours:\n{ours}\ntheirs:\n{raw}"
+        );
+        let py2 = ok(&py2, &format!("python {what} (shim)"));
+        assert_eq!(
+            ours, py2,
+            "{what}: our table differs from python-troveclient's"
+        );
+    }
+    let shown = k.trove(&alice, &["quota-show", &project], None).await;
+    let shown = ok(&shown, "quota-show");
+    assert!(
+        shown.contains("| instances |      1 |        0 |     7 |"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("| volumes   |      2 |        0 |    -1 |"),
+        "{shown}"
+    );
+}
+
 /// Per-request latency that token validation adds, with a warm and a cold cache. Reported, not
 /// asserted (beyond sanity): the machine is shared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

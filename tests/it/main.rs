@@ -9,6 +9,7 @@ mod keystone;
 mod modules_api;
 mod modules_at_rest;
 mod queues;
+mod quotas;
 mod real_databases;
 mod reapply;
 mod reset_status;
