@@ -10,8 +10,10 @@
 //! - [`consume`] runs a handler per delivery with a bounded number in flight and acks only after the
 //!   handler returns (so after its database commit). A message that does not decode is rejected without
 //!   requeue and lands in the dead-letter queue: it never crashes or hot-loops a consumer.
-//! - [`RpcClient`] makes calls: one `reply_<uuid>` queue per process, correlation by `_msg_id`, a
-//!   timeout per call.
+//! - [`RpcClient`] makes calls: one `reply_<uuid>` queue per process, bound to the control exchange
+//!   under its own name, correlation by `_msg_id`, a timeout per call. Servers reply through the control
+//!   exchange too ([`Broker::reply`]), never the default exchange, where whoever may publish a reply
+//!   could publish into any queue by name.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -108,6 +110,17 @@ impl Names {
     /// A guest's topic, `guestagent.<instance_id>`.
     pub fn guest(&self, instance_id: &str) -> String {
         format!("{}guestagent.{instance_id}", self.prefix)
+    }
+
+    /// What every caller's reply queue name starts with; [`Names::reply_queue`] adds 32 hex digits.
+    pub fn reply_queue_prefix(&self) -> String {
+        format!("{}reply_", self.prefix)
+    }
+
+    /// A caller's reply queue, `reply_<uuid as 32 hex digits>`, which is also its routing key on the
+    /// control exchange.
+    pub fn reply_queue(&self, id: Uuid) -> String {
+        format!("{}{}", self.reply_queue_prefix(), id.simple())
     }
 
     /// Whether `topic`'s queue survives a broker restart. The services' queues do: what waits there
@@ -437,10 +450,16 @@ impl Broker {
         }
     }
 
-    /// Publishes a reply to a call's reply queue (default exchange). A caller that has gone away is not
+    /// Publishes a reply to a call's reply queue: on the control exchange with the queue's name as
+    /// routing key (each [`RpcClient`] binds its queue so), not on the default exchange, where a
+    /// guest allowed to reply could publish into any queue by name. A caller that has gone away is not
     /// an error worth more than a log line.
     pub async fn reply(&self, reply_q: &str, body: &[u8]) -> Result<(), AmqpError> {
-        match self.publish_confirmed("", reply_q, body, false).await {
+        let exchange = self.names.exchange();
+        match self
+            .publish_confirmed(&exchange, reply_q, body, false)
+            .await
+        {
             Err(AmqpError::Unroutable(q)) => {
                 tracing::warn!(reply_q = %q, "caller's reply queue is gone; reply dropped");
                 Ok(())
@@ -1000,11 +1019,7 @@ impl RpcClient {
                 return Ok(q.clone());
             }
         }
-        let name = format!(
-            "{}reply_{}",
-            self.broker.names.prefix(),
-            Uuid::new_v4().simple()
-        );
+        let name = self.broker.names.reply_queue(Uuid::new_v4());
         let ch = self.broker.channel().await?;
         let opts = QueueDeclareOptions {
             exclusive: true,
@@ -1013,6 +1028,15 @@ impl RpcClient {
         };
         ch.queue_declare(name.as_str().into(), opts, FieldTable::default())
             .await?;
+        // Replies come through the control exchange (Broker::reply), routed by the queue's name.
+        ch.queue_bind(
+            name.as_str().into(),
+            self.broker.names.exchange().into(),
+            name.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
         let consumer = ch
             .basic_consume(
                 name.as_str().into(),
@@ -1152,5 +1176,10 @@ mod tests {
         assert_eq!(n.taskmanager(), "t1.taskmanager");
         assert_eq!(n.conductor(), "t1.trove-conductor");
         assert_eq!(n.guest("abc"), "t1.guestagent.abc");
+        let id = Uuid::parse_str("0b3c1f4e-8a9d-4c3e-9f0a-1b2c3d4e5f60").unwrap();
+        assert_eq!(
+            n.reply_queue(id),
+            "t1.reply_0b3c1f4e8a9d4c3e9f0a1b2c3d4e5f60"
+        );
     }
 }
