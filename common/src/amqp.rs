@@ -12,8 +12,8 @@
 //!   requeue and lands in the dead-letter queue: it never crashes or hot-loops a consumer.
 //! - [`RpcClient`] makes calls: one `reply_<uuid>` queue per process, bound to the control exchange
 //!   under its own name, correlation by `_msg_id`, a timeout per call. Servers reply through the control
-//!   exchange too ([`Broker::reply`]), never the default exchange, where whoever may publish a reply
-//!   could publish into any queue by name.
+//!   exchange too ([`Broker::reply`]), never the default exchange: a guest with its own broker user
+//!   ([`permissions`]) may then publish replies without being able to publish into any queue by name.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,6 +38,8 @@ use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::crypto::Keyring;
 use crate::rpc::{self, RemoteError, ReplyTo, RpcContext, Security};
+
+pub mod permissions;
 
 /// Errors from the broker layer.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,12 @@ impl Names {
     /// A guest's topic, `guestagent.<instance_id>`.
     pub fn guest(&self, instance_id: &str) -> String {
         format!("{}guestagent.{instance_id}", self.prefix)
+    }
+
+    /// The RabbitMQ user of an instance's guest (`guest_broker_credentials = per_instance`),
+    /// `guest-<instance_id>`.
+    pub fn guest_user(&self, instance_id: &str) -> String {
+        format!("{}guest-{instance_id}", self.prefix)
     }
 
     /// What every caller's reply queue name starts with; [`Names::reply_queue`] adds 32 hex digits.
@@ -187,6 +195,9 @@ pub struct Broker {
     /// How many publishing channels, and which one the next publish takes.
     publisher_channels: usize,
     next_publisher: std::sync::atomic::AtomicUsize,
+    /// Whether each new connection declares the control exchange and the dead-letter exchange and
+    /// queue. The services do; a guest does not ([`Broker::connect_guest`]).
+    declares_base: bool,
 }
 
 impl std::fmt::Debug for Broker {
@@ -201,7 +212,7 @@ impl Broker {
     /// Connects, retrying until `deadline` passes (services start before the broker under systemd).
     /// One publishing channel.
     pub async fn connect(settings: &Settings, deadline: Duration) -> Result<Arc<Self>, AmqpError> {
-        Self::connect_with(settings, deadline, 1).await
+        Self::connect_with(settings, deadline, 1, true).await
     }
 
     /// [`Broker::connect`] with [`SERVICE_PUBLISHER_CHANNELS`] publishing channels.
@@ -209,13 +220,25 @@ impl Broker {
         settings: &Settings,
         deadline: Duration,
     ) -> Result<Arc<Self>, AmqpError> {
-        Self::connect_with(settings, deadline, SERVICE_PUBLISHER_CHANNELS).await
+        Self::connect_with(settings, deadline, SERVICE_PUBLISHER_CHANNELS, true).await
+    }
+
+    /// [`Broker::connect`] for a guest: it never declares the services' topology (the control
+    /// exchange, the dead-letter exchange and queue). The services declare those, durable, before any
+    /// guest is started, and a guest's own broker user may not configure them
+    /// ([`permissions::GuestPermissions`]); it declares only its own queue.
+    pub async fn connect_guest(
+        settings: &Settings,
+        deadline: Duration,
+    ) -> Result<Arc<Self>, AmqpError> {
+        Self::connect_with(settings, deadline, 1, false).await
     }
 
     async fn connect_with(
         settings: &Settings,
         deadline: Duration,
         publisher_channels: usize,
+        declares_base: bool,
     ) -> Result<Arc<Self>, AmqpError> {
         let broker = Arc::new(Self {
             uri: amqp_uri(&settings.default.transport_url),
@@ -227,6 +250,7 @@ impl Broker {
             gate: std::sync::Mutex::new(Gate::new(Backoff::from_settings(&settings.amqp))),
             publisher_channels: publisher_channels.max(1),
             next_publisher: std::sync::atomic::AtomicUsize::new(0),
+            declares_base,
         });
         let start = tokio::time::Instant::now();
         loop {
@@ -345,7 +369,10 @@ impl Broker {
             for _ in 0..self.publisher_channels {
                 publishers.push(confirm_channel(&conn).await?);
             }
-            declare_base(&publishers[0], &self.names).await
+            if self.declares_base {
+                declare_base(&publishers[0], &self.names).await?;
+            }
+            Ok::<(), AmqpError>(())
         };
         if let Err(e) = opened.await {
             let _ = conn.close(200, "setup failed".into()).await;
@@ -1176,6 +1203,7 @@ mod tests {
         assert_eq!(n.taskmanager(), "t1.taskmanager");
         assert_eq!(n.conductor(), "t1.trove-conductor");
         assert_eq!(n.guest("abc"), "t1.guestagent.abc");
+        assert_eq!(n.guest_user("abc"), "t1.guest-abc");
         let id = Uuid::parse_str("0b3c1f4e-8a9d-4c3e-9f0a-1b2c3d4e5f60").unwrap();
         assert_eq!(
             n.reply_queue(id),

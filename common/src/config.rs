@@ -46,6 +46,35 @@ pub struct Settings {
     pub guest: GuestSection,
     /// Keystone, as keystonemiddleware's section names it (read by trove-api with `auth_strategy = keystone`).
     pub keystone_authtoken: KeystoneAuthtokenSection,
+    /// RabbitMQ's HTTP management API, through which the taskmanager gives each guest a broker user
+    /// of its own (`guest_broker_credentials = per_instance`).
+    pub rabbitmq_management: RabbitmqManagementSection,
+}
+
+/// How guests log in to RabbitMQ (`[DEFAULT] guest_broker_credentials`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuestBrokerCredentials {
+    /// Each instance gets a RabbitMQ user of its own, created by the taskmanager before its guest
+    /// first starts and removed when the instance is deleted, allowed to consume only its own queue
+    /// and to publish only to the conductor and to callers' reply queues
+    /// ([`crate::amqp::permissions`]).
+    #[default]
+    PerInstance,
+    /// Every guest logs in with the credentials of `transport_url`, as Trove's guests do.
+    Shared,
+}
+
+impl<'de> Deserialize<'de> for GuestBrokerCredentials {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(de)?;
+        match raw.trim() {
+            "per_instance" => Ok(Self::PerInstance),
+            "shared" => Ok(Self::Shared),
+            other => Err(serde::de::Error::custom(format!(
+                "must be per_instance or shared, not {other:?}"
+            ))),
+        }
+    }
 }
 
 /// `[DEFAULT]`: Trove's own option names and defaults.
@@ -142,6 +171,9 @@ pub struct DefaultSection {
     /// Safety switch: `auth_strategy = noauth` is refused unless this is set, so a copied development
     /// config cannot silently open an API to everyone.
     pub allow_noauth: bool,
+    /// Whether each guest gets a RabbitMQ user of its own (`per_instance`, the default) or logs in
+    /// with `transport_url`'s credentials (`shared`). Ours.
+    pub guest_broker_credentials: GuestBrokerCredentials,
 }
 
 impl Default for DefaultSection {
@@ -193,6 +225,7 @@ impl Default for DefaultSection {
             auth_strategy: "keystone".into(),
             admin_roles: vec!["admin".into()],
             allow_noauth: false,
+            guest_broker_credentials: GuestBrokerCredentials::PerInstance,
         }
     }
 }
@@ -446,6 +479,33 @@ impl KeystoneAuthtokenSection {
     }
 }
 
+/// `[rabbitmq_management]`: the broker's HTTP management API (the `rabbitmq_management` plugin), which
+/// the taskmanager calls to create and remove the guests' own users. Read by trove-taskmanager only,
+/// and only with `guest_broker_credentials = per_instance`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct RabbitmqManagementSection {
+    /// The API's base URL (without `/api`). Only `http://`: the services are built without TLS.
+    pub url: String,
+    /// An `administrator`-tagged RabbitMQ user. Empty: the user of `transport_url`.
+    pub username: String,
+    /// Its password. Empty (with `username` empty): the password of `transport_url`.
+    pub password: SecretString,
+    /// Seconds to wait for one answer of the API.
+    pub timeout: f64,
+}
+
+impl Default for RabbitmqManagementSection {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:15672".into(),
+            username: String::new(),
+            password: SecretString::from(String::new()),
+            timeout: 10.0,
+        }
+    }
+}
+
 /// `[guest]`: one guest agent's identity and its datastore server, written by the compute driver into
 /// each guest's `guest.conf`. In the taskmanager's own file, the tuning options here
 /// (`health_check_interval`, `server_start_timeout`, `server_restart_delay`) are the values it writes
@@ -653,6 +713,18 @@ impl Settings {
         if !(1..=500).contains(&g.redis_hz) {
             return invalid("guest.redis_hz", "must be between 1 and 500");
         }
+        if d.guest_broker_credentials == GuestBrokerCredentials::PerInstance {
+            let m = &self.rabbitmq_management;
+            if !m.url.trim().starts_with("http://") {
+                return invalid(
+                    "rabbitmq_management.url",
+                    "must be an http:// URL (needed by guest_broker_credentials = per_instance)",
+                );
+            }
+            if m.timeout.is_nan() || m.timeout <= 0.0 {
+                return invalid("rabbitmq_management.timeout", "must be greater than zero");
+            }
+        }
         Ok(())
     }
 
@@ -715,6 +787,18 @@ pub fn load(files: &[PathBuf]) -> Result<Settings, ConfigError> {
     let settings: Settings = builder.build()?.try_deserialize()?;
     settings.validate()?;
     Ok(settings)
+}
+
+/// One INI file as it is: no defaults file, no environment, not validated. For reading back a file
+/// this process wrote itself (a guest's `guest.conf`).
+pub fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Missing(path.to_owned()));
+    }
+    Ok(config::Config::builder()
+        .add_source(ini_file(path))
+        .build()?
+        .try_deserialize()?)
 }
 
 fn ini_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
@@ -851,6 +935,38 @@ mod tests {
         assert_eq!(k.user_domain_name, "Default");
         assert_eq!(k.password.expose_secret(), "pw");
         k.validate().unwrap();
+    }
+
+    #[test]
+    fn guest_broker_credentials_and_the_management_api() {
+        let s = Settings::default();
+        assert_eq!(
+            s.default.guest_broker_credentials,
+            GuestBrokerCredentials::PerInstance
+        );
+        assert_eq!(s.rabbitmq_management.url, "http://127.0.0.1:15672");
+        let a = write(
+            "[DEFAULT]\nguest_broker_credentials = shared\n[rabbitmq_management]\nurl = nope\n",
+        );
+        let s = load(&[a.path().into()]).unwrap();
+        assert_eq!(
+            s.default.guest_broker_credentials,
+            GuestBrokerCredentials::Shared
+        );
+        let b = write(
+            "[rabbitmq_management]\nurl = https://broker:15671\nusername = admin\npassword = pw\n",
+        );
+        let err = load(&[b.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("rabbitmq_management.url"), "{err}");
+        let c = write("[DEFAULT]\nguest_broker_credentials = each\n");
+        let err = load(&[c.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("per_instance"), "{err}");
+        let d = write(
+            "[rabbitmq_management]\nurl = http://10.0.0.1:15672\nusername = admin\npassword = pw\n",
+        );
+        let s = read_file(d.path()).unwrap();
+        assert_eq!(s.rabbitmq_management.username, "admin");
+        assert_eq!(s.rabbitmq_management.password.expose_secret(), "pw");
     }
 
     #[test]

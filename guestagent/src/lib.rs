@@ -24,7 +24,10 @@ pub use agent::{Agent, Transport};
 /// Runs one guest agent until `shutdown` is cancelled or a `delete_queue` message arrives.
 ///
 /// Connects to the broker (retrying for up to `usage_timeout` seconds, the control plane's build
-/// budget), declares and consumes `guestagent.<guest_id>`, and heartbeats the service status every
+/// budget) as `transport_url`'s user (its own with `guest_broker_credentials = per_instance`, which
+/// may touch nothing but its own queue, the conductor and callers' reply queues: so it never declares
+/// the services' exchanges, [`Broker::connect_guest`]), declares and consumes `guestagent.<guest_id>`,
+/// and heartbeats the service status every
 /// `report_interval` seconds. On the way out it stops consuming, lets the messages in flight finish
 /// and be acked, stops the heartbeats and closes the connection.
 pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -33,7 +36,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     let deadline = Duration::from_secs(settings.default.usage_timeout);
     let broker = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        broker = Broker::connect(&settings, deadline) => broker.context("connecting to the broker")?,
+        broker = Broker::connect_guest(&settings, deadline) => broker.context("connecting to the broker")?,
     };
     let served = serve(&settings, broker.clone(), &shutdown).await;
     broker.close().await;
