@@ -23,6 +23,9 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
         {
             return true;
         }
+        if let Some(e) = cause.downcast_ref::<crate::broker_users::BrokerUserError>() {
+            return e.is_transient();
+        }
         match cause.downcast_ref::<AmqpError>() {
             // A guest answered with an error, or with something we cannot read: retrying repeats it.
             Some(AmqpError::Remote(_) | AmqpError::Decode(_)) => false,

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod broker_users;
 pub mod compute;
 pub mod dispatch;
 pub mod error;
@@ -19,6 +20,7 @@ use trove_common::crypto::Keyring;
 use trove_common::db::Db;
 use trove_common::rpc::keys::taskmanager_keyring;
 
+use crate::broker_users::BrokerUsers;
 use crate::compute::ComputeDriver;
 
 /// Everything a handler or the reconciler needs, shared by all of them.
@@ -30,6 +32,8 @@ pub struct Ctx {
     pub rpc: RpcClient,
     /// Starts, checks and stops guest processes.
     pub compute: Arc<dyn ComputeDriver>,
+    /// The guests' own broker users; None with `guest_broker_credentials = shared`.
+    pub broker_users: Option<BrokerUsers>,
     /// One lock per instance, so a create, a delete and the reconciler never act on the same guest at
     /// the same time within this process.
     pub locks: InstanceLocks,
@@ -49,9 +53,11 @@ impl Ctx {
         db: Db,
         broker: Arc<Broker>,
         compute: Arc<dyn ComputeDriver>,
+        broker_users: Option<BrokerUsers>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            broker_users,
             taskmanager_keys: taskmanager_keyring(&settings),
             rpc: RpcClient::new(broker.clone()),
             settings,
@@ -141,11 +147,14 @@ pub async fn run_with_compute(
     // If either half ends on its own, the other stops too: a taskmanager that consumes without
     // reconciling (or the reverse) would look alive and do half its job.
     let stop = shutdown.child_token();
+    let broker_users =
+        BrokerUsers::from_settings(&settings).context("the guests' broker credentials")?;
     let ctx = Arc::new(Ctx::new(
         settings.clone(),
         db,
         broker.clone(),
         compute,
+        broker_users,
         stop.clone(),
     ));
     let queue = broker.names().taskmanager();

@@ -27,6 +27,9 @@ pub struct GuestSpec {
     pub datastore_manager: String,
     /// The instance's RPC key in clear, when secure messaging is on for it.
     pub instance_key: Option<SecretString>,
+    /// The `transport_url` the guest connects with: its own broker user and password
+    /// (`guest_broker_credentials = per_instance`), or the shared one.
+    pub transport_url: SecretString,
     /// The address its datastore server listens on (`instances.address`): `[guest] bind_host`.
     pub bind_host: String,
     /// The port its datastore server listens on (`instances.port`, allocated once): `[guest] port`.
@@ -46,7 +49,7 @@ impl fmt::Debug for GuestSpec {
             .field("port", &self.port)
             .field("image_dir", &self.image_dir)
             .field("secure", &self.instance_key.is_some())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,7 +83,7 @@ impl ServerState {
     }
 }
 
-/// Why a driver could not start or stop a guest.
+/// Why a guest could not be started (by its driver, or for want of its broker user) or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {
     #[error("instance id {0:?} cannot name a guest")]
@@ -114,6 +117,8 @@ pub enum ComputeError {
     Gone(String),
     #[error("No free port in {start}-{end} on host {host}")]
     NoFreePort { start: u16, end: u16, host: String },
+    #[error("cannot give the guest its RabbitMQ user: {0}")]
+    BrokerCredentials(String),
 }
 
 /// Starts, checks and stops guests. Object-safe (boxed futures), so the taskmanager holds an
@@ -145,6 +150,10 @@ pub trait ComputeDriver: Send + Sync + 'static {
 
     /// Where the guest keeps its configuration, log and state.
     fn state_dir(&self, instance_id: &str) -> PathBuf;
+
+    /// The `transport_url` in the guest's current configuration, if it has one: a relaunched guest
+    /// keeps its broker password.
+    fn guest_transport_url(&self, instance_id: &str) -> Option<SecretString>;
 
     /// Periodic housekeeping, called by the reconciler every tick (the process driver reaps exited
     /// children here).
@@ -202,10 +211,13 @@ mod tests {
             instance_id: "i1".into(),
             datastore_manager: "redis".into(),
             instance_key: Some("topsecretkey".into()),
+            transport_url: "rabbit://u:topsecretpassword@h:5672/".into(),
             bind_host: "127.0.0.1".into(),
             port: 10000,
             image_dir: None,
         };
-        assert!(!format!("{spec:?}").contains("topsecretkey"));
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("topsecretkey"), "{shown}");
+        assert!(!shown.contains("topsecretpassword"), "{shown}");
     }
 }

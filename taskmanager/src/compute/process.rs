@@ -1,8 +1,8 @@
 //! The `local` compute driver: one real `trove-guestagent` process per instance on this host.
 //!
 //! Each instance gets `<[compute] state_path>/<instance id>/` (mode 0700) holding:
-//! - `guest.conf`: the guest's INI configuration (mode 0600: it holds the instance's RPC key),
-//!   rewritten at every launch from the taskmanager's settings;
+//! - `guest.conf`: the guest's INI configuration (mode 0600: it holds the instance's RPC key and
+//!   the guest's broker password), rewritten at every launch from the taskmanager's settings;
 //! - `guest.log`: the guest's stdout and stderr, appended across launches;
 //! - `guest.pid`: the pid of the running guest;
 //! - whatever the guest keeps itself (`guest_state.json`, `modules/`, `data/` (its datastore
@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use trove_common::config::Settings;
 
 use super::{check_instance_id, ComputeDriver, ComputeError, GuestSpec, ServerHandle, ServerState};
@@ -98,9 +98,16 @@ pub fn render_guest_conf(
         "# Written by trove-taskmanager for instance {}; rewritten at every launch.",
         spec.instance_id
     );
-    let _ = writeln!(out, "# It holds the instance's RPC key: keep it private.");
+    let _ = writeln!(
+        out,
+        "# It holds the instance's RPC key and broker password: keep it private."
+    );
     out.push_str("\n[DEFAULT]\n");
-    option(&mut out, "DEFAULT.transport_url", &d.transport_url)?;
+    option(
+        &mut out,
+        "DEFAULT.transport_url",
+        spec.transport_url.expose_secret(),
+    )?;
     option(&mut out, "DEFAULT.control_exchange", &d.control_exchange)?;
     option(&mut out, "DEFAULT.conductor_queue", &d.conductor_queue)?;
     option(
@@ -664,6 +671,12 @@ impl ComputeDriver for ProcessDriver {
         self.state_path.join(instance_id)
     }
 
+    fn guest_transport_url(&self, instance_id: &str) -> Option<SecretString> {
+        check_instance_id(instance_id).ok()?;
+        let conf = trove_common::config::read_file(&self.conf_path(instance_id)).ok()?;
+        Some(SecretString::from(conf.default.transport_url))
+    }
+
     fn maintain(&self) {
         self.reap();
     }
@@ -679,6 +692,7 @@ mod tests {
             instance_id: "6d0d8f0e-3f7c-4f55-9a37-1f1c5a0e0c11".into(),
             datastore_manager: "redis".into(),
             instance_key: key.map(Into::into),
+            transport_url: "rabbit://guest:guest@127.0.0.1:5672/".into(),
             bind_host: "127.0.0.1".into(),
             port: 10007,
             image_dir: Some(PathBuf::from("/opt/redis 7/bin")),
@@ -689,7 +703,9 @@ mod tests {
     fn guest_conf_round_trips_through_the_guest_config_loader() {
         let tmp = tempfile::tempdir().unwrap();
         let mut settings = Settings::default();
-        settings.default.transport_url = "rabbit://user:p;a#s\\s\"w'@127.0.0.1:5672/".into();
+        // The guest's own URL is written, not the taskmanager's.
+        settings.default.transport_url = "rabbit://taskmanager:tm@127.0.0.1:5672/".into();
+        let guest_url = "rabbit://user:p;a#s\\s\"w'@127.0.0.1:5672/";
         settings.default.control_exchange = "trove".into();
         settings.default.conductor_queue = "trove-conductor".into();
         settings.default.report_interval = 0.5;
@@ -699,17 +715,21 @@ mod tests {
         settings.guest.server_start_timeout = 45;
         settings.guest.server_restart_delay = 0.25;
         let dir = tmp.path().join("guest dir");
-        let text = render_guest_conf(
-            &settings,
-            &spec(Some("AbCdEf0123456789AbCdEf0123456789")),
-            &dir,
-        )
-        .unwrap();
+        let mut spec = spec(Some("AbCdEf0123456789AbCdEf0123456789"));
+        spec.transport_url = guest_url.into();
+        let text = render_guest_conf(&settings, &spec, &dir).unwrap();
         let path = tmp.path().join("guest.conf");
         fs::write(&path, text).unwrap();
 
+        assert_eq!(
+            trove_common::config::read_file(&path)
+                .unwrap()
+                .default
+                .transport_url,
+            guest_url
+        );
         let loaded = trove_common::config::load(&[path]).unwrap();
-        assert_eq!(loaded.default.transport_url, settings.default.transport_url);
+        assert_eq!(loaded.default.transport_url, guest_url);
         assert_eq!(loaded.default.control_exchange, "trove");
         assert_eq!(loaded.default.conductor_queue, "trove-conductor");
         assert_eq!(loaded.default.report_interval, 0.5);
@@ -932,8 +952,14 @@ mod tests {
         let id = spec.instance_id.clone();
         assert_eq!(driver.status(&id).await, ServerState::Missing);
 
+        assert!(driver.guest_transport_url(&id).is_none());
         let handle = driver.launch(&spec).await.unwrap();
         assert_eq!(handle.server_id, id);
+        // The URL in guest.conf is found again (a relaunch keeps the guest's password).
+        assert_eq!(
+            driver.guest_transport_url(&id).unwrap().expose_secret(),
+            spec.transport_url.expose_secret()
+        );
         assert_eq!(driver.status(&id).await, ServerState::Active);
         let dir = driver.state_dir(&id);
         let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel::{Connection as _, OptionalExtension as _};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use trove_common::db::models::instance::{record_fault, PortAllocation};
 use trove_common::db::models::{DatastoreVersion, Flavor, Instance};
 use trove_common::db::DbError;
@@ -19,6 +19,7 @@ use trove_common::rpc::taskmanager::CreateInstance;
 use trove_common::rpc::RpcContext;
 use trove_common::status::InstanceTask;
 
+use crate::broker_users::{new_password, BrokerUserError};
 use crate::compute::{process, ComputeError, GuestSpec, ServerHandle, ServerState};
 use crate::{guest, Ctx};
 
@@ -111,16 +112,17 @@ pub async fn handle_create_instance(
 
 /// Makes sure the instance's guest runs: starts it unless the driver already reports it running, then
 /// records `compute_instance_id` and `server_status = ACTIVE`. Before a start the instance gets its
-/// port ([`allocate_port`]; one it has is kept) and the guest its configuration. `image_id` is the
-/// datastore version's (a directory of server binaries for the local driver). The outer error is
-/// the database (retry); the inner one is the compute driver (the build failed).
+/// port ([`allocate_port`]; one it has is kept), its broker user ([`guest_transport_url`]) and the
+/// guest its configuration. `image_id` is the datastore version's (a directory of server binaries for
+/// the local driver). The outer error is worth a retry (the database, the management API out of
+/// reach); the inner one means the build failed (the compute driver, the management API refusing).
 pub(crate) async fn ensure_guest(
     ctx: &Ctx,
     inst: &Instance,
     manager: &str,
     image_id: Option<&str>,
     key: Option<&str>,
-) -> Result<Result<(), ComputeError>, DbError> {
+) -> anyhow::Result<Result<(), ComputeError>> {
     let launched: Option<ServerHandle> =
         if ctx.compute.status(&inst.id).await == ServerState::Active {
             None
@@ -129,10 +131,18 @@ pub(crate) async fn ensure_guest(
                 Ok(port) => port,
                 Err(e) => return Ok(Err(e)),
             };
+            let transport_url = match guest_transport_url(ctx, &inst.id).await {
+                Ok(url) => url,
+                Err(e) if e.is_transient() => {
+                    return Err(anyhow::Error::new(e).context("writing the guest's broker user"))
+                }
+                Err(e) => return Ok(Err(ComputeError::BrokerCredentials(e.to_string()))),
+            };
             let spec = GuestSpec {
                 instance_id: inst.id.clone(),
                 datastore_manager: manager.to_owned(),
                 instance_key: key.map(|k| SecretString::from(k.to_owned())),
+                transport_url,
                 bind_host: inst
                     .address
                     .clone()
@@ -169,6 +179,28 @@ pub(crate) async fn ensure_guest(
             .await?;
     }
     Ok(Ok(()))
+}
+
+/// The `transport_url` the instance's guest is started with. With `guest_broker_credentials =
+/// per_instance`, its own broker user is written first (created, or updated: idempotent), with the
+/// password of its existing `guest.conf` when that is already this user's, so a relaunched guest and
+/// anything still connected keep working, or else a new random one. With `shared`, the taskmanager's.
+pub(crate) async fn guest_transport_url(
+    ctx: &Ctx,
+    instance_id: &str,
+) -> Result<SecretString, BrokerUserError> {
+    let Some(users) = &ctx.broker_users else {
+        return Ok(SecretString::from(
+            ctx.settings.default.transport_url.clone(),
+        ));
+    };
+    let password = ctx
+        .compute
+        .guest_transport_url(instance_id)
+        .and_then(|url| users.password_in(instance_id, url.expose_secret()))
+        .unwrap_or_else(new_password);
+    users.ensure(instance_id, &password).await?;
+    Ok(users.guest_transport_url(instance_id, &password))
 }
 
 /// The instance's port on this host (`[DEFAULT] host`): the one it has, or the lowest free one of
@@ -422,8 +454,8 @@ fn split_packages(packages: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// `delete_instance`: stop the guest, delete its queue, then mark the instance deleted and retire its
-/// `instance_modules` rows in one transaction. Idempotent.
+/// `delete_instance`: stop the guest, delete its queue and its broker user, then mark the instance
+/// deleted and retire its `instance_modules` rows in one transaction. Idempotent.
 pub async fn handle_delete_instance(
     ctx: &Ctx,
     rpc: &RpcContext,
@@ -494,6 +526,15 @@ pub(crate) async fn delete_locked(
         .delete_queue(&topic)
         .await
         .with_context(|| format!("deleting {topic}"))?;
+    // Also for a build that failed, and for one that never got as far as creating it (a user that does
+    // not exist is fine). The row is only marked deleted once the user is gone, so a management API
+    // out of reach leaves the instance DELETING, and the delete is retried.
+    if let Some(users) = &ctx.broker_users {
+        users
+            .delete(instance_id)
+            .await
+            .with_context(|| format!("removing the broker user of instance {instance_id}"))?;
+    }
 
     if !inst.deleted {
         let id = instance_id.to_owned();
