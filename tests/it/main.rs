@@ -3,6 +3,7 @@
 mod binaries;
 mod counts;
 mod databases;
+mod guest_credentials;
 mod instance_modules;
 mod isolation;
 mod keystone;

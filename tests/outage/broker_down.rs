@@ -40,8 +40,9 @@ async fn guests_keep_their_memory_through_a_ten_minute_outage_and_reconnect_with
     // guest tries to publish every second for the whole outage.
     let overrides = format!(
         "[DEFAULT]\ntransport_url = {}\n\
-         [amqp]\nreconnect_delay = 1\nguest_reconnect_delay = 5\nreconnect_max_delay = 30\n",
-        broker.transport_url()
+         [amqp]\nreconnect_delay = 1\nguest_reconnect_delay = 5\nreconnect_max_delay = 30\n{}",
+        broker.transport_url(),
+        broker.management_section()
     );
     let stack = ProcessStack::start_with(&overrides).await.expect("stack");
     let api = Api::new(stack.base(ADMIN), ADMIN);

@@ -129,9 +129,10 @@ async fn a_prepare_lost_with_the_broker_is_sent_again_and_the_instance_becomes_a
         ),
     );
     let stack = ProcessStack::start_with(&format!(
-        "[DEFAULT]\ntransport_url = {}\nprepare_resend_after = 5\n\n[compute]\nguestagent_path = {}\n",
+        "[DEFAULT]\ntransport_url = {}\nprepare_resend_after = 5\n\n[compute]\nguestagent_path = {}\n{}",
         broker.transport_url(),
-        wrapper.display()
+        wrapper.display(),
+        broker.management_section()
     ))
     .await
     .unwrap();

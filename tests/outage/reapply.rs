@@ -30,8 +30,9 @@ async fn a_reapply_with_the_broker_stopped_for_ten_seconds_reaches_every_instanc
         "[DEFAULT]\ntransport_url = {}\nreport_interval = 5\nmodule_reapply_instance_timeout = 60\n\
          [amqp]\nreconnect_max_delay = 5\n\
          [database]\nmax_pool_size = 16\n\
-         [compute]\nport_range_start = {FLEET_PORTS_START}\nport_range_end = 19999\n",
-        broker.transport_url()
+         [compute]\nport_range_start = {FLEET_PORTS_START}\nport_range_end = 19999\n{}",
+        broker.transport_url(),
+        broker.management_section()
     );
     let stack = ProcessStack::start_with(&overrides).await.expect("stack");
     let api = Api::new(stack.base(ADMIN), ADMIN);

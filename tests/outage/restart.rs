@@ -1,6 +1,8 @@
 //! RabbitMQ killed and started again under running services (issue 2, "must show"; issue 14): they
 //! reconnect by themselves, re-declare their topology and resubscribe, guests declare their queues
 //! again (a guest's queue is not durable, so the restart dropped it), and the system keeps working.
+//! Each guest logs in as its own broker user (`guest_broker_credentials = per_instance`), which the
+//! node keeps through the kill, and which may declare its own queue again but nothing of the services'.
 //! On a node of the test's own ([`PrivateBroker`]), so nobody else's tests see the outage.
 
 use std::time::{Duration, Instant};
@@ -40,8 +42,10 @@ async fn services_and_guests_reconnect_after_the_broker_is_killed_and_restarted(
     let started = Instant::now();
     // A short expiry, so a guest that never came back would show SHUTDOWN instead of a stale ACTIVE.
     let transport = broker.transport_url();
+    let management = broker.management_url();
     let env = TestEnv::start_with(move |s| {
         s.default.transport_url = transport;
+        s.rabbitmq_management.url = management;
         s.default.agent_heartbeat_expiry = 5;
         s.default.agent_heartbeat_time = 1;
     })
@@ -80,6 +84,19 @@ async fn services_and_guests_reconnect_after_the_broker_is_killed_and_restarted(
     })
     .await
     .unwrap();
+    // Both guests did all that as their own broker users, on the restarted node.
+    let names = trove_common::amqp::Names::new(&env.settings);
+    let mgmt = trove_tests::Management::for_settings(&env.settings);
+    for id in [&first, &second] {
+        let conf = env.state_dir.path().join(id).join("guest.conf");
+        let url = trove_common::config::read_file(&conf)
+            .unwrap()
+            .default
+            .transport_url;
+        let uri: lapin::uri::AMQPUri = trove_common::amqp::amqp_uri(&url).parse().unwrap();
+        assert_eq!(uri.authority.userinfo.username, names.guest_user(id));
+        assert_eq!(mgmt.user_status(&names.guest_user(id)).await, 200);
+    }
     eprintln!(
         "broker: killed and restarted in {down_for:?}; new instance ACTIVE {second_active:?} and old guest \
          heartbeating {first_active:?} after the broker was back; total {:?}",

@@ -5,10 +5,12 @@
 //! exchange/queue prefix, runs api, taskmanager and conductor in-process through their `run` functions,
 //! and lets the taskmanager start real `trove-guestagent` processes (the built binary) in a temporary
 //! directory. [`TestEnv::trove`] runs the built `trove` CLI against it. Dropping the env stops
-//! everything, kills leftover guests and drops the database.
+//! everything, kills leftover guests, removes their broker users and drops the database.
 //!
-//! Set `TROVE_TEST_DATABASE_URL` (default `postgresql://postgres@127.0.0.1:5432`) and
-//! `TROVE_TEST_TRANSPORT_URL` (default `rabbit://guest:guest@127.0.0.1:5672/`) to point elsewhere.
+//! Set `TROVE_TEST_DATABASE_URL` (default `postgresql://postgres@127.0.0.1:5432`),
+//! `TROVE_TEST_TRANSPORT_URL` (default `rabbit://guest:guest@127.0.0.1:5672/`) and
+//! `TROVE_TEST_MANAGEMENT_URL` (the broker's management API, default `http://127.0.0.1:15672`; each
+//! guest gets a broker user of its own through it) to point elsewhere.
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test` does it).
 
 use std::path::{Path, PathBuf};
@@ -242,6 +244,7 @@ pub fn test_settings(db_url: &str, prefix: &str, state: &Path) -> Settings {
     s.database.connection = SecretString::from(db_url.to_owned());
     s.database.max_pool_size = 8;
     s.default.transport_url = transport_url();
+    s.rabbitmq_management.url = management_url();
     s.default.default_datastore = Some("redis".into());
     s.default.report_interval = 1.0;
     s.default.usage_sleep_time = 0.2;
@@ -438,12 +441,16 @@ impl Drop for TestEnv {
             h.abort();
         }
         self.kill_guests();
+        // The broker users of the guests the test did not delete.
+        Management::for_settings(&self.settings).remove_guest_users(&self.settings.amqp.prefix);
     }
 }
 
 pub mod api;
+mod broker_users;
 mod poll;
 mod private_broker;
+pub use broker_users::{encode, management_url, Management};
 mod process_stack;
 pub use poll::eventually;
 pub use private_broker::PrivateBroker;

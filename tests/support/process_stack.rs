@@ -6,7 +6,8 @@
 //! a `ProcessStack` proves the shipped binaries work end to end, and lets a test SIGKILL one of them
 //! ([`ProcessStack::kill_taskmanager`]) and start it again ([`ProcessStack::restart_taskmanager`]).
 //! Each child logs to `<tempdir>/logs/<binary>.log`; when a test panics, the ends of those logs are
-//! printed. Dropping the stack kills the children and every guest they started.
+//! printed. Dropping the stack kills the children and every guest they started, and removes their
+//! broker users.
 //!
 //! Like [`crate::TestEnv`], the stack uses `auth_strategy = noauth`: the token is the user and the
 //! project, and a token starting with `admin` is admin.
@@ -19,7 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::poll::eventually;
-use crate::{bin, transport_url, CliOutput, TestDb};
+use crate::{bin, management_url, transport_url, CliOutput, Management, TestDb};
 
 /// How long the api gets to answer `GET /` after start.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -268,6 +269,9 @@ impl ProcessStack {
              [api]\n\
              outbox_poll_interval = 0.2\n\
              \n\
+             [rabbitmq_management]\n\
+             url = {management}\n\
+             \n\
              [compute]\n\
              state_path = {state}\n\
              guestagent_path = {guest}\n\
@@ -279,6 +283,7 @@ impl ProcessStack {
              server_restart_delay = 1\n\
              server_start_timeout = 60\n",
             transport = transport_url(),
+            management = management_url(),
             db_url = db.url,
             state = state.display(),
             guest = bin("trove-guestagent").display(),
@@ -541,6 +546,10 @@ impl Drop for ProcessStack {
             let _ = child.wait();
         }
         kill_guests_under(&self.state_path());
+        // The broker users of the guests the test did not delete, on the broker the stack used.
+        if let Ok(settings) = trove_common::config::load(&self.config_files) {
+            Management::for_settings(&settings).remove_guest_users(&self.prefix);
+        }
     }
 }
 
