@@ -95,7 +95,7 @@ pub struct DefaultSection {
     pub control_exchange: String,
     pub taskmanager_queue: String,
     pub conductor_queue: String,
-    /// Encrypt RPC arguments and context with the per-instance keys (messaging.md §3).
+    /// Encrypt RPC arguments and context with the per-instance keys (docs/messaging.md §3).
     pub enable_secure_rpc_messaging: bool,
     pub taskmanager_rpc_encr_key: SecretString,
     /// Master key that encrypts each instance's RPC key in `instances.encrypted_key`.

@@ -5,7 +5,7 @@
 //! `"g" ‖ <key id, 2 hex digits> ‖ ":" ‖ base64(nonce(12) ‖ ciphertext ‖ tag(16))`, so keys can rotate:
 //! a [`Keyring`] holds the active key plus older ones, and reads whatever key id a value names.
 //!
-//! We also **read** Trove's format (module-semantics §4): `base64(IV(16) ‖ AES-256-CBC(PKCS7))` with the
+//! We also **read** Trove's format (docs/module-semantics.md §4): `base64(IV(16) ‖ AES-256-CBC(PKCS7))` with the
 //! key `hex(md5(passphrase))`, so a database migrated from Trove keeps working. Trove's base64 alphabet
 //! never contains `:`, so the two forms cannot be confused.
 
@@ -179,7 +179,7 @@ pub fn cbc_decrypt(key: &SecretKey, text: &str) -> Result<Vec<u8>, CryptoError> 
         .map_err(|_| CryptoError::Authentication)
 }
 
-/// 32 random characters from `[A-Za-z0-9]`: a new instance's RPC key (messaging.md §3).
+/// 32 random characters from `[A-Za-z0-9]`: a new instance's RPC key (docs/messaging.md §3).
 pub fn random_rpc_key() -> String {
     use rand::distributions::{Alphanumeric, DistString};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 32)

@@ -2,13 +2,13 @@
 
 use md5::{Digest, Md5};
 
-/// Trove's module md5: the hex md5 of the **base64 text** of the payload (module-semantics §4), not of
+/// Trove's module md5: the hex md5 of the **base64 text** of the payload (docs/module-semantics.md §4), not of
 /// the decoded bytes.
 pub fn contents_md5(contents_b64: &str) -> String {
     hex::encode(Md5::digest(contents_b64.as_bytes()))
 }
 
-/// Why a module cannot go on an instance of some datastore (module-semantics §9 step 3).
+/// Why a module cannot go on an instance of some datastore (docs/module-semantics.md §9 step 3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModuleMismatch {
     /// Note the two spaces before the parenthesis: that is Trove's text.

@@ -1,4 +1,4 @@
-//! Service statuses, instance tasks and cluster tasks (messaging.md §5), and the API status rules.
+//! Service statuses, instance tasks and cluster tasks (docs/messaging.md §5), and the API status rules.
 
 /// A guest's service status as stored in `service_statuses`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl ServiceStatus {
         }
     }
 
-    /// The status the API shows for it (rule 8 of messaging.md §5).
+    /// The status the API shows for it (rule 8 of docs/messaging.md §5).
     pub fn api_status(self) -> &'static str {
         match self {
             Running | Healthy => "ACTIVE",
@@ -229,7 +229,7 @@ pub struct StatusInputs<'a> {
     pub heartbeat_expiry_secs: f64,
 }
 
-/// The API `status` of an instance: the first rule of messaging.md §5 that matches.
+/// The API `status` of an instance: the first rule of docs/messaging.md §5 that matches.
 pub fn api_status(i: &StatusInputs<'_>) -> &'static str {
     if is_error_task(i.task_id) {
         return "ERROR";

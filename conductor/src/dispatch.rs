@@ -1,7 +1,7 @@
 //! From a delivery to a handler: find the guest's key, decode, authenticate, one exhaustive `match`.
 //!
 //! Guests seal every argument with their instance's key and tag the message with their id
-//! (`_context_csz-instance-id`, messaging.md §3). The conductor reads that id, opens the instance's
+//! (`_context_csz-instance-id`, docs/messaging.md §3). The conductor reads that id, opens the instance's
 //! `encrypted_key` with the master key (cached: instance keys never change) and decodes with it.
 //!
 //! The outcome of each delivery:
@@ -30,7 +30,7 @@ use crate::handlers;
 /// not look each key up again.
 pub const KEY_CACHE_CAPACITY: u64 = 16_384;
 
-/// Notifications a Trove guest may send that the conductor serves as no-ops (messaging.md §4).
+/// Notifications a Trove guest may send that the conductor serves as no-ops (docs/messaging.md §4).
 /// `notify_exc_info` is not one: it records the instance's fault ([`handlers::notify_exc_info`]).
 const NOTIFICATIONS: [&str; 1] = ["notify_end"];
 

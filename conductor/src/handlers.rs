@@ -1,4 +1,4 @@
-//! The conductor's rules for each method (messaging.md §4) that are not statements of their own,
+//! The conductor's rules for each method (docs/messaging.md §4) that are not statements of their own,
 //! and what every method's outcome is and how it is logged.
 //!
 //! Every rule is idempotent under redelivery, because the broker may hand the same cast over twice
@@ -10,7 +10,7 @@
 //! - **Reapply answers** (`module_results` with a `job_id`) skip that check: answers for different
 //!   jobs must all count, whatever their order. They are deduplicated by the job item's state instead
 //!   (only an item still `sent` is answered).
-//! - The conductor **never** writes `instance_modules` (module-semantics §11): the taskmanager records
+//! - The conductor **never** writes `instance_modules` (docs/module-semantics.md §11): the taskmanager records
 //!   the instances that answered OK. Guest results go to `guest_module_results`, for observability.
 //!
 //! Heartbeats and `module_results` are applied only by [`crate::batch`]'s statements, for a batch of

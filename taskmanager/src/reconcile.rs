@@ -261,7 +261,7 @@ pub enum BuildDecision {
     },
 }
 
-/// Decides a building instance's fate from its service status (messaging.md §6 step 4). Pure.
+/// Decides a building instance's fate from its service status (docs/messaging.md §6 step 4). Pure.
 pub fn build_decision(
     status: Option<ServiceStatus>,
     started: NaiveDateTime,
@@ -319,7 +319,7 @@ pub enum ClusterDecision {
     Failed(String),
 }
 
-/// Decides a building cluster's fate from its members (messaging.md §6 "Cluster create"). Pure.
+/// Decides a building cluster's fate from its members (docs/messaging.md §6 "Cluster create"). Pure.
 pub fn cluster_decision(
     members: &[MemberView<'_>],
     started: NaiveDateTime,

@@ -1,4 +1,4 @@
-//! The count-only query (module-semantics §8) against the rows themselves. The admin query reads
+//! The count-only query (docs/module-semantics.md §8) against the rows themselves. The admin query reads
 //! the counts that triggers keep in `instance_module_counts` and never looks at `instances`, which is
 //! right only while no deleted instance holds a live row. These check that invariant where rows are
 //! written (`record`, `record_many`), that the counts never drift from the rows, and that every

@@ -1,4 +1,4 @@
-//! Modules on instances and clusters (issue 4, "Must show"; module-semantics §8–§15): datastore checks at
+//! Modules on instances and clusters (issue 4, "Must show"; docs/module-semantics.md §8–§15): datastore checks at
 //! create, cluster-create and apply; auto-apply; the guest's apply order; module-remove; module-retrieve;
 //! the ping driver's failure text; hidden modules and masked contents; module-instances paging; and the
 //! retirement of `instance_modules` rows by cluster and instance delete.
@@ -728,7 +728,7 @@ async fn module_remove_then_query_and_reapply() {
         )
     );
     // Removing `rm` a second time: its result.json is still there (marked removed), so the guest
-    // accepts it, as Trove's does (module-semantics §14: only a missing result.json is "not applied").
+    // accepts it, as Trove's does (docs/module-semantics.md §14: only a missing result.json is "not applied").
     let out = env.trove(ADMIN, &["module-remove", &inst, "rm"]).await;
     assert_eq!(ok(&out), "");
     assert!(rows(ok(&env.trove(ADMIN, &["module-query", &inst]).await)).is_empty());
@@ -1148,7 +1148,7 @@ async fn module_instances_pages_and_deletes_retire_rows() {
     assert_eq!(counts(ADMIN, true).await, "2");
     let out = env.trove(ADMIN, &["module-instances", "pg"]).await;
     assert_eq!(ids_of(&out), sorted(&[&t1, &t2]));
-    // The module's own instance_count follows (module-semantics §7).
+    // The module's own instance_count follows (docs/module-semantics.md §7).
     let out = env.trove(ADMIN, &["module-show", "pg"]).await;
     assert_eq!(prop(ok(&out), "instance_count"), "2");
     // The members and a1 go away for good once the taskmanager is done.

@@ -1,4 +1,4 @@
-//! Module management through the HTTP API (issue 3, module-semantics §1–§7, rest-api.md Modules):
+//! Module management through the HTTP API (issue 3, docs/module-semantics.md §1–§7, docs/rest-api.md Modules):
 //! two tenants and an admin, every error text of §2–§6 with its status and exact fault body, the
 //! schema errors, list/show visibility across tenants, live_update enforcement, soft delete and the
 //! real `instance_count`.
@@ -21,7 +21,7 @@ pub(crate) const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 /// An admin (noauth: a token starting with `admin` carries the admin role).
 pub(crate) const ADMIN: &str = "adminccccccccccccccccccccccccccc";
 
-/// The walkthrough's payload md5s (module-semantics §4).
+/// The walkthrough's payload md5s (docs/module-semantics.md §4).
 pub(crate) const V1_MD5: &str = "7f700cc7b99606615f8b51946f6d3228";
 pub(crate) const V2_MD5: &str = "ba7c204979c8de54be6efb70a17d40b9";
 

@@ -1,4 +1,4 @@
-//! Module contents at rest (module-semantics §4): the `modules.contents` column holds AES-256-GCM
+//! Module contents at rest (docs/module-semantics.md §4): the `modules.contents` column holds AES-256-GCM
 //! ciphertext with a versioned key prefix, never the payload; an altered ciphertext makes the API fail
 //! instead of sending altered contents anywhere; and rows in Trove's AES-CBC format still work.
 

@@ -168,7 +168,7 @@ async fn an_admin_resets_a_stuck_build_and_others_get_troves_errors() {
         ok(&out),
         format!("Request to delete instance {id} has been accepted.\n")
     );
-    // Task DELETING; the status stays ERROR (messaging.md §5: UNKNOWN is ERROR before DELETING is
+    // Task DELETING; the status stays ERROR (docs/messaging.md §5: UNKNOWN is ERROR before DELETING is
     // SHUTDOWN), as Trove master shows ERROR for a delete whose server is not ACTIVE.
     assert_eq!(codes(&env, &id), (0x02, 0x16));
     assert_eq!(status_of(&env, OWNER, &id).await, "ERROR");

@@ -1,4 +1,4 @@
-//! The user's walkthrough (`shared/seed/module-walkthrough.rst`), command for command, with our `trove`
+//! The user's walkthrough (`docs/walkthrough.md`), command for command, with our `trove`
 //! CLI against the real binaries, RabbitMQ and PostgreSQL. Each table is compared with the
 //! walkthrough's after ids and dates are masked (they have fixed widths, so the layout still has to
 //! match to the character).
@@ -215,7 +215,7 @@ async fn the_module_walkthrough() {
         async move { env.trove_in(ADMIN, &args, Some(&dir)).await }
     };
 
-    // Create the module (without --datastore: module-semantics §0 row 1). Our instance_count is real.
+    // Create the module (without --datastore: docs/module-semantics.md §0 row 1). Our instance_count is real.
     let out = cli(vec![
         "module-create",
         "mymod",

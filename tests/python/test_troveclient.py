@@ -5,9 +5,9 @@ Run by tests/it/keystone.rs (python_troveclient_library_runs_the_walkthrough) wi
 venv scripts/keystone made (python-troveclient and keystoneauth1 from PyPI). It logs in with a
 keystoneauth1 v3 password session from the OS_* variables, lets troveclient find the `database`
 endpoint in the catalog (OS_REGION_NAME selects the test's own region), and runs
-shared/seed/module-walkthrough.rst: module create and update with payload files, instances, a cluster,
+docs/walkthrough.md: module create and update with payload files, instances, a cluster,
 module query and apply, instance counts, and the three kinds of reapply. Every answer is checked for
-Trove's field names and JSON types (shared/spec/rest-api.md).
+Trove's field names and JSON types (docs/rest-api.md).
 
 Prints one "ok <step>" line per call and finally "troveclient walkthrough: all calls OK"; any failure
 raises, so the exit status is non-zero with a traceback. Timeouts bound every wait.

@@ -9,7 +9,7 @@ use diesel::{PgConnection, RunQueryDsl};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// The md5 (over the base64 text, module-semantics §4) of `message=<text>\n`.
+/// The md5 (over the base64 text, docs/module-semantics.md §4) of `message=<text>\n`.
 pub fn md5_of(text: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("message={text}\n"));
     trove_common::module::contents_md5(&b64)

@@ -1,4 +1,4 @@
-//! `/v1.0/{tenant_id}/instances/{id}/modules...`: synchronous calls to the guest (module-semantics
+//! `/v1.0/{tenant_id}/instances/{id}/modules...`: synchronous calls to the guest (docs/module-semantics.md
 //! §9, §10, §14).
 
 use std::collections::HashMap;

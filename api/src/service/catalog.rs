@@ -75,7 +75,7 @@ impl Catalog {
         }
     }
 
-    /// `get_datastore_or_version` of module create/update (module-semantics §3 step 4): returns the
+    /// `get_datastore_or_version` of module create/update (docs/module-semantics.md §3 step 4): returns the
     /// datastore id and version id to store. The version must be active.
     pub fn resolve_for_module(
         &self,

@@ -1,5 +1,5 @@
 //! Instance and cluster creation and deletion: everything written in one transaction together with the
-//! outbox messages that announce it (module-semantics §13, messaging.md §6).
+//! outbox messages that announce it (docs/module-semantics.md §13, docs/messaging.md §6).
 
 use chrono::NaiveDateTime;
 use diesel::pg::PgConnection;
@@ -239,7 +239,7 @@ pub fn check_deletable(
     )))
 }
 
-/// `DELETE /instances/{id}` (rest-api.md): checks, task DELETING, modules retired, cast queued.
+/// `DELETE /instances/{id}` (docs/rest-api.md): checks, task DELETING, modules retired, cast queued.
 pub fn delete_instance(
     conn: &mut PgConnection,
     settings: &Settings,

@@ -1,4 +1,4 @@
-//! The module rules of module-semantics §2–§7: validation, admin options, datastore resolution,
+//! The module rules of docs/module-semantics.md §2–§7: validation, admin options, datastore resolution,
 //! uniqueness, live_update, md5 and encryption at rest.
 
 use diesel::pg::PgConnection;
@@ -25,7 +25,7 @@ const FLAGS: [&str; 6] = [
 /// Validates a module body (create: `required`; update: any subset) with Trove's schema wording.
 /// Trove's schema allows properties it does not name (`additionalProperties: True`, in `datastore`
 /// too), so unknown keys are ignored, and it does not decode `contents`: text that is not base64 is
-/// stored as sent, and the guest reports it when it applies it (module-semantics §4).
+/// stored as sent, and the guest reports it when it applies it (docs/module-semantics.md §4).
 fn check_body(m: &Map<String, Value>, create: bool) -> ApiResult<()> {
     let mut c = Checker::default();
     let p = |k: &'static str| ["module", k];
@@ -40,7 +40,7 @@ fn check_body(m: &Map<String, Value>, create: bool) -> ApiResult<()> {
         }
     }
     // Trove's schema has no null for these: `description` is a non-empty string, the all_* flags
-    // integers (rest-api.md, Modules).
+    // integers (docs/rest-api.md, Modules).
     if let Some(v) = m.get("description") {
         c.name_like(v, &p("description"), 255);
     }

@@ -1,4 +1,4 @@
-//! Instance views (Pike's field set, rest-api.md §Instances).
+//! Instance views (Pike's field set, docs/rest-api.md §Instances).
 
 use serde_json::{json, Map, Value};
 use trove_common::api_time;
@@ -8,7 +8,7 @@ use trove_common::status::{api_status, StatusInputs};
 
 use super::links;
 
-/// The API status of an instance (messaging.md §5).
+/// The API status of an instance (docs/messaging.md §5).
 pub fn status(d: &InstanceDetail, heartbeat_expiry: u64) -> &'static str {
     let now = trove_common::db::now();
     let svc = d.service.as_ref();

@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The detailed module view sent to a guest (messaging.md §4), wrapped as `{"module": {...}}` on the wire.
+/// The detailed module view sent to a guest (docs/messaging.md §4), wrapped as `{"module": {...}}` on the wire.
 ///
 /// Every field is what the control plane knew when it sent the message: the guest has no database, so
-/// the payload must be complete. `contents` is the base64 text of the payload bytes (MS §4) and is
+/// the payload must be complete. `contents` is the base64 text of the payload bytes (docs/module-semantics.md §4) and is
 /// `None` for `module_remove`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModulePayload {
@@ -68,7 +68,7 @@ pub struct ModuleEntry {
     pub module: ModulePayload,
 }
 
-/// What a guest stores in `result.json` and returns from `module_apply` / `module_list` (MS §14).
+/// What a guest stores in `result.json` and returns from `module_apply` / `module_list` (docs/module-semantics.md §14).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleResult {
     pub id: String,
@@ -93,7 +93,7 @@ pub struct ModuleResult {
     pub contents: Option<String>,
 }
 
-/// Every method a guest agent serves (messaging.md §4).
+/// Every method a guest agent serves (docs/messaging.md §4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", content = "args", rename_all = "snake_case")]
 pub enum GuestMsg {

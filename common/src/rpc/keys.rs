@@ -1,4 +1,4 @@
-//! Which key protects which channel (messaging.md §3).
+//! Which key protects which channel (docs/messaging.md §3).
 
 use secrecy::ExposeSecret;
 

@@ -1,5 +1,5 @@
 //! The RPC wire format: oslo.messaging 2.0 envelopes, Trove's context keys and its per-instance
-//! encryption (messaging.md §2–§3), plus the typed message enums each server dispatches on.
+//! encryption (docs/messaging.md §2–§3), plus the typed message enums each server dispatches on.
 //!
 //! A message on the wire is `{"oslo.version": "2.0", "oslo.message": "<inner JSON as a string>"}`. The
 //! inner request carries `method`, `args`, `version`, `_unique_id`, one `_context_<key>` per context key

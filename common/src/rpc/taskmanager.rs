@@ -23,7 +23,7 @@ pub struct ClusterConfig {
     pub instance_type: String,
 }
 
-/// Arguments of `create_instance` (messaging.md §4). Fields Trove has but we do not use are kept so the
+/// Arguments of `create_instance` (docs/messaging.md §4). Fields Trove has but we do not use are kept so the
 /// wire matches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateInstance {
@@ -57,7 +57,7 @@ pub struct CreateInstance {
     pub cluster_config: Option<ClusterConfig>,
     #[serde(default)]
     pub volume_type: Option<String>,
-    /// `[{"module": <detailed view + contents>}]` (module-semantics §13).
+    /// `[{"module": <detailed view + contents>}]` (docs/module-semantics.md §13).
     #[serde(default)]
     pub modules: Vec<ModuleEntry>,
     #[serde(default)]

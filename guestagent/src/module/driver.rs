@@ -1,4 +1,4 @@
-//! The contract between the module manager and a module driver (module-semantics §15).
+//! The contract between the module manager and a module driver (docs/module-semantics.md §15).
 //!
 //! A driver implements [`ModuleDriver::apply`] and [`ModuleDriver::remove`]. The manager never calls
 //! them directly: it goes through `run_apply` and `run_remove` (inherent methods of

@@ -1,7 +1,7 @@
 //! [`ApplyError`]: why a `module_apply`, `module_remove` or `module_list` call failed as a whole.
 //!
 //! A driver failing is *not* one of these: that is recorded as status `ERROR` in the module's result.
-//! These are the checks Trove's guest raises on (module-semantics §14), with Trove's messages, plus
+//! These are the checks Trove's guest raises on (docs/module-semantics.md §14), with Trove's messages, plus
 //! local I/O failures. The RPC layer sends the message and [`ApplyError::class_name`] in the failure
 //! reply; the API turns `NotFound` into a 404 and the rest into a 400 `GuestError`.
 

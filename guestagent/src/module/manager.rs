@@ -1,4 +1,4 @@
-//! [`ModuleManager`]: applies, removes and lists modules on this guest (module-semantics §14).
+//! [`ModuleManager`]: applies, removes and lists modules on this guest (docs/module-semantics.md §14).
 //!
 //! Each module lives in `<state_dir>/modules/<type>/<module_id>/`:
 //!
@@ -44,7 +44,7 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 }
 
 fn timestamp_now() -> String {
-    // Trove uses the guest's local clock; we use UTC on every host (module-semantics §0, row 3).
+    // Trove uses the guest's local clock; we use UTC on every host (docs/module-semantics.md §0, row 3).
     timestamp(Utc::now())
 }
 

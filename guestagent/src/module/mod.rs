@@ -1,4 +1,4 @@
-//! Database modules on the guest: apply, remove and list them (module-semantics §14 and §15).
+//! Database modules on the guest: apply, remove and list them (docs/module-semantics.md §14 and §15).
 //!
 //! The control plane sends complete module payloads ([`ModulePayload`], contents in base64) in
 //! `module_apply`, `prepare` and `module_remove`. The guest keeps its own record of each module under

@@ -1,4 +1,4 @@
--- Trove's tables for the module feature (shared/spec/schema.md), plus what our messaging needs:
+-- Trove's tables for the module feature (docs/schema.md), plus what our messaging needs:
 -- the api's outbox, durable reapply jobs and the guests' reported module results.
 
 CREATE TABLE datastores (
@@ -114,7 +114,7 @@ CREATE TABLE modules (
   deleted              boolean NOT NULL DEFAULT false,
   deleted_at           timestamp NULL
 );
--- The uniqueness key of module-semantics §3, with NULLs comparing equal.
+-- The uniqueness key of docs/module-semantics.md §3, with NULLs comparing equal.
 CREATE UNIQUE INDEX modules_live_key ON modules
   (name, lower(type), COALESCE(tenant_id, ''), COALESCE(datastore_id, ''), COALESCE(datastore_version_id, ''))
   WHERE NOT deleted;
@@ -131,7 +131,7 @@ CREATE TABLE instance_modules (
   deleted     boolean NOT NULL DEFAULT false,
   deleted_at  timestamp NULL
 );
--- At most one live row per (instance, module): the dedupe rule of module-semantics §11.
+-- At most one live row per (instance, module): the dedupe rule of docs/module-semantics.md §11.
 CREATE UNIQUE INDEX instance_modules_live_pair ON instance_modules (instance_id, module_id) WHERE NOT deleted;
 -- Covers the count-only query (group by md5, min/max updated) without touching the heap.
 CREATE INDEX instance_modules_module_md5 ON instance_modules (module_id, md5) INCLUDE (updated, instance_id)
@@ -169,7 +169,7 @@ CREATE TABLE outbox (
   created    timestamp NOT NULL
 );
 
--- A fleet-wide reapply (module-semantics §12), durable so a restarted taskmanager resumes it.
+-- A fleet-wide reapply (docs/module-semantics.md §12), durable so a restarted taskmanager resumes it.
 CREATE TABLE reapply_jobs (
   id                varchar(36) PRIMARY KEY,
   module_id         varchar(64) NOT NULL REFERENCES modules(id) ON DELETE CASCADE,

@@ -1,4 +1,4 @@
--- module-instance-count (module-semantics §8) in a few index lookups, whatever the fleet size.
+-- module-instance-count (docs/module-semantics.md §8) in a few index lookups, whatever the fleet size.
 --
 -- instance_module_counts holds, per (module, md5, cluster member or not), how many live
 -- instance_modules rows there are. Statement-level triggers keep it exact for every write to

@@ -1,4 +1,4 @@
-//! `create_cluster` and `delete_cluster` (messaging.md §6, "Cluster create" and "Delete").
+//! `create_cluster` and `delete_cluster` (docs/messaging.md §6, "Cluster create" and "Delete").
 //!
 //! The api inserts the cluster and its members in one transaction and casts one `create_instance` per
 //! member before `create_cluster`. So the members build themselves; what is left for the cluster

@@ -1,4 +1,4 @@
-//! `create_instance` and `delete_instance` (messaging.md §6, "Instance create" and "Delete").
+//! `create_instance` and `delete_instance` (docs/messaging.md §6, "Instance create" and "Delete").
 //!
 //! Both may run again for the same instance (a redelivery after a crash, the reconciler's safety net),
 //! so each step looks at the current state first: a running guest is not started twice, a deleted

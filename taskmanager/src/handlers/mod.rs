@@ -12,7 +12,7 @@ pub mod restart;
 
 use serde_json::Value;
 
-/// The arguments of `reapply_module` (messaging.md §4), taken out of `TaskManagerMsg::ReapplyModule`.
+/// The arguments of `reapply_module` (docs/messaging.md §4), taken out of `TaskManagerMsg::ReapplyModule`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReapplyArgs {
     pub module_id: String,

@@ -1,4 +1,4 @@
-//! `reapply_module` (module-semantics §12): Trove's selection rules, executed as a durable job.
+//! `reapply_module` (docs/module-semantics.md §12): Trove's selection rules, executed as a durable job.
 //!
 //! The api writes a `reapply_jobs` row and casts `reapply_module` in one transaction. Here:
 //! 1. **Select** (one transaction, then the message is acked): the candidates of §12 become

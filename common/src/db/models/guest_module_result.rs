@@ -1,6 +1,6 @@
 //! `guest_module_results`: what each guest last reported about each of its modules (the conductor's
-//! `module_results`, messaging.md §4). Observability only: it never changes `instance_modules`
-//! (module-semantics §11).
+//! `module_results`, docs/messaging.md §4). Observability only: it never changes `instance_modules`
+//! (docs/module-semantics.md §11).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

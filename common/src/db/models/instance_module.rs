@@ -1,4 +1,4 @@
-//! `instance_modules`: "the control plane sent md5 M of module X to instance I" (module-semantics §11).
+//! `instance_modules`: "the control plane sent md5 M of module X to instance I" (docs/module-semantics.md §11).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

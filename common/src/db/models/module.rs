@@ -1,4 +1,4 @@
-//! Modules (module-semantics §1–§7). Contents are stored encrypted; see `crate::crypto`.
+//! Modules (docs/module-semantics.md §1–§7). Contents are stored encrypted; see `crate::crypto`.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;

@@ -1,7 +1,7 @@
 //! The `key=value` contents format shared by the built-in drivers.
 //!
 //! This is Trove's `KeyValueCodec` as the `ping` and `new_relic_license` drivers use it
-//! (module-semantics §15): lines split on `\n`, trimmed, blank and `#` lines skipped, each line split
+//! (docs/module-semantics.md §15): lines split on `\n`, trimmed, blank and `#` lines skipped, each line split
 //! at its first `=`, the key trimmed but the value not, `true`/`false` (any case) read as booleans and
 //! anything else cut at its first `#`.
 //!
@@ -97,7 +97,7 @@ pub enum KvError {
     },
 }
 
-/// Parses `key=value` contents (module-semantics §15).
+/// Parses `key=value` contents (docs/module-semantics.md §15).
 pub fn parse(bytes: &[u8]) -> Result<KeyValues, KvError> {
     let text = std::str::from_utf8(bytes)?;
     let mut out = KeyValues::default();

@@ -1,5 +1,5 @@
 //! The `new_relic_license` driver: installs a New Relic server-monitor licence key from the contents'
-//! `license_key` value and starts the monitor (module-semantics §15).
+//! `license_key` value and starts the monitor (docs/module-semantics.md §15).
 //!
 //! Apply runs `nrsysmond-config --set license_key=<key>` and `/etc/init.d/newrelic-sysmond start`;
 //! remove overwrites the key with a dummy and stops the service. Each command runs as root (through

@@ -1,7 +1,7 @@
 //! The `ping` driver: changes nothing on the guest and answers with the contents' `message` value.
 //!
 //! It exists to show the module machinery end to end: `message=Module.V1` in the contents gives status
-//! `OK` and message `Module.V1` in module-query (module-semantics §15).
+//! `OK` and message `Module.V1` in module-query (docs/module-semantics.md §15).
 
 use crate::module::driver::{ApplyContext, DriverError, ModuleDriver, Operation, Outcome};
 
