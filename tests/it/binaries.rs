@@ -44,13 +44,12 @@ async fn real_binaries_create_show_list_delete() {
 
     // ACTIVE within seconds: the guest process heartbeats `running` through the conductor.
     let created = Instant::now();
-    stack
-        .eventually(Duration::from_secs(30), "myinst ACTIVE", || async {
-            let out = stack.trove(TENANT, &["show", "myinst"]).await;
-            (property(&out.stdout, "status").as_deref() == Some("ACTIVE")).then_some(())
-        })
-        .await
-        .unwrap();
+    trove_tests::eventually(Duration::from_secs(30), "myinst ACTIVE", || async {
+        let out = stack.trove(TENANT, &["show", "myinst"]).await;
+        (property(&out.stdout, "status").as_deref() == Some("ACTIVE")).then_some(())
+    })
+    .await
+    .unwrap();
     let to_active = created.elapsed();
     // The status is the conductor's work: it stored the guest's heartbeat.
     let mut conn = stack.db.conn();
@@ -93,25 +92,23 @@ async fn real_binaries_create_show_list_delete() {
     let deleting = Instant::now();
     let out = stack.trove(TENANT, &["delete", "myinst"]).await;
     assert!(ok(&out).contains("has been accepted"), "{}", out.stdout);
-    stack
-        .eventually(
-            Duration::from_secs(30),
-            "the guest process gone",
-            || async { (!process_alive(pid)).then_some(()) },
-        )
-        .await
-        .unwrap();
-    stack
-        .eventually(
-            Duration::from_secs(30),
-            "myinst gone from the list",
-            || async {
-                let out = stack.trove(TENANT, &["list"]).await;
-                (out.status == 0 && !out.stdout.contains(&id)).then_some(())
-            },
-        )
-        .await
-        .unwrap();
+    trove_tests::eventually(
+        Duration::from_secs(30),
+        "the guest process gone",
+        || async { (!process_alive(pid)).then_some(()) },
+    )
+    .await
+    .unwrap();
+    trove_tests::eventually(
+        Duration::from_secs(30),
+        "myinst gone from the list",
+        || async {
+            let out = stack.trove(TENANT, &["list"]).await;
+            (out.status == 0 && !out.stdout.contains(&id)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let out = stack.trove(TENANT, &["show", &id]).await;
     assert_eq!(out.status, 1, "a deleted instance is not found: {out:?}");
     eprintln!(

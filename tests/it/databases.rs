@@ -48,7 +48,7 @@ async fn post_fault(env: &TestEnv, path: &str, body: Value) -> (u16, String) {
 
 /// Waits until the instance is ACTIVE again after a restart, its task back to NONE.
 async fn wait_restarted(env: &TestEnv, id: &str) {
-    env.eventually(
+    trove_tests::eventually(
         BUILD,
         &format!("instance {id} ACTIVE after restart"),
         || async {

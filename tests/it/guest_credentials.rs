@@ -99,21 +99,10 @@ async fn bind(
     .await
 }
 
-/// The `sent` stamp (guest clock, epoch seconds) of the newest heartbeat the conductor stored.
-fn last_heartbeat(env: &TestEnv, id: &str) -> f64 {
-    env.query_strings(&format!(
-        "SELECT sent::text AS v FROM conductor_lastseen \
-         WHERE instance_id = '{id}' AND method_name = 'heartbeat'"
-    ))
-    .first()
-    .and_then(|s| s.parse().ok())
-    .unwrap_or(0.0)
-}
-
 /// Deletes the instance through the CLI and waits until the API no longer shows it.
 async fn delete_and_wait_gone(env: &TestEnv, id: &str) {
     ok(&env.trove(TENANT, &["delete", id]).await);
-    env.eventually(BUILD, &format!("instance {id} gone"), || async {
+    trove_tests::eventually(BUILD, &format!("instance {id} gone"), || async {
         let (status, _) = http(
             env,
             TENANT,
@@ -247,8 +236,8 @@ async fn a_guest_can_do_its_own_work_and_nothing_else_and_its_user_goes_with_the
     // API (a cast to it, its result cast to the conductor) and listed (a call: its reply goes to the
     // api's reply queue through the control exchange).
     let after = epoch_now();
-    env.eventually(BUILD, "a heartbeat from guest A", || async {
-        (last_heartbeat(&env, &a) > after).then_some(())
+    trove_tests::eventually(BUILD, "a heartbeat from guest A", || async {
+        (env.last_heartbeat(&a) > after).then_some(())
     })
     .await
     .unwrap();
@@ -269,7 +258,7 @@ async fn a_guest_can_do_its_own_work_and_nothing_else_and_its_user_goes_with_the
         .await;
     ok(&out);
     ok(&env.trove(TENANT, &["module-apply", &a, "credmod"]).await);
-    env.eventually(
+    trove_tests::eventually(
         BUILD,
         "module-query of A listing credmod as applied",
         || async {
@@ -319,15 +308,15 @@ async fn a_relaunched_guest_keeps_its_password() {
     // The guest is killed; the taskmanager starts it again, rewriting guest.conf with the same
     // password (the user written again with it), and the guest logs in again.
     let old = sigkill_guest(env.state_dir.path(), &id).await;
-    env.eventually(BUILD, "the guest started again", || async {
+    trove_tests::eventually(BUILD, "the guest started again", || async {
         trove_tests::guest_pid(env.state_dir.path(), &id)
             .filter(|&pid| pid != old && trove_tests::process_alive(pid))
     })
     .await
     .unwrap();
     let relaunched = epoch_now();
-    env.eventually(BUILD, "a heartbeat from the relaunched guest", || async {
-        (last_heartbeat(&env, &id) > relaunched).then_some(())
+    trove_tests::eventually(BUILD, "a heartbeat from the relaunched guest", || async {
+        (env.last_heartbeat(&id) > relaunched).then_some(())
     })
     .await
     .unwrap();
@@ -353,7 +342,7 @@ async fn a_build_whose_guest_exits_at_start_loses_its_user_when_deleted() {
         .unwrap();
     let mgmt = Management::for_settings(&env.settings);
     let id = instance_create(&env, TENANT, "exits", &[]).await;
-    env.eventually(BUILD, "the build failed", || async {
+    trove_tests::eventually(BUILD, "the build failed", || async {
         let out = env.trove(TENANT, &["show", &id]).await;
         (out.status == 0 && prop(&out.stdout, "status") == "ERROR").then_some(())
     })
@@ -393,7 +382,7 @@ async fn cluster_members_get_users_of_their_own_and_lose_them_with_the_cluster()
         "SELECT id AS v FROM instances WHERE cluster_id = '{cluster}' ORDER BY id"
     ));
     assert_eq!(members.len(), 2);
-    env.eventually(BUILD, "cluster built (task NONE)", || async {
+    trove_tests::eventually(BUILD, "cluster built (task NONE)", || async {
         let out = env.trove(ADMIN, &["cluster-show", "credc"]).await;
         (out.status == 0 && prop(&out.stdout, "task_name") == "NONE").then_some(())
     })
@@ -410,7 +399,7 @@ async fn cluster_members_get_users_of_their_own_and_lose_them_with_the_cluster()
     ok(&env.trove(ADMIN, &["cluster-delete", "credc"]).await);
     for m in &members {
         let user = names.guest_user(m);
-        env.eventually(BUILD, &format!("member {m}'s user removed"), || async {
+        trove_tests::eventually(BUILD, &format!("member {m}'s user removed"), || async {
             (mgmt.user_status(&user).await == 404).then_some(())
         })
         .await

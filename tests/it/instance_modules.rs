@@ -102,7 +102,7 @@ async fn module_create(env: &TestEnv, files: &Files, token: &str, args: &[&str])
 
 /// Waits until module-query (as `token`) lists exactly `names`; returns the table.
 async fn wait_query(env: &TestEnv, token: &str, id: &str, names: &[&str]) -> String {
-    env.eventually(
+    trove_tests::eventually(
         Duration::from_secs(30),
         &format!("module-query of {id} listing {names:?}"),
         || async {
@@ -442,8 +442,8 @@ async fn auto_apply_modules_join_new_instances() {
         "SELECT module_id || ' ' || status AS v FROM guest_module_results
          WHERE instance_id = '{inst}' ORDER BY module_id"
     );
-    let reported = env
-        .eventually(Duration::from_secs(30), "module results stored", || async {
+    let reported =
+        trove_tests::eventually(Duration::from_secs(30), "module results stored", || async {
             let got = env.query_strings(&sql);
             (got.len() >= expected.len()).then_some(got)
         })
@@ -806,8 +806,8 @@ async fn retrieve_hidden_masking_and_ping_errors() {
         "SELECT status || '|' || message AS v FROM guest_module_results
          WHERE instance_id = '{inst}' AND module_id = '{nomsg}'"
     );
-    let stored = env
-        .eventually(Duration::from_secs(30), "module results stored", || async {
+    let stored =
+        trove_tests::eventually(Duration::from_secs(30), "module results stored", || async {
             env.query_strings(&sql).pop()
         })
         .await
@@ -1113,14 +1113,14 @@ async fn module_instances_pages_and_deletes_retire_rows() {
 
     // cluster-delete retires the members' rows. The cluster must have finished building first:
     // its members ACTIVE, then joined into one Redis Cluster (task NONE again).
-    env.eventually(BUILD, "cluster members ACTIVE", || async {
+    trove_tests::eventually(BUILD, "cluster members ACTIVE", || async {
         let out = env.trove(ADMIN, &["cluster-instances", "pc"]).await;
         let r = rows(&out.stdout);
         (r.len() == 2 && r.iter().all(|r| r[4] == "ACTIVE")).then_some(())
     })
     .await
     .unwrap();
-    env.eventually(BUILD, "cluster built (task NONE)", || async {
+    trove_tests::eventually(BUILD, "cluster built (task NONE)", || async {
         let out = env.trove(ADMIN, &["cluster-show", "pc"]).await;
         (prop(&out.stdout, "task_name") == "NONE").then_some(())
     })
@@ -1152,7 +1152,7 @@ async fn module_instances_pages_and_deletes_retire_rows() {
     let out = env.trove(ADMIN, &["module-show", "pg"]).await;
     assert_eq!(prop(ok(&out), "instance_count"), "2");
     // The members and a1 go away for good once the taskmanager is done.
-    env.eventually(Duration::from_secs(60), "cluster and a1 deleted", || async {
+    trove_tests::eventually(Duration::from_secs(60), "cluster and a1 deleted", || async {
         let left = one(
             &env,
             &format!("SELECT count(*)::text AS v FROM instances WHERE NOT deleted AND (cluster_id = '{cluster}' OR id = '{a1}')"),

@@ -33,8 +33,8 @@ async fn ok(method: &str, url: &str, who: &Caller, body: Option<Value>) -> Value
     b
 }
 
-async fn wait_active(env: &TestEnv, base: &str, who: &Caller, id: &str) {
-    env.eventually(Duration::from_secs(90), "instance ACTIVE", || async {
+async fn wait_active(base: &str, who: &Caller, id: &str) {
+    trove_tests::eventually(Duration::from_secs(90), "instance ACTIVE", || async {
         let (s, b) = call("GET", &format!("{base}/instances/{id}"), &who.token, None).await;
         (s == 200 && b["instance"]["status"] == "ACTIVE").then_some(())
     })
@@ -78,7 +78,7 @@ async fn matrix(env: &TestEnv, alice: &Caller, bob: &Caller, admin: &Caller) {
         .as_str()
         .unwrap()
         .to_owned();
-    wait_active(env, &a, alice, &ainst).await;
+    wait_active(&a, alice, &ainst).await;
     // A non-admin's batch size and delay are clamped to the configured limits.
     let reapply =
         json!({"reapply": {"include_clustered": 1, "batch_size": 1000, "batch_delay": 0}});
@@ -91,20 +91,19 @@ async fn matrix(env: &TestEnv, alice: &Caller, bob: &Caller, admin: &Caller) {
     .await;
     assert_eq!(s, 202, "{body}");
     // The taskmanager records the effective values when it starts the job.
-    let job = env
-        .eventually(Duration::from_secs(60), "reapply job started", || async {
-            let (_, jobs) = call(
-                "GET",
-                &format!("{a}/modules/{amod}/reapply"),
-                &alice.token,
-                None,
-            )
-            .await;
-            let job = jobs["reapply_jobs"][0].clone();
-            (job["state"] != "queued" && !job.is_null()).then_some(job)
-        })
-        .await
-        .unwrap();
+    let job = trove_tests::eventually(Duration::from_secs(60), "reapply job started", || async {
+        let (_, jobs) = call(
+            "GET",
+            &format!("{a}/modules/{amod}/reapply"),
+            &alice.token,
+            None,
+        )
+        .await;
+        let job = jobs["reapply_jobs"][0].clone();
+        (job["state"] != "queued" && !job.is_null()).then_some(job)
+    })
+    .await
+    .unwrap();
     assert_eq!(
         (job["batch_size"].as_i64(), job["batch_delay"].as_i64()),
         (Some(50), Some(2)),
@@ -205,7 +204,7 @@ async fn matrix(env: &TestEnv, alice: &Caller, bob: &Caller, admin: &Caller) {
     )
     .await;
     let binst = binst["instance"]["id"].as_str().unwrap().to_owned();
-    wait_active(env, &b, bob, &binst).await;
+    wait_active(&b, bob, &binst).await;
     let (_, resp) = call(
         "POST",
         &format!("{b}/instances/{binst}/modules"),

@@ -766,22 +766,20 @@ async fn python_trove_shell_prints_our_tables() {
             .await,
             "create",
         );
-        k.env
-            .eventually(Duration::from_secs(60), "instance ACTIVE", || async {
-                let out = k.trove(user, &["show", inst], None).await;
-                out.stdout.contains("| ACTIVE ").then_some(())
-            })
-            .await
-            .unwrap();
-        k.env
-            .eventually(Duration::from_secs(30), "module applied", || async {
-                let out = k
-                    .trove(user, &["module-instance-count", module], None)
-                    .await;
-                out.stdout.contains(" True ").then_some(())
-            })
-            .await
-            .unwrap();
+        trove_tests::eventually(Duration::from_secs(60), "instance ACTIVE", || async {
+            let out = k.trove(user, &["show", inst], None).await;
+            out.stdout.contains("| ACTIVE ").then_some(())
+        })
+        .await
+        .unwrap();
+        trove_tests::eventually(Duration::from_secs(30), "module applied", || async {
+            let out = k
+                .trove(user, &["module-instance-count", module], None)
+                .await;
+            out.stdout.contains(" True ").then_some(())
+        })
+        .await
+        .unwrap();
     }
     for user in [&admin, &alice] {
         let module = if user.name == "admin" {

@@ -226,16 +226,15 @@ async fn trove_cbc_rows_still_work() -> anyhow::Result<()> {
 
     // The decrypted payload is what reaches the guest: it reports the V1 message.
     let inst = api.create_instance(A, "legacy-inst", &[&id]).await;
-    let results = env
-        .eventually(
-            Duration::from_secs(90),
-            "the guest applied the legacy module",
-            || async {
-                let (s, v) = api.get(A, &format!("/instances/{inst}/modules")).await;
-                (s == 200 && v["modules"][0]["status"] == "OK").then_some(v)
-            },
-        )
-        .await?;
+    let results = trove_tests::eventually(
+        Duration::from_secs(90),
+        "the guest applied the legacy module",
+        || async {
+            let (s, v) = api.get(A, &format!("/instances/{inst}/modules")).await;
+            (s == 200 && v["modules"][0]["status"] == "OK").then_some(v)
+        },
+    )
+    .await?;
     assert_eq!(results["modules"][0]["message"], "Module.V1");
     assert_eq!(results["modules"][0]["md5"], V1_MD5);
 

@@ -6,7 +6,6 @@
 //! Most tests stop the taskmanager, so their instances stay rows (BUILD, no guest): quotas are the
 //! api's and the database's business. The build-failure and delete tests run real guests.
 
-use std::path::Path;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection as _;
@@ -116,7 +115,7 @@ async fn status_of(env: &TestEnv, tenant: &str, id: &str) -> (u16, String) {
 }
 
 async fn wait_status(env: &TestEnv, tenant: &str, id: &str, want: &str) {
-    env.eventually(BUILD, &format!("instance {id} {want}"), || async {
+    trove_tests::eventually(BUILD, &format!("instance {id} {want}"), || async {
         (status_of(env, tenant, id).await == (200, want.to_owned())).then_some(())
     })
     .await
@@ -124,25 +123,10 @@ async fn wait_status(env: &TestEnv, tenant: &str, id: &str, want: &str) {
 }
 
 async fn wait_gone(env: &TestEnv, tenant: &str, id: &str) {
-    env.eventually(BUILD, &format!("instance {id} deleted"), || async {
+    trove_tests::eventually(BUILD, &format!("instance {id} deleted"), || async {
         (status_of(env, tenant, id).await.0 == 404).then_some(())
     })
     .await
-    .unwrap();
-}
-
-/// Registers `redis <version>` whose image (the local driver's directory of server binaries) is `image`.
-fn redis_version_with_image(env: &TestEnv, version: &str, image: &Path) {
-    let mut conn = env.db.conn();
-    trove_migrations::manage::datastore_version_update(
-        &mut conn, "redis", version, "redis", None, true,
-    )
-    .unwrap();
-    diesel::sql_query(format!(
-        "UPDATE datastore_versions SET image_id = '{}' WHERE name = '{version}'",
-        image.display()
-    ))
-    .execute(&mut conn)
     .unwrap();
 }
 
@@ -222,7 +206,7 @@ async fn over_quota_is_troves_413_and_nothing_is_written() {
     }
     assert_eq!(usage(&env, T), used(5, 5 * 1024, 8));
     env.start_taskmanager().await.unwrap();
-    env.eventually(BUILD, "the cluster's members deleted", || async {
+    trove_tests::eventually(BUILD, "the cluster's members deleted", || async {
         (live_instances(&env, T) == 2).then_some(())
     })
     .await
@@ -333,7 +317,7 @@ async fn usage_is_given_back_exactly_once() {
         let mut other = PgConnection::establish(&url).unwrap();
         Instance::mark_deleted(&mut other, &id).unwrap()
     });
-    env.eventually(
+    trove_tests::eventually(
         Duration::from_secs(10),
         "the delete to wait on the row lock",
         || {
@@ -378,7 +362,7 @@ async fn a_failed_build_and_a_delete_give_the_quota_back() {
 
     // A datastore version without a redis-server: the guest's prepare fails, the build ends in ERROR.
     let empty = tempfile::tempdir().unwrap();
-    redis_version_with_image(&env, "9.9-missing", empty.path());
+    env.register_redis_version("9.9-missing", empty.path());
     let body = json!({"instance": {"name": "broken", "flavorRef": "15", "volume": {"size": 1},
                                    "datastore": {"type": "redis", "version": "9.9-missing"}}});
     let (s, b) = http(&env, T, Method::POST, "/instances", Some(body)).await;

@@ -531,22 +531,6 @@ async fn the_whole_stack_stops_and_starts_with_every_instance_and_its_data() {
     assert_eq!(v.as_deref(), Some("row"));
 }
 
-/// Registers `redis <version>` whose image (the local driver's directory of server binaries) is `image`.
-fn redis_version_with_image(env: &TestEnv, version: &str, image: &Path) {
-    let mut conn = env.db.conn();
-    trove_migrations::manage::datastore_version_update(
-        &mut conn, "redis", version, "redis", None, true,
-    )
-    .unwrap();
-    use diesel::RunQueryDsl as _;
-    diesel::sql_query(format!(
-        "UPDATE datastore_versions SET image_id = '{}' WHERE name = '{version}'",
-        image.display()
-    ))
-    .execute(&mut conn)
-    .unwrap();
-}
-
 /// `trove create <name> 15 --size 1 --datastore redis --datastore_version <version>`.
 fn redis_version_args<'a>(name: &'a str, version: &'a str) -> [&'a str; 9] {
     [
@@ -588,7 +572,7 @@ async fn a_build_that_cannot_finish_ends_in_error_with_a_clear_fault() {
 
     // The datastore version's server binary is missing.
     let empty = tempfile::tempdir().unwrap();
-    redis_version_with_image(&env, "9.9-missing", empty.path());
+    env.register_redis_version("9.9-missing", empty.path());
     let view = create_until_error(&env, &redis_version_args("nobinary", "9.9-missing")).await;
     let fault = &view["fault"];
     assert_eq!(
@@ -603,7 +587,7 @@ async fn a_build_that_cannot_finish_ends_in_error_with_a_clear_fault() {
     let script = hanging.path().join("redis-server");
     std::fs::write(&script, "#!/bin/sh\nexec sleep 600\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    redis_version_with_image(&env, "9.9-hangs", hanging.path());
+    env.register_redis_version("9.9-hangs", hanging.path());
     let view = create_until_error(&env, &redis_version_args("hangs", "9.9-hangs")).await;
     let details = view["fault"]["details"].as_str().unwrap_or_default();
     assert!(details.contains("did not answer within 3 s"), "{view}");

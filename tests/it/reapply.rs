@@ -171,28 +171,27 @@ async fn a_sigkilled_taskmanager_resumes_the_reapply_job() {
     // Kill once at least one batch is recorded, preferably while a batch is in flight (items sent or
     // answered but not recorded yet); if no poll catches one, kill during a delay before the end.
     let db_url = stack.db.url.clone();
-    let (at_kill, in_flight) = stack
-        .eventually(
-            Duration::from_secs(60),
-            "some but not all applied",
-            || async {
-                let job = api.jobs(&module).await.first().cloned()?;
-                let applied = job["applied"].as_i64()?;
-                let mut conn = <PgConnection as diesel::Connection>::establish(&db_url).ok()?;
-                let in_flight = count(
-                    &mut conn,
-                    &format!(
-                        "SELECT count(*) FROM reapply_job_items WHERE job_id = '{}' \
+    let (at_kill, in_flight) = trove_tests::eventually(
+        Duration::from_secs(60),
+        "some but not all applied",
+        || async {
+            let job = api.jobs(&module).await.first().cloned()?;
+            let applied = job["applied"].as_i64()?;
+            let mut conn = <PgConnection as diesel::Connection>::establish(&db_url).ok()?;
+            let in_flight = count(
+                &mut conn,
+                &format!(
+                    "SELECT count(*) FROM reapply_job_items WHERE job_id = '{}' \
                          AND state IN ('sent', 'answered')",
-                        job["id"].as_str()?
-                    ),
-                );
-                let mid_way = (5..FLEET as i64).contains(&applied);
-                (mid_way && (in_flight > 0 || applied >= 35)).then_some((job, in_flight))
-            },
-        )
-        .await
-        .unwrap();
+                    job["id"].as_str()?
+                ),
+            );
+            let mid_way = (5..FLEET as i64).contains(&applied);
+            (mid_way && (in_flight > 0 || applied >= 35)).then_some((job, in_flight))
+        },
+    )
+    .await
+    .unwrap();
     stack.kill_taskmanager();
     let job_id = at_kill["id"].as_str().unwrap().to_owned();
 
@@ -226,13 +225,12 @@ async fn a_sigkilled_taskmanager_resumes_the_reapply_job() {
     .collect();
 
     stack.restart_taskmanager().unwrap();
-    let job = stack
-        .eventually(Duration::from_secs(180), "the job finished", || async {
-            let job = api.jobs(&module).await.first().cloned()?;
-            (job["state"] == "finished").then_some(job)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
+    let job = trove_tests::eventually(Duration::from_secs(180), "the job finished", || async {
+        let job = api.jobs(&module).await.first().cloned()?;
+        (job["state"] == "finished").then_some(job)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", stack.logs()));
     let reapply_time = t_reapply.elapsed();
     assert_eq!(job["id"], job_id.as_str());
     assert_eq!(
@@ -555,9 +553,9 @@ async fn non_admin_reapply_is_clamped_and_admin_is_not() {
             })
             .collect()
     };
-    let theirs_jobs = selected(&env, &tenant, &theirs, 2).await;
+    let theirs_jobs = selected(&tenant, &theirs, 2).await;
     assert_eq!(sizes(theirs_jobs), [(50, 2), (10, 7)].into());
-    let our_jobs = selected(&env, &admin, &ours, 2).await;
+    let our_jobs = selected(&admin, &ours, 2).await;
     assert_eq!(sizes(our_jobs), [(500, 2), (500, 1)].into());
 
     // The job rows themselves, as the driver reads them.
@@ -583,8 +581,8 @@ async fn non_admin_reapply_is_clamped_and_admin_is_not() {
 }
 
 /// Waits until the module has `n` jobs and the taskmanager has selected them all (none `queued`).
-async fn selected(env: &TestEnv, api: &Api, module: &str, n: usize) -> Vec<Value> {
-    env.eventually(Duration::from_secs(30), "jobs selected", || async {
+async fn selected(api: &Api, module: &str, n: usize) -> Vec<Value> {
+    trove_tests::eventually(Duration::from_secs(30), "jobs selected", || async {
         let jobs = api.jobs(module).await;
         (jobs.len() == n && jobs.iter().all(|j| j["state"] != "queued")).then_some(jobs)
     })
@@ -669,17 +667,16 @@ async fn a_batch_claimed_but_never_sent_is_sent_on_resume() {
         .unwrap();
 
     env.start_taskmanager().await.unwrap();
-    let done = env
-        .eventually(
-            Duration::from_secs(30),
-            "the resumed job finished",
-            || async {
-                let job = api.jobs(&module).await.first().cloned()?;
-                (job["state"] == "finished").then_some(job)
-            },
-        )
-        .await
-        .unwrap();
+    let done = trove_tests::eventually(
+        Duration::from_secs(30),
+        "the resumed job finished",
+        || async {
+            let job = api.jobs(&module).await.first().cloned()?;
+            (job["state"] == "finished").then_some(job)
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (&done["applied"], &done["failed"]),
         (&json!(3), &json!(0)),
@@ -770,7 +767,7 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
         "SELECT count(*) AS n FROM reapply_job_items i JOIN reapply_jobs j ON j.id = i.job_id \
          WHERE i.instance_id = '{victim}' AND i.state = 'sent' AND j.batch_sent_at IS NOT NULL"
     );
-    env.eventually(
+    trove_tests::eventually(
         Duration::from_secs(30),
         "the victim's cast confirmed",
         || async { (count(&mut db.conn(), &sent) == 1).then_some(()) },
@@ -806,7 +803,7 @@ async fn a_lost_cast_is_cast_again_halfway_through_the_timeout() {
     )
     .await;
 
-    env.eventually(Duration::from_secs(60), "the job finished", || async {
+    trove_tests::eventually(Duration::from_secs(60), "the job finished", || async {
         let jobs = api.jobs(&module).await;
         (jobs.len() == 1 && jobs[0]["state"] == "finished").then(|| jobs[0].clone())
     })

@@ -64,7 +64,7 @@ async fn status_of(env: &TestEnv, token: &str, id: &str) -> String {
 }
 
 async fn wait_gone(env: &TestEnv, path: &str) {
-    env.eventually(GONE, &format!("{path} deleted"), || async {
+    trove_tests::eventually(GONE, &format!("{path} deleted"), || async {
         (http(env, ADMIN, Method::GET, path, None).await.0 == 404).then_some(())
     })
     .await

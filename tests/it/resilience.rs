@@ -36,7 +36,7 @@ async fn status(env: &TestEnv, id: &str) -> Option<String> {
 }
 
 async fn wait_status(env: &TestEnv, id: &str, want: &str, timeout: Duration) {
-    env.eventually(timeout, &format!("{id} {want}"), || async {
+    trove_tests::eventually(timeout, &format!("{id} {want}"), || async {
         (status(env, id).await.as_deref() == Some(want)).then_some(())
     })
     .await
@@ -101,17 +101,16 @@ async fn killed_guest_goes_shutdown_and_comes_back_active() {
     // guest.conf, a new process), which brings the instance back.
     env.start_taskmanager().await.unwrap();
     let restart_time = Instant::now();
-    let relaunched = env
-        .eventually(
-            Duration::from_secs(30),
-            "a new guest for the victim",
-            || async {
-                guest_pid(env.state_dir.path(), &victim)
-                    .filter(|pid| *pid != killed && process_alive(*pid))
-            },
-        )
-        .await
-        .unwrap();
+    let relaunched = trove_tests::eventually(
+        Duration::from_secs(30),
+        "a new guest for the victim",
+        || async {
+            guest_pid(env.state_dir.path(), &victim)
+                .filter(|pid| *pid != killed && process_alive(*pid))
+        },
+    )
+    .await
+    .unwrap();
     let to_relaunch = restart_time.elapsed();
     wait_status(&env, &victim, "ACTIVE", Duration::from_secs(30)).await;
     // The guest that brought it back is the taskmanager's, still the one running.
@@ -219,7 +218,7 @@ async fn garbage_is_dead_lettered_and_every_service_keeps_serving() {
             );
         }
         expected += 2;
-        env.eventually(
+        trove_tests::eventually(
             Duration::from_secs(20),
             &format!("{expected} messages in {dlq} (after {queue})"),
             || async { (dead_letters().await >= expected).then_some(()) },

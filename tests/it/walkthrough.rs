@@ -59,7 +59,7 @@ async fn next_second() {
 }
 
 async fn wait_active(env: &TestEnv, name_or_id: &str) {
-    env.eventually(
+    trove_tests::eventually(
         Duration::from_secs(60),
         &format!("{name_or_id} ACTIVE"),
         || async {
@@ -87,7 +87,7 @@ async fn module_id(env: &TestEnv) -> String {
 async fn wait_reapply(env: &TestEnv, module: &str) -> Value {
     let client = reqwest::Client::new();
     let url = format!("{}/modules/{module}/reapply", env.base(ADMIN));
-    env.eventually(Duration::from_secs(90), "reapply job finished", || async {
+    trove_tests::eventually(Duration::from_secs(90), "reapply job finished", || async {
         let r = client
             .get(&url)
             .header("X-Auth-Token", ADMIN)
@@ -242,13 +242,12 @@ async fn the_module_walkthrough() {
     wait_active(&env, "myinst").await;
 
     // The guest applies modules right after it reports ACTIVE: poll for its row.
-    let query = env
-        .eventually(Duration::from_secs(30), "module-query row", || async {
-            let out = env.trove(ADMIN, &["module-query", "myinst"]).await;
-            out.stdout.contains("Module.V1").then_some(out)
-        })
-        .await
-        .unwrap();
+    let query = trove_tests::eventually(Duration::from_secs(30), "module-query row", || async {
+        let out = env.trove(ADMIN, &["module-query", "myinst"]).await;
+        out.stdout.contains("Module.V1").then_some(out)
+    })
+    .await
+    .unwrap();
     assert_table(
         &query,
         "
@@ -315,7 +314,7 @@ async fn the_module_walkthrough() {
     );
 
     // Wait for the cluster to finish building (members ACTIVE) before touching members.
-    env.eventually(
+    trove_tests::eventually(
         Duration::from_secs(90),
         "cluster members ACTIVE",
         || async {

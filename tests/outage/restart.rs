@@ -25,17 +25,6 @@ async fn wait_active(env: &TestEnv, id: &str, timeout: Duration) {
     wait_active_as(env, TENANT, id, timeout).await;
 }
 
-/// The `sent` stamp (guest clock, epoch seconds) of the newest heartbeat the conductor stored.
-fn last_heartbeat(env: &TestEnv, id: &str) -> f64 {
-    env.query_strings(&format!(
-        "SELECT sent::text AS v FROM conductor_lastseen \
-         WHERE instance_id = '{id}' AND method_name = 'heartbeat'"
-    ))
-    .first()
-    .and_then(|s| s.parse().ok())
-    .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_and_guests_reconnect_after_the_broker_is_killed_and_restarted() {
     let mut broker = PrivateBroker::start().expect("private broker");
@@ -70,8 +59,8 @@ async fn services_and_guests_reconnect_after_the_broker_is_killed_and_restarted(
 
     // The first guest reconnected too: the conductor stores heartbeats it sent after the restart, and the
     // instance is ACTIVE (the sweep would have made it SHUTDOWN otherwise).
-    env.eventually(RECOVERY, "a heartbeat from the first guest", || async {
-        (last_heartbeat(&env, &first) > back_at).then_some(())
+    trove_tests::eventually(RECOVERY, "a heartbeat from the first guest", || async {
+        (env.last_heartbeat(&first) > back_at).then_some(())
     })
     .await
     .unwrap();
@@ -79,7 +68,7 @@ async fn services_and_guests_reconnect_after_the_broker_is_killed_and_restarted(
     let first_active = recovering.elapsed();
 
     // Calls work again: the api's reply queue (exclusive, gone with its connection) was re-created.
-    env.eventually(RECOVERY, "module-query answered", || async {
+    trove_tests::eventually(RECOVERY, "module-query answered", || async {
         (env.trove(TENANT, &["module-query", &first]).await.status == 0).then_some(())
     })
     .await

@@ -397,18 +397,32 @@ impl TestEnv {
         trove_cli(&self.api_url, token, args, cwd).await
     }
 
-    /// Polls `check` until it returns `Some` or `timeout` passes ([`eventually`]).
-    pub async fn eventually<T, F, Fut>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        check: F,
-    ) -> anyhow::Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        eventually(timeout, what, check).await
+    /// Registers `redis <version>` whose image (the local driver's directory of server binaries) is
+    /// `image`, for builds that must fail or hang in a known way.
+    pub fn register_redis_version(&self, version: &str, image: &Path) {
+        let mut conn = self.db.conn();
+        trove_migrations::manage::datastore_version_update(
+            &mut conn, "redis", version, "redis", None, true,
+        )
+        .unwrap();
+        diesel::sql_query(format!(
+            "UPDATE datastore_versions SET image_id = '{}' WHERE name = '{version}'",
+            image.display()
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    }
+
+    /// The `sent` stamp (guest clock, epoch seconds) of the newest heartbeat the conductor stored for
+    /// `id` (0 before the first).
+    pub fn last_heartbeat(&self, id: &str) -> f64 {
+        self.query_strings(&format!(
+            "SELECT sent::text AS v FROM conductor_lastseen \
+             WHERE instance_id = '{id}' AND method_name = 'heartbeat'"
+        ))
+        .first()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0)
     }
 
     /// Runs SQL returning one text column, for assertions.
@@ -527,7 +541,7 @@ pub async fn instance_create(env: &TestEnv, token: &str, name: &str, extra: &[&s
 
 /// Waits (up to `timeout`) until `trove show` reports the instance ACTIVE.
 pub async fn wait_active(env: &TestEnv, token: &str, id: &str, timeout: Duration) {
-    env.eventually(timeout, &format!("instance {id} ACTIVE"), || async {
+    eventually(timeout, &format!("instance {id} ACTIVE"), || async {
         let out = env.trove(token, &["show", id]).await;
         (out.status == 0 && prop(&out.stdout, "status") == "ACTIVE").then_some(())
     })

@@ -399,20 +399,6 @@ impl ProcessStack {
         trove_cli(&self.api_url, token, args, Some(cwd)).await
     }
 
-    /// Polls `check` until it returns `Some` or `timeout` passes.
-    pub async fn eventually<T, F, Fut>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        check: F,
-    ) -> anyhow::Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        eventually(timeout, what, check).await
-    }
-
     /// The pid in an instance's `guest.pid`.
     pub fn guest_pid(&self, instance_id: &str) -> Option<u32> {
         guest_pid(&self.state_path(), instance_id)

@@ -44,6 +44,20 @@ pub struct Caller<'a> {
     pub is_admin: bool,
 }
 
+/// `column = value OR column IS NULL`: a module of this project (datastore, version), or one for all
+/// of them (module-semantics §1, §13). The one spelling of that rule.
+fn own_or_all<C>(
+    column: C,
+    value: &str,
+) -> diesel::dsl::Or<diesel::dsl::Eq<C, String>, diesel::dsl::IsNull<C>>
+where
+    C: diesel::Expression<SqlType = diesel::sql_types::Nullable<diesel::sql_types::Text>>
+        + diesel::ExpressionMethods
+        + Copy,
+{
+    column.eq(value.to_owned()).or(column.is_null())
+}
+
 impl Module {
     /// Loads one module with §1 visibility: admins see any live module; others see live, visible modules
     /// of their project or of all tenants.
@@ -57,11 +71,9 @@ impl Module {
             .filter(diesel::dsl::not(modules::deleted))
             .into_boxed();
         if !caller.is_admin {
-            q = q.filter(modules::visible.eq(true)).filter(
-                modules::tenant_id
-                    .eq(caller.project_id.to_owned())
-                    .or(modules::tenant_id.is_null()),
-            );
+            q = q
+                .filter(modules::visible.eq(true))
+                .filter(own_or_all(modules::tenant_id, caller.project_id));
         }
         q.select(Self::as_select()).first(conn).optional()
     }
@@ -78,11 +90,7 @@ impl Module {
             .filter(diesel::dsl::not(modules::deleted))
             .into_boxed();
         if !caller.is_admin {
-            q = q.filter(
-                modules::tenant_id
-                    .eq(caller.project_id.to_owned())
-                    .or(modules::tenant_id.is_null()),
-            );
+            q = q.filter(own_or_all(modules::tenant_id, caller.project_id));
         }
         let found: Vec<Self> = q.select(Self::as_select()).load(conn)?;
         let mut out = Vec::with_capacity(found.len());
@@ -106,21 +114,9 @@ impl Module {
         modules::table
             .filter(diesel::dsl::not(modules::deleted))
             .filter(modules::auto_apply.eq(true))
-            .filter(
-                modules::tenant_id
-                    .eq(project.to_owned())
-                    .or(modules::tenant_id.is_null()),
-            )
-            .filter(
-                modules::datastore_id
-                    .eq(ds_id.to_owned())
-                    .or(modules::datastore_id.is_null()),
-            )
-            .filter(
-                modules::datastore_version_id
-                    .eq(ver_id.to_owned())
-                    .or(modules::datastore_version_id.is_null()),
-            )
+            .filter(own_or_all(modules::tenant_id, project))
+            .filter(own_or_all(modules::datastore_id, ds_id))
+            .filter(own_or_all(modules::datastore_version_id, ver_id))
             .order((modules::created, modules::id))
             .select(Self::as_select())
             .load(conn)
@@ -137,11 +133,9 @@ impl Module {
             .filter(diesel::dsl::not(modules::deleted))
             .into_boxed();
         if !caller.is_admin {
-            q = q.filter(modules::visible.eq(true)).filter(
-                modules::tenant_id
-                    .eq(caller.project_id.to_owned())
-                    .or(modules::tenant_id.is_null()),
-            );
+            q = q
+                .filter(modules::visible.eq(true))
+                .filter(own_or_all(modules::tenant_id, caller.project_id));
         }
         match datastore {
             None => {}
