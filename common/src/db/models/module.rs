@@ -45,7 +45,7 @@ pub struct Caller<'a> {
 }
 
 /// `column = value OR column IS NULL`: a module of this project (datastore, version), or one for all
-/// of them (module-semantics §1, §13). The one spelling of that rule.
+/// of them (docs/module-semantics.md §1, §13). The one spelling of that rule.
 fn own_or_all<C>(
     column: C,
     value: &str,
