@@ -75,3 +75,132 @@ impl ConductorMsg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::assert_wire;
+    use serde_json::json;
+
+    fn result() -> ModuleResult {
+        ModuleResult {
+            id: "m1".into(),
+            name: "ping".into(),
+            module_type: "ping".into(),
+            datastore: "redis".into(),
+            datastore_version: "3.2.6".into(),
+            tenant: "t1".into(),
+            md5: "d41d8cd98f00b204e9800998ecf8427e".into(),
+            status: Some("OK".into()),
+            message: Some("Module applied".into()),
+            created: Some("2017-06-02 17:06:21.51".into()),
+            updated: Some("2017-06-02 17:06:21.51".into()),
+            removed: None,
+            auto_apply: false,
+            visible: true,
+            is_admin: false,
+            contents: None,
+        }
+    }
+
+    /// One value of every variant, with the text the serializer wrote for it before each variant
+    /// became a struct of its own: the wire must not change.
+    #[test]
+    fn every_method_keeps_its_wire_format() {
+        let cases: Vec<(ConductorMsg, &str)> = vec![
+            (
+                ConductorMsg::Heartbeat {
+                    instance_id: "i1".into(),
+                    payload: HeartbeatPayload {
+                        service_status: "running".into(),
+                    },
+                    sent: 1_496_423_181.512_345,
+                },
+                r#"{"method":"heartbeat","args":{"instance_id":"i1","payload":{"service_status":"running"},"sent":1496423181.512345}}"#,
+            ),
+            (
+                ConductorMsg::ModuleResults {
+                    instance_id: "i1".into(),
+                    results: vec![result()],
+                    sent: 1_496_423_181.5,
+                    job_id: Some("job-1".into()),
+                    error: Some("check failed".into()),
+                },
+                r#"{"method":"module_results","args":{"instance_id":"i1","results":[{"id":"m1","name":"ping","type":"ping","datastore":"redis","datastore_version":"3.2.6","tenant":"t1","md5":"d41d8cd98f00b204e9800998ecf8427e","status":"OK","message":"Module applied","created":"2017-06-02 17:06:21.51","updated":"2017-06-02 17:06:21.51","removed":null,"auto_apply":false,"visible":true,"is_admin":false,"contents":null}],"sent":1496423181.5,"job_id":"job-1","error":"check failed"}}"#,
+            ),
+            (
+                ConductorMsg::ReportRoot {
+                    instance_id: "i1".into(),
+                    user: Some(json!("root")),
+                },
+                r#"{"method":"report_root","args":{"instance_id":"i1","user":"root"}}"#,
+            ),
+            (
+                ConductorMsg::NotifyExcInfo {
+                    instance_id: "i1".into(),
+                    message: "Failed to start redis-server.".into(),
+                    exception: "port in use".into(),
+                    sent: 1_496_423_181.0,
+                    serialized_notification: Some(json!({"request_id": "req-1"})),
+                },
+                r#"{"method":"notify_exc_info","args":{"instance_id":"i1","message":"Failed to start redis-server.","exception":"port in use","sent":1496423181.0,"serialized_notification":{"request_id":"req-1"}}}"#,
+            ),
+        ];
+        let methods: std::collections::BTreeSet<_> =
+            cases.iter().map(|(m, _)| m.method()).collect();
+        assert_eq!(methods.len(), 4, "one case per variant");
+        for (msg, wire) in &cases {
+            assert_eq!(msg.instance_id(), "i1");
+            assert_wire(msg, wire);
+        }
+    }
+
+    /// Arguments a guest may leave out decode to the same defaults as before; a `null` optional
+    /// argument is written out, as Trove's guests write it.
+    #[test]
+    fn omitted_arguments_keep_their_defaults() {
+        let cases: Vec<(&str, ConductorMsg)> = vec![
+            (
+                r#"{"method":"module_results","args":{"instance_id":"i1","results":[],"sent":1.5}}"#,
+                ConductorMsg::ModuleResults {
+                    instance_id: "i1".into(),
+                    results: vec![],
+                    sent: 1.5,
+                    job_id: None,
+                    error: None,
+                },
+            ),
+            (
+                r#"{"method":"report_root","args":{"instance_id":"i1"}}"#,
+                ConductorMsg::ReportRoot {
+                    instance_id: "i1".into(),
+                    user: None,
+                },
+            ),
+            (
+                r#"{"method":"notify_exc_info","args":{"instance_id":"i1","message":"m","exception":"e","sent":2.0}}"#,
+                ConductorMsg::NotifyExcInfo {
+                    instance_id: "i1".into(),
+                    message: "m".into(),
+                    exception: "e".into(),
+                    sent: 2.0,
+                    serialized_notification: None,
+                },
+            ),
+        ];
+        for (wire, msg) in cases {
+            assert_eq!(
+                serde_json::from_str::<ConductorMsg>(wire).unwrap(),
+                msg,
+                "{wire}"
+            );
+        }
+        assert_wire(
+            &ConductorMsg::ReportRoot {
+                instance_id: "i1".into(),
+                user: None,
+            },
+            r#"{"method":"report_root","args":{"instance_id":"i1","user":null}}"#,
+        );
+    }
+}

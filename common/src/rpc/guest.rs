@@ -277,6 +277,239 @@ pub struct Prepare {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::assert_wire;
+    use serde_json::json;
+
+    fn entry(contents: Option<&str>) -> ModuleEntry {
+        ModuleEntry {
+            module: ModulePayload {
+                id: "m1".into(),
+                name: "ping".into(),
+                module_type: "ping".into(),
+                tenant_id: Some("t1".into()),
+                tenant: "t1".into(),
+                md5: "d41d8cd98f00b204e9800998ecf8427e".into(),
+                contents: contents.map(str::to_owned),
+                ..ModulePayload::default()
+            },
+        }
+    }
+
+    fn bob() -> UserSpec {
+        UserSpec {
+            name: "bob".into(),
+            host: Some("%".into()),
+            password: Some("bobpw".into()),
+            databases: vec![shop()],
+        }
+    }
+
+    fn shop() -> DatabaseSpec {
+        DatabaseSpec {
+            name: "shop".into(),
+            character_set: Some("utf8".into()),
+            collate: None,
+        }
+    }
+
+    /// One value of every variant, with the text the serializer wrote for it before each variant
+    /// became a struct of its own: the wire must not change.
+    #[test]
+    fn every_method_keeps_its_wire_format() {
+        let cases: Vec<(GuestMsg, &str)> = vec![
+            (
+                GuestMsg::Prepare(Box::new(Prepare {
+                    memory_mb: 512,
+                    packages: vec!["redis-server".into()],
+                    databases: vec![json!({"_name": "shop"})],
+                    users: vec![],
+                    device_path: Some("/dev/vdb".into()),
+                    mount_point: Some("/var/lib/redis".into()),
+                    backup_info: None,
+                    config_contents: Some("port 6379".into()),
+                    root_password: None,
+                    overrides: Some(json!({})),
+                    cluster_config: None,
+                    snapshot: None,
+                    modules: vec![entry(Some("cGluZw=="))],
+                    ds_version: Some("3.2.6".into()),
+                })),
+                r#"{"method":"prepare","args":{"memory_mb":512,"packages":["redis-server"],"databases":[{"_name":"shop"}],"users":[],"device_path":"/dev/vdb","mount_point":"/var/lib/redis","backup_info":null,"config_contents":"port 6379","root_password":null,"overrides":{},"cluster_config":null,"snapshot":null,"modules":[{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":"t1","tenant":"t1","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null,"contents":"cGluZw=="}}],"ds_version":"3.2.6"}}"#,
+            ),
+            (
+                GuestMsg::ModuleApply {
+                    modules: vec![entry(Some("cGluZw=="))],
+                    job_id: Some("job-1".into()),
+                },
+                r#"{"method":"module_apply","args":{"modules":[{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":"t1","tenant":"t1","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null,"contents":"cGluZw=="}}],"job_id":"job-1"}}"#,
+            ),
+            (
+                GuestMsg::ModuleApply {
+                    modules: vec![],
+                    job_id: None,
+                },
+                r#"{"method":"module_apply","args":{"modules":[]}}"#,
+            ),
+            (
+                GuestMsg::ModuleRemove {
+                    module: Box::new(entry(None)),
+                },
+                r#"{"method":"module_remove","args":{"module":{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":"t1","tenant":"t1","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null}}}}"#,
+            ),
+            (
+                GuestMsg::ModuleList {
+                    include_contents: true,
+                },
+                r#"{"method":"module_list","args":{"include_contents":true}}"#,
+            ),
+            (GuestMsg::RpcPing {}, r#"{"method":"rpc_ping","args":{}}"#),
+            (
+                GuestMsg::ClusterComplete {},
+                r#"{"method":"cluster_complete","args":{}}"#,
+            ),
+            (
+                GuestMsg::GetFilesystemStats {
+                    fs_path: Some("/var/lib/redis".into()),
+                },
+                r#"{"method":"get_filesystem_stats","args":{"fs_path":"/var/lib/redis"}}"#,
+            ),
+            (
+                GuestMsg::StopDb {
+                    do_not_start_on_reboot: true,
+                },
+                r#"{"method":"stop_db","args":{"do_not_start_on_reboot":true}}"#,
+            ),
+            (
+                GuestMsg::DeleteQueue {},
+                r#"{"method":"delete_queue","args":{}}"#,
+            ),
+            (GuestMsg::Restart {}, r#"{"method":"restart","args":{}}"#),
+            (
+                GuestMsg::CreateDatabase {
+                    databases: vec![shop()],
+                },
+                r#"{"method":"create_database","args":{"databases":[{"_name":"shop","_character_set":"utf8","_collate":null}]}}"#,
+            ),
+            (
+                GuestMsg::ListDatabases(PageQuery {
+                    limit: Some(20),
+                    marker: Some("shop".into()),
+                    include_marker: true,
+                }),
+                r#"{"method":"list_databases","args":{"limit":20,"marker":"shop","include_marker":true}}"#,
+            ),
+            (
+                GuestMsg::DeleteDatabase { database: shop() },
+                r#"{"method":"delete_database","args":{"database":{"_name":"shop","_character_set":"utf8","_collate":null}}}"#,
+            ),
+            (
+                GuestMsg::CreateUser { users: vec![bob()] },
+                r#"{"method":"create_user","args":{"users":[{"_name":"bob","_host":"%","_password":"bobpw","_databases":[{"_name":"shop","_character_set":"utf8","_collate":null}]}]}}"#,
+            ),
+            (
+                GuestMsg::ListUsers(PageQuery::default()),
+                r#"{"method":"list_users","args":{"limit":null,"marker":null,"include_marker":false}}"#,
+            ),
+            (
+                GuestMsg::DeleteUser { user: bob() },
+                r#"{"method":"delete_user","args":{"user":{"_name":"bob","_host":"%","_password":"bobpw","_databases":[{"_name":"shop","_character_set":"utf8","_collate":null}]}}}"#,
+            ),
+            (
+                GuestMsg::EnableRoot {},
+                r#"{"method":"enable_root","args":{}}"#,
+            ),
+            (
+                GuestMsg::EnableRootWithPassword {
+                    root_password: Some("rootpw".into()),
+                },
+                r#"{"method":"enable_root_with_password","args":{"root_password":"rootpw"}}"#,
+            ),
+            (
+                GuestMsg::IsRootEnabled {},
+                r#"{"method":"is_root_enabled","args":{}}"#,
+            ),
+            (
+                GuestMsg::ClusterMeet {
+                    ip: "127.0.0.1".into(),
+                    port: 30001,
+                },
+                r#"{"method":"cluster_meet","args":{"ip":"127.0.0.1","port":30001}}"#,
+            ),
+            (
+                GuestMsg::ClusterAddslots {
+                    first_slot: 0,
+                    last_slot: 5460,
+                },
+                r#"{"method":"cluster_addslots","args":{"first_slot":0,"last_slot":5460}}"#,
+            ),
+        ];
+        let methods: std::collections::BTreeSet<_> =
+            cases.iter().map(|(m, _)| m.method()).collect();
+        assert_eq!(methods.len(), 21, "one case per variant");
+        for (msg, wire) in &cases {
+            assert_wire(msg, wire);
+        }
+    }
+
+    /// Arguments a sender may leave out decode to the same defaults as before.
+    #[test]
+    fn omitted_arguments_keep_their_defaults() {
+        let cases: Vec<(&str, GuestMsg)> = vec![
+            (
+                r#"{"method":"module_apply","args":{"modules":[]}}"#,
+                GuestMsg::ModuleApply {
+                    modules: vec![],
+                    job_id: None,
+                },
+            ),
+            (
+                r#"{"method":"module_list","args":{}}"#,
+                GuestMsg::ModuleList {
+                    include_contents: false,
+                },
+            ),
+            (
+                r#"{"method":"get_filesystem_stats","args":{}}"#,
+                GuestMsg::GetFilesystemStats { fs_path: None },
+            ),
+            (
+                r#"{"method":"stop_db","args":{}}"#,
+                GuestMsg::StopDb {
+                    do_not_start_on_reboot: false,
+                },
+            ),
+            (
+                r#"{"method":"enable_root_with_password","args":{}}"#,
+                GuestMsg::EnableRootWithPassword {
+                    root_password: None,
+                },
+            ),
+            (
+                r#"{"method":"create_user","args":{"users":[{"_name":"bob"}]}}"#,
+                GuestMsg::CreateUser {
+                    users: vec![UserSpec {
+                        name: "bob".into(),
+                        ..UserSpec::default()
+                    }],
+                },
+            ),
+            (r#"{"method":"rpc_ping","args":{}}"#, GuestMsg::RpcPing {}),
+            (
+                r#"{"method":"prepare","args":{"memory_mb":512}}"#,
+                GuestMsg::Prepare(Box::new(Prepare {
+                    memory_mb: 512,
+                    ..Prepare::default()
+                })),
+            ),
+        ];
+        for (wire, msg) in cases {
+            assert_eq!(
+                serde_json::from_str::<GuestMsg>(wire).unwrap(),
+                msg,
+                "{wire}"
+            );
+        }
+    }
 
     #[test]
     fn list_calls_keep_troves_argument_names() {

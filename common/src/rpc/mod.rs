@@ -441,6 +441,17 @@ pub fn decode_reply(body: &[u8], keys: Option<&Keyring>) -> Result<Reply, Decode
     })
 }
 
+/// Test support for the message enums' wire tests: serialises `msg`, compares the text with `wire`
+/// byte for byte, and parses `wire` back into `msg`.
+#[cfg(test)]
+pub(crate) fn assert_wire<T>(msg: &T, wire: &str)
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    assert_eq!(serde_json::to_string(msg).unwrap(), wire, "{msg:?}");
+    assert_eq!(&serde_json::from_str::<T>(wire).unwrap(), msg, "{wire}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

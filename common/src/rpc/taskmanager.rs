@@ -133,7 +133,139 @@ pub fn truthy(v: &Option<Value>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::assert_wire;
+    use crate::rpc::guest::ModulePayload;
     use serde_json::json;
+
+    /// One value of every variant, with the text the serializer wrote for it before each variant
+    /// became a struct of its own: the wire must not change.
+    #[test]
+    fn every_method_keeps_its_wire_format() {
+        let cases: Vec<(TaskManagerMsg, &str)> = vec![
+            (
+                TaskManagerMsg::CreateInstance(Box::new(CreateInstance {
+                    instance_id: "i1".into(),
+                    name: "myredis".into(),
+                    flavor: FlavorInfo {
+                        id: "15".into(),
+                        name: "test.small".into(),
+                        ram: 512,
+                        vcpus: 1,
+                        disk: 5,
+                        ephemeral: 0,
+                    },
+                    image_id: Some("img".into()),
+                    databases: vec![json!({"_name": "shop"})],
+                    users: vec![],
+                    datastore_manager: "redis".into(),
+                    packages: None,
+                    volume_size: Some(1),
+                    backup_id: None,
+                    availability_zone: Some("nova".into()),
+                    root_password: None,
+                    nics: vec![],
+                    overrides: json!({}),
+                    slave_of_id: None,
+                    cluster_config: Some(ClusterConfig {
+                        id: "c1".into(),
+                        instance_type: "member".into(),
+                    }),
+                    volume_type: None,
+                    modules: vec![ModuleEntry {
+                        module: ModulePayload {
+                            id: "m1".into(),
+                            name: "ping".into(),
+                            module_type: "ping".into(),
+                            md5: "d41d8cd98f00b204e9800998ecf8427e".into(),
+                            contents: Some("cGluZw==".into()),
+                            ..ModulePayload::default()
+                        },
+                    }],
+                    locality: None,
+                    access: None,
+                    ds_version: Some("3.2.6".into()),
+                })),
+                r#"{"method":"create_instance","args":{"instance_id":"i1","name":"myredis","flavor":{"id":"15","name":"test.small","ram":512,"vcpus":1,"disk":5,"ephemeral":0},"image_id":"img","databases":[{"_name":"shop"}],"users":[],"datastore_manager":"redis","packages":null,"volume_size":1,"backup_id":null,"availability_zone":"nova","root_password":null,"nics":[],"overrides":{},"slave_of_id":null,"cluster_config":{"id":"c1","instance_type":"member"},"volume_type":null,"modules":[{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":null,"tenant":"","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null,"contents":"cGluZw=="}}],"locality":null,"access":null,"ds_version":"3.2.6"}}"#,
+            ),
+            (
+                TaskManagerMsg::CreateCluster {
+                    cluster_id: "c1".into(),
+                },
+                r#"{"method":"create_cluster","args":{"cluster_id":"c1"}}"#,
+            ),
+            (
+                TaskManagerMsg::DeleteInstance {
+                    instance_id: "i1".into(),
+                },
+                r#"{"method":"delete_instance","args":{"instance_id":"i1"}}"#,
+            ),
+            (
+                TaskManagerMsg::DeleteCluster {
+                    cluster_id: "c1".into(),
+                },
+                r#"{"method":"delete_cluster","args":{"cluster_id":"c1"}}"#,
+            ),
+            (
+                TaskManagerMsg::Restart {
+                    instance_id: "i1".into(),
+                },
+                r#"{"method":"restart","args":{"instance_id":"i1"}}"#,
+            ),
+            (
+                TaskManagerMsg::ReapplyModule {
+                    module_id: "m1".into(),
+                    md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
+                    include_clustered: Some(json!(true)),
+                    batch_size: Some(1),
+                    batch_delay: Some(3),
+                    force: Some(json!(0)),
+                    job_id: Some("job-1".into()),
+                },
+                r#"{"method":"reapply_module","args":{"module_id":"m1","md5":"d41d8cd98f00b204e9800998ecf8427e","include_clustered":true,"batch_size":1,"batch_delay":3,"force":0,"job_id":"job-1"}}"#,
+            ),
+            (
+                TaskManagerMsg::ReapplyModule {
+                    module_id: "m1".into(),
+                    md5: None,
+                    include_clustered: None,
+                    batch_size: None,
+                    batch_delay: None,
+                    force: None,
+                    job_id: None,
+                },
+                r#"{"method":"reapply_module","args":{"module_id":"m1","md5":null,"include_clustered":null,"batch_size":null,"batch_delay":null,"force":null,"job_id":null}}"#,
+            ),
+        ];
+        let methods: std::collections::BTreeSet<_> =
+            cases.iter().map(|(m, _)| m.method()).collect();
+        assert_eq!(methods.len(), 6, "one case per variant");
+        for (msg, wire) in &cases {
+            assert_wire(msg, wire);
+        }
+    }
+
+    /// Arguments a sender may leave out decode to the same defaults as before.
+    #[test]
+    fn omitted_arguments_keep_their_defaults() {
+        let wire = r#"{"method":"reapply_module","args":{"module_id":"m1"}}"#;
+        assert_eq!(
+            serde_json::from_str::<TaskManagerMsg>(wire).unwrap(),
+            TaskManagerMsg::ReapplyModule {
+                module_id: "m1".into(),
+                md5: None,
+                include_clustered: None,
+                batch_size: None,
+                batch_delay: None,
+                force: None,
+                job_id: None,
+            }
+        );
+        let wire = r#"{"method":"create_instance","args":{"instance_id":"i1","name":"n","flavor":{"id":"15","name":"f","ram":1,"vcpus":1,"disk":1,"ephemeral":0},"datastore_manager":"redis"}}"#;
+        let TaskManagerMsg::CreateInstance(args) = serde_json::from_str(wire).unwrap() else {
+            panic!("{wire}")
+        };
+        assert_eq!((args.databases.len(), &args.overrides), (0, &Value::Null));
+    }
 
     #[test]
     fn method_names_are_trove_names() {
