@@ -108,8 +108,8 @@ pub fn apply_batch(
         let (mut beats, mut reports, mut rest) = (Vec::new(), Vec::new(), Vec::new());
         for i in round {
             match &msgs[i] {
-                ConductorMsg::Heartbeat { .. } => beats.push(i),
-                ConductorMsg::ModuleResults { .. } => reports.push(i),
+                ConductorMsg::Heartbeat(_) => beats.push(i),
+                ConductorMsg::ModuleResults(_) => reports.push(i),
                 _ => rest.push(i),
             }
         }
@@ -269,17 +269,14 @@ fn heartbeats(
     let mut sents = Vec::with_capacity(idx.len());
     let mut statuses = Vec::with_capacity(idx.len());
     for &i in idx {
-        let ConductorMsg::Heartbeat {
-            instance_id,
-            payload,
-            sent,
-        } = &msgs[i]
-        else {
+        let ConductorMsg::Heartbeat(beat) = &msgs[i] else {
             unreachable!("apply_batch() chose heartbeats")
         };
-        ids.push(instance_id.as_str());
-        sents.push(*sent);
-        statuses.push(ServiceStatus::from_description(&payload.service_status));
+        ids.push(beat.instance_id.as_str());
+        sents.push(beat.sent);
+        statuses.push(ServiceStatus::from_description(
+            &beat.payload.service_status,
+        ));
     }
     let facts = trove_common::db::prepared(&HEARTBEATS_SQL)
         .bind::<Array<Text>, _>(&ids)
@@ -341,18 +338,12 @@ fn module_reports(
     let reports: Vec<Report<'_>> = idx
         .iter()
         .map(|&i| match &msgs[i] {
-            ConductorMsg::ModuleResults {
-                instance_id,
-                results,
-                sent,
-                job_id,
-                error,
-            } => Report {
-                instance_id,
-                job_id: job_id.as_deref(),
-                sent: *sent,
-                results,
-                error: error.as_deref(),
+            ConductorMsg::ModuleResults(report) => Report {
+                instance_id: &report.instance_id,
+                job_id: report.job_id.as_deref(),
+                sent: report.sent,
+                results: &report.results,
+                error: report.error.as_deref(),
             },
             _ => unreachable!("apply_batch() chose module reports"),
         })

@@ -274,6 +274,7 @@ fn args_sealed_by(args: Option<&Map<String, Value>>, sealer: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+    use trove_common::rpc::conductor::ReportRoot;
     use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
 
     fn heartbeat_args(instance_id: &str) -> Map<String, Value> {
@@ -320,10 +321,10 @@ mod tests {
 
     #[test]
     fn every_message_names_its_instance() {
-        let msg = ConductorMsg::ReportRoot {
+        let msg = ConductorMsg::ReportRoot(ReportRoot {
             instance_id: "i9".into(),
             user: None,
-        };
+        });
         assert_eq!(msg.instance_id(), "i9");
     }
 }

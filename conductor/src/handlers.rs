@@ -236,16 +236,16 @@ pub enum Applied {
 /// of its own (a savepoint inside a batch's). Errors are database errors.
 pub fn apply_other(conn: &mut PgConnection, msg: &ConductorMsg) -> QueryResult<Applied> {
     match msg {
-        ConductorMsg::ReportRoot { .. } => Ok(Applied::ReportRoot),
-        ConductorMsg::NotifyExcInfo {
-            instance_id,
-            message,
-            exception,
-            sent,
-            ..
-        } => notify_exc_info(conn, instance_id, message, exception, *sent)
-            .map(Applied::NotifyExcInfo),
-        ConductorMsg::Heartbeat { .. } | ConductorMsg::ModuleResults { .. } => {
+        ConductorMsg::ReportRoot(_) => Ok(Applied::ReportRoot),
+        ConductorMsg::NotifyExcInfo(exc) => notify_exc_info(
+            conn,
+            &exc.instance_id,
+            &exc.message,
+            &exc.exception,
+            exc.sent,
+        )
+        .map(Applied::NotifyExcInfo),
+        ConductorMsg::Heartbeat(_) | ConductorMsg::ModuleResults(_) => {
             unreachable!("heartbeats and module reports go through crate::batch")
         }
     }
@@ -254,20 +254,18 @@ pub fn apply_other(conn: &mut PgConnection, msg: &ConductorMsg) -> QueryResult<A
 /// Logs what applying a message did, in the message's span.
 pub fn log_applied(msg: &ConductorMsg, applied: &Applied) {
     match (msg, applied) {
-        (
-            ConductorMsg::Heartbeat {
-                instance_id,
-                payload,
-                sent,
-            },
-            Applied::Heartbeat(outcome),
-        ) => log_heartbeat(*outcome, &payload.service_status, instance_id, *sent),
-        (ConductorMsg::ModuleResults { sent, job_id, .. }, Applied::ModuleResults(outcome)) => {
-            log_module_results(outcome, job_id.as_deref(), *sent)
+        (ConductorMsg::Heartbeat(beat), Applied::Heartbeat(outcome)) => log_heartbeat(
+            *outcome,
+            &beat.payload.service_status,
+            &beat.instance_id,
+            beat.sent,
+        ),
+        (ConductorMsg::ModuleResults(report), Applied::ModuleResults(outcome)) => {
+            log_module_results(outcome, report.job_id.as_deref(), report.sent)
         }
-        (ConductorMsg::ReportRoot { instance_id, .. }, _) => handle_report_root(instance_id),
-        (ConductorMsg::NotifyExcInfo { message, sent, .. }, Applied::NotifyExcInfo(outcome)) => {
-            log_exc_info(*outcome, message, *sent)
+        (ConductorMsg::ReportRoot(root), _) => handle_report_root(&root.instance_id),
+        (ConductorMsg::NotifyExcInfo(exc), Applied::NotifyExcInfo(outcome)) => {
+            log_exc_info(*outcome, &exc.message, exc.sent)
         }
         _ => {}
     }

@@ -16,7 +16,7 @@ use trove_common::db::models::{
 };
 use trove_common::db::schema::{instance_modules, reapply_job_items, service_statuses};
 use trove_common::db::DbError;
-use trove_common::rpc::conductor::{ConductorMsg, HeartbeatPayload};
+use trove_common::rpc::conductor::{ConductorMsg, Heartbeat, ModuleResults, NotifyExcInfo};
 use trove_common::rpc::guest::ModuleResult;
 use trove_common::rpc::keys::seal_instance_key;
 use trove_common::rpc::{encode_request, rpc_keyring, RpcContext, Security};
@@ -142,13 +142,7 @@ async fn apply_one(t: &PooledTestDb, msg: ConductorMsg) -> Result<Applied, DbErr
 }
 
 async fn heartbeat(t: &PooledTestDb, id: &str, description: &str, sent: f64) -> HeartbeatOutcome {
-    let msg = ConductorMsg::Heartbeat {
-        instance_id: id.to_owned(),
-        payload: HeartbeatPayload {
-            service_status: description.into(),
-        },
-        sent,
-    };
+    let msg = ConductorMsg::Heartbeat(Heartbeat::new(id, description, sent));
     match apply_one(t, msg).await.unwrap() {
         Applied::Heartbeat(outcome) => outcome,
         other => panic!("not a heartbeat outcome: {other:?}"),
@@ -164,13 +158,11 @@ async fn module_results(
     job_id: Option<String>,
     error: Option<String>,
 ) -> Result<ModuleResultsOutcome, DbError> {
-    let msg = ConductorMsg::ModuleResults {
-        instance_id: id,
-        results,
-        sent,
+    let msg = ConductorMsg::ModuleResults(ModuleResults {
         job_id,
         error,
-    };
+        ..ModuleResults::new(id, results, sent)
+    });
     apply_one(t, msg).await.map(|applied| match applied {
         Applied::ModuleResults(outcome) => outcome,
         other => panic!("not a module_results outcome: {other:?}"),
@@ -193,12 +185,14 @@ async fn notify_exc_info_records_the_fault_in_order_for_live_instances() {
     let t = test_db().await;
     let settings = Settings::default();
     let id = t.run(move |c| seed(c, &settings)).await;
-    let msg = |message: &str, exception: &str, sent: f64| ConductorMsg::NotifyExcInfo {
-        instance_id: id.clone(),
-        message: message.into(),
-        exception: exception.into(),
-        sent,
-        serialized_notification: None,
+    let msg = |message: &str, exception: &str, sent: f64| {
+        ConductorMsg::NotifyExcInfo(NotifyExcInfo {
+            instance_id: id.clone(),
+            message: message.into(),
+            exception: exception.into(),
+            sent,
+            serialized_notification: None,
+        })
     };
     let apply = |m: ConductorMsg| {
         let t = &t;
@@ -893,21 +887,14 @@ fn seed_cases(conn: &mut PgConnection, template: &str) -> QueryResult<()> {
 
 /// One message of each kind the conductor meets, as the dispatcher hands them over (by instance id).
 fn case_messages() -> Vec<ConductorMsg> {
-    let beat = |id: &str, desc: &str, sent: f64| ConductorMsg::Heartbeat {
-        instance_id: id.into(),
-        payload: HeartbeatPayload {
-            service_status: desc.into(),
-        },
-        sent,
-    };
+    let beat =
+        |id: &str, desc: &str, sent: f64| ConductorMsg::Heartbeat(Heartbeat::new(id, desc, sent));
     let answer = |id: &str, job: Option<&str>, results: Vec<ModuleResult>, error: Option<&str>| {
-        ConductorMsg::ModuleResults {
-            instance_id: id.into(),
-            results,
-            sent: 100.0,
+        ConductorMsg::ModuleResults(ModuleResults {
             job_id: job.map(Into::into),
             error: error.map(Into::into),
-        }
+            ..ModuleResults::new(id, results, 100.0)
+        })
     };
     let ok = || result("m1", "OK", "applied", "2026-11-26 10:00:01.00");
     let mut long_id = ok();
@@ -1068,12 +1055,8 @@ async fn a_report_naming_a_module_twice_stores_the_later_result() {
     let t = test_db().await;
     let settings = Settings::default();
     let id = t.run(move |c| seed(c, &settings)).await;
-    let report = |results: Vec<ModuleResult>, sent: f64| ConductorMsg::ModuleResults {
-        instance_id: id.clone(),
-        results,
-        sent,
-        job_id: None,
-        error: None,
+    let report = |results: Vec<ModuleResult>, sent: f64| {
+        ConductorMsg::ModuleResults(ModuleResults::new(&id, results, sent))
     };
     let first = result("m1", "OK", "first", "2026-11-26 10:00:01.00");
     let second = result("m1", "ERROR", "second", "2026-11-26 10:00:02.00");
@@ -1114,12 +1097,12 @@ async fn a_failing_set_based_batch_falls_back_to_one_by_one() {
         .execute(c)
     })
     .await;
-    let answer = |id: &str, status: &str| ConductorMsg::ModuleResults {
-        instance_id: id.into(),
-        results: vec![result("m1", status, "applied", "2026-11-26 10:00:01.00")],
-        sent: 100.0,
-        job_id: Some("j1".into()),
-        error: None,
+    let answer = |id: &str, status: &str| {
+        let results = vec![result("m1", status, "applied", "2026-11-26 10:00:01.00")];
+        ConductorMsg::ModuleResults(ModuleResults {
+            job_id: Some("j1".into()),
+            ..ModuleResults::new(id, results, 100.0)
+        })
     };
     let msgs = vec![answer("i08", "BOOM"), answer("i13", "OK")];
     // As the dispatcher runs it: no transaction around the batch.

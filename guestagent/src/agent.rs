@@ -19,7 +19,7 @@ use trove_common::amqp::{AmqpError, Broker, Names};
 use trove_common::config::Settings;
 use trove_common::crypto::Keyring;
 use trove_common::epoch_now;
-use trove_common::rpc::conductor::{ConductorMsg, HeartbeatPayload};
+use trove_common::rpc::conductor::{ConductorMsg, Heartbeat, NotifyExcInfo};
 use trove_common::rpc::{self, RemoteError, ReplyTo, RpcContext, Security};
 use trove_common::status::ServiceStatus;
 
@@ -267,13 +267,13 @@ impl Agent {
 
     /// Reports a failed guest operation to the conductor, which records it as the instance's fault.
     pub async fn report_fault(&self, message: &str, exception: &str, ctx: &RpcContext) {
-        let msg = ConductorMsg::NotifyExcInfo {
+        let msg = ConductorMsg::NotifyExcInfo(NotifyExcInfo {
             instance_id: self.instance_id.clone(),
             message: message.to_owned(),
             exception: exception.to_owned(),
             sent: epoch_now(),
             serialized_notification: None,
-        };
+        });
         if let Err(e) = self.cast_conductor(&msg, ctx).await {
             tracing::warn!(error = %e, "fault report not delivered");
         }
@@ -293,13 +293,8 @@ impl Agent {
     /// Casts a heartbeat (the caller holds the state lock). A failure is logged: the next periodic
     /// heartbeat carries the same status.
     async fn send_heartbeat(&self, description: &str, ctx: &RpcContext) {
-        let msg = ConductorMsg::Heartbeat {
-            instance_id: self.instance_id.clone(),
-            payload: HeartbeatPayload {
-                service_status: description.to_owned(),
-            },
-            sent: epoch_now(),
-        };
+        let msg =
+            ConductorMsg::Heartbeat(Heartbeat::new(&self.instance_id, description, epoch_now()));
         match self.cast_conductor(&msg, ctx).await {
             Ok(()) => tracing::debug!(service_status = description, "heartbeat sent"),
             Err(e) => {

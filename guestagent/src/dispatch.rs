@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tracing::Instrument as _;
 use trove_common::amqp::{AmqpError, Outcome};
 use trove_common::epoch_now;
-use trove_common::rpc::conductor::ConductorMsg;
+use trove_common::rpc::conductor::{ConductorMsg, ModuleResults};
 use trove_common::rpc::guest::{
     DatabaseSpec, GuestMsg, ModuleEntry, ModuleResult, PageQuery, Prepare, UserSpec,
 };
@@ -386,13 +386,10 @@ async fn apply_prepare_modules(agent: &Agent, ctx: &RpcContext, modules: Vec<Mod
         }
     };
     log_summary(&results);
-    let report = ConductorMsg::ModuleResults {
-        instance_id: agent.instance_id.clone(),
-        results,
-        sent: epoch_now(),
-        job_id: None,
+    let report = ConductorMsg::ModuleResults(ModuleResults {
         error,
-    };
+        ..ModuleResults::new(&agent.instance_id, results, epoch_now())
+    });
     if let Err(e) = agent.cast_conductor(&report, ctx).await {
         tracing::warn!(error = %e, "module results of prepare not delivered");
     }
@@ -420,13 +417,11 @@ async fn handle_module_apply(
     };
     log_summary(&results);
     let value = json!(results);
-    let report = ConductorMsg::ModuleResults {
-        instance_id: agent.instance_id.clone(),
-        results,
-        sent: epoch_now(),
+    let report = ConductorMsg::ModuleResults(ModuleResults {
         job_id: Some(job_id.clone()),
         error: failure.as_ref().map(ToString::to_string),
-    };
+        ..ModuleResults::new(&agent.instance_id, results, epoch_now())
+    });
     agent
         .cast_conductor(&report, &service_context(Some(ctx)))
         .await?;

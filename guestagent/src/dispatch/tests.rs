@@ -196,13 +196,9 @@ impl Guest {
         self.reports()
             .into_iter()
             .filter_map(|r| match r {
-                ConductorMsg::Heartbeat {
-                    instance_id,
-                    payload,
-                    ..
-                } => {
-                    assert_eq!(instance_id, GUEST);
-                    Some(payload.service_status)
+                ConductorMsg::Heartbeat(beat) => {
+                    assert_eq!(beat.instance_id, GUEST);
+                    Some(beat.payload.service_status)
                 }
                 _ => None,
             })
@@ -213,15 +209,9 @@ impl Guest {
         self.reports()
             .into_iter()
             .filter_map(|r| match r {
-                ConductorMsg::ModuleResults {
-                    instance_id,
-                    results,
-                    job_id,
-                    error,
-                    ..
-                } => {
-                    assert_eq!(instance_id, GUEST);
-                    Some((results, job_id, error))
+                ConductorMsg::ModuleResults(report) => {
+                    assert_eq!(report.instance_id, GUEST);
+                    Some((report.results, report.job_id, report.error))
                 }
                 _ => None,
             })
@@ -395,7 +385,7 @@ async fn prepare_reports_building_then_running_then_applies_modules() {
         .collect();
     assert_eq!(statuses, [("m1", Some("OK")), ("m2", Some("ERROR"))]);
     // The heartbeat came before the modules were applied.
-    assert!(matches!(g.reports()[1], ConductorMsg::Heartbeat { .. }));
+    assert!(matches!(g.reports()[1], ConductorMsg::Heartbeat(_)));
 
     let record = state::load(&g.agent.state_dir.join(state::STATE_FILE)).unwrap();
     assert!(record.prepared);
