@@ -15,11 +15,13 @@ use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 use trove_common::amqp::Outcome;
 use trove_common::crypto::Keyring;
-use trove_common::rpc::taskmanager::TaskManagerMsg;
+use trove_common::rpc::taskmanager::{
+    CreateCluster, DeleteCluster, DeleteInstance, Restart, TaskManagerMsg,
+};
 use trove_common::rpc::{self, take_message, RpcContext};
 
 use crate::error::outcome;
-use crate::handlers::{self, ReapplyArgs};
+use crate::handlers;
 use crate::Ctx;
 
 /// Handles one delivery body and says whether to ack, requeue or dead-letter it.
@@ -74,41 +76,24 @@ pub async fn dispatch(ctx: &Arc<Ctx>, rpc: &RpcContext, msg: TaskManagerMsg) -> 
             }
             handlers::instance::handle_create_instance(ctx, rpc, *args).await
         }
-        TaskManagerMsg::CreateCluster { cluster_id } => {
+        TaskManagerMsg::CreateCluster(CreateCluster { cluster_id }) => {
             span.record("cluster.id", cluster_id.as_str());
             handlers::cluster::handle_create_cluster(ctx, rpc, &cluster_id).await
         }
-        TaskManagerMsg::DeleteInstance { instance_id } => {
+        TaskManagerMsg::DeleteInstance(DeleteInstance { instance_id }) => {
             span.record("instance.id", instance_id.as_str());
             handlers::instance::handle_delete_instance(ctx, rpc, &instance_id).await
         }
-        TaskManagerMsg::DeleteCluster { cluster_id } => {
+        TaskManagerMsg::DeleteCluster(DeleteCluster { cluster_id }) => {
             span.record("cluster.id", cluster_id.as_str());
             handlers::cluster::handle_delete_cluster(ctx, rpc, &cluster_id).await
         }
-        TaskManagerMsg::Restart { instance_id } => {
+        TaskManagerMsg::Restart(Restart { instance_id }) => {
             span.record("instance.id", instance_id.as_str());
             handlers::restart::handle_restart(ctx, rpc, &instance_id).await
         }
-        TaskManagerMsg::ReapplyModule {
-            module_id,
-            md5,
-            include_clustered,
-            batch_size,
-            batch_delay,
-            force,
-            job_id,
-        } => {
-            span.record("module.id", module_id.as_str());
-            let args = ReapplyArgs {
-                module_id,
-                md5,
-                include_clustered,
-                batch_size,
-                batch_delay,
-                force,
-                job_id,
-            };
+        TaskManagerMsg::ReapplyModule(args) => {
+            span.record("module.id", args.module_id.as_str());
             handlers::reapply::handle_reapply_module(ctx, rpc, args).await
         }
     }
@@ -134,9 +119,9 @@ mod tests {
     fn sealed_messages_decode_with_the_taskmanager_key_only() {
         let settings = Settings::default();
         let keys = taskmanager_keyring(&settings);
-        let msg = TaskManagerMsg::DeleteInstance {
+        let msg = TaskManagerMsg::DeleteInstance(DeleteInstance {
             instance_id: "i1".into(),
-        };
+        });
         let body = encoded(&msg, &taskmanager_security(&settings));
         let (ctx, decoded) = decode(&body, keys.as_ref()).unwrap();
         assert_eq!(decoded, msg);

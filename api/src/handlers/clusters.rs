@@ -9,7 +9,7 @@ use diesel::Connection;
 use serde_json::{json, Map, Value};
 use trove_common::db::models::quota::Deltas;
 use trove_common::db::models::{Cluster, Flavor, Instance};
-use trove_common::rpc::taskmanager::TaskManagerMsg;
+use trove_common::rpc::taskmanager::{CreateCluster, DeleteCluster, TaskManagerMsg};
 use trove_common::status::ClusterTask;
 
 use super::{accepted, next_link, paging};
@@ -153,7 +153,7 @@ pub async fn create(
                     };
                     svc::insert_instance(conn, &settings, &rpc, &ctx.project_id, &spec, ds, ver, &mods, entries, &topic)?;
                 }
-                enqueue_taskmanager(conn, &settings, &topic, &TaskManagerMsg::CreateCluster { cluster_id: cluster.id.clone() }, &rpc)?;
+                enqueue_taskmanager(conn, &settings, &topic, &TaskManagerMsg::CreateCluster(CreateCluster { cluster_id: cluster.id.clone() }), &rpc)?;
                 let members = { let rows = Instance::cluster_members(conn, &cluster.id)?; Instance::detail(conn, rows)? };
                 tracing::info!(cluster.id = %cluster.id, members = members.len(), "cluster accepted");
                 Ok::<_, ApiError>(views::view(&cluster, &ds.name, &ver.name, &members, &ctx.base_url, &ctx.project_id, false, expiry))
@@ -318,7 +318,7 @@ pub async fn delete(
                     Instance::set_task(conn, &d.instance.id, trove_common::status::InstanceTask::Deleting)?;
                     Instance::retire_modules(conn, &d.instance.id)?;
                 }
-                enqueue_taskmanager(conn, &settings, &topic, &TaskManagerMsg::DeleteCluster { cluster_id: c.id.clone() }, &rpc)?;
+                enqueue_taskmanager(conn, &settings, &topic, &TaskManagerMsg::DeleteCluster(DeleteCluster { cluster_id: c.id.clone() }), &rpc)?;
                 Ok::<_, ApiError>(())
             })
         })

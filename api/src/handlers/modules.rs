@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use trove_common::api_time;
 use trove_common::db::models::{Instance, InstanceModule, Module, ReapplyJob};
 use trove_common::db::{new_id, now};
-use trove_common::rpc::taskmanager::{truthy, TaskManagerMsg};
+use trove_common::rpc::taskmanager::{truthy, ReapplyModule, TaskManagerMsg};
 
 use super::{accepted, flag_true, next_link, ok_empty, paging};
 use crate::app::AppState;
@@ -255,7 +255,7 @@ pub async fn reapply(
                     module_id: m.id.clone(),
                     tenant_id: ctx.project_id.clone(),
                     is_admin: ctx.is_admin,
-                    md5: md5.clone(),
+                    md5,
                     include_clustered,
                     force,
                     batch_size: batch_size.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
@@ -274,15 +274,7 @@ pub async fn reapply(
                     batch_sent_at: None,
                 };
                 ReapplyJob::insert(c, &job)?;
-                let msg = TaskManagerMsg::ReapplyModule {
-                    module_id: m.id.clone(),
-                    md5,
-                    include_clustered: Some(json!(i32::from(include_clustered))),
-                    batch_size: Some(batch_size),
-                    batch_delay: Some(batch_delay),
-                    force: Some(json!(i32::from(force))),
-                    job_id: Some(job.id.clone()),
-                };
+                let msg = TaskManagerMsg::ReapplyModule(ReapplyModule::for_job(&job));
                 enqueue_taskmanager(c, &settings, &topic, &msg, &ctx.rpc())?;
                 tracing::info!(module.id = %m.id, reapply.job = %job.id, "reapply accepted");
                 Ok::<_, ApiError>(())

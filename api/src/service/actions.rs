@@ -16,7 +16,7 @@ use trove_common::config::Settings;
 use trove_common::db::models::instance::InstanceDetail;
 use trove_common::db::models::{Cluster, Instance, ServiceStatusRow};
 use trove_common::db::schema::service_statuses;
-use trove_common::rpc::taskmanager::TaskManagerMsg;
+use trove_common::rpc::taskmanager::{Restart, TaskManagerMsg};
 use trove_common::status::{task_action, ClusterTask, InstanceTask, ServiceStatus};
 
 use super::instances::enqueue_taskmanager;
@@ -128,9 +128,9 @@ pub fn restart(
         } else {
             Instance::set_task(c, id, InstanceTask::Rebooting)?;
         }
-        let msg = TaskManagerMsg::Restart {
+        let msg = TaskManagerMsg::Restart(Restart {
             instance_id: id.to_owned(),
-        };
+        });
         enqueue_taskmanager(c, settings, topic, &msg, &ctx.rpc())?;
         Ok(())
     })

@@ -16,7 +16,9 @@ use trove_common::db::models::{
 use trove_common::db::{new_id, now};
 use trove_common::module::check_datastore;
 use trove_common::rpc::guest::ModuleEntry;
-use trove_common::rpc::taskmanager::{ClusterConfig, CreateInstance, TaskManagerMsg};
+use trove_common::rpc::taskmanager::{
+    ClusterConfig, CreateInstance, DeleteInstance, TaskManagerMsg,
+};
 use trove_common::rpc::{self, keys, RpcContext};
 use trove_common::status::{ClusterTask, InstanceTask};
 
@@ -272,9 +274,9 @@ pub fn delete_instance(
             conn,
             settings,
             topic,
-            &TaskManagerMsg::DeleteInstance {
+            &TaskManagerMsg::DeleteInstance(DeleteInstance {
                 instance_id: id.into(),
-            },
+            }),
             ctx,
         )?;
         Ok(())

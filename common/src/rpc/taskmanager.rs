@@ -68,40 +68,81 @@ pub struct CreateInstance {
     pub ds_version: Option<String>,
 }
 
-/// Every method the taskmanager serves.
+/// Every method the taskmanager serves, one struct of arguments per method.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", content = "args", rename_all = "snake_case")]
 pub enum TaskManagerMsg {
     CreateInstance(Box<CreateInstance>),
-    CreateCluster {
-        cluster_id: String,
-    },
-    DeleteInstance {
-        instance_id: String,
-    },
-    DeleteCluster {
-        cluster_id: String,
-    },
-    /// Trove's `restart`: restart the instance's datastore (the api set the task to REBOOTING).
-    Restart {
-        instance_id: String,
-    },
-    /// Trove's args plus `job_id`: the durable job row the api wrote with this cast.
-    ReapplyModule {
-        module_id: String,
-        #[serde(default)]
-        md5: Option<String>,
-        #[serde(default)]
-        include_clustered: Option<Value>,
-        #[serde(default)]
-        batch_size: Option<i64>,
-        #[serde(default)]
-        batch_delay: Option<i64>,
-        #[serde(default)]
-        force: Option<Value>,
-        #[serde(default)]
-        job_id: Option<String>,
-    },
+    CreateCluster(CreateCluster),
+    DeleteInstance(DeleteInstance),
+    DeleteCluster(DeleteCluster),
+    Restart(Restart),
+    ReapplyModule(ReapplyModule),
+}
+
+/// `create_cluster`: build the members the api wrote for the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCluster {
+    pub cluster_id: String,
+}
+
+/// `delete_instance`: tear down an instance the api marked DELETING.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteInstance {
+    pub instance_id: String,
+}
+
+/// `delete_cluster`: tear down a cluster whose members the api marked DELETING.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteCluster {
+    pub cluster_id: String,
+}
+
+/// Trove's `restart`: restart the instance's datastore (the api set the task to REBOOTING).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    pub instance_id: String,
+}
+
+/// `reapply_module` (docs/messaging.md §4): Trove's args plus `job_id`, the durable job row the api
+/// wrote with this cast.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReapplyModule {
+    pub module_id: String,
+    /// Only instances that have this md5 (`None`: any).
+    #[serde(default)]
+    pub md5: Option<String>,
+    /// Trove's 0/1/bool flag; read it with [`truthy`].
+    #[serde(default)]
+    pub include_clustered: Option<Value>,
+    #[serde(default)]
+    pub batch_size: Option<i64>,
+    #[serde(default)]
+    pub batch_delay: Option<i64>,
+    /// Trove's 0/1/bool flag; read it with [`truthy`].
+    #[serde(default)]
+    pub force: Option<Value>,
+    /// The durable job row the api wrote with the cast (`None`: a Trove-style cast; the taskmanager
+    /// writes the row).
+    #[serde(default)]
+    pub job_id: Option<String>,
+}
+
+#[cfg(feature = "db")]
+impl ReapplyModule {
+    /// The cast that starts reapply job `job`: the api sends it with the row, and the taskmanager
+    /// sends it to itself to resume a job still queued. The flags travel as Trove's 0/1.
+    pub fn for_job(job: &crate::db::models::ReapplyJob) -> Self {
+        Self {
+            module_id: job.module_id.clone(),
+            md5: job.md5.clone(),
+            include_clustered: Some(Value::from(i32::from(job.include_clustered))),
+            batch_size: Some(i64::from(job.batch_size)),
+            batch_delay: Some(i64::from(job.batch_delay)),
+            force: Some(Value::from(i32::from(job.force))),
+            job_id: Some(job.id.clone()),
+        }
+    }
 }
 
 impl TaskManagerMsg {
@@ -109,11 +150,11 @@ impl TaskManagerMsg {
     pub fn method(&self) -> &'static str {
         match self {
             Self::CreateInstance(_) => "create_instance",
-            Self::CreateCluster { .. } => "create_cluster",
-            Self::DeleteInstance { .. } => "delete_instance",
-            Self::DeleteCluster { .. } => "delete_cluster",
-            Self::Restart { .. } => "restart",
-            Self::ReapplyModule { .. } => "reapply_module",
+            Self::CreateCluster(_) => "create_cluster",
+            Self::DeleteInstance(_) => "delete_instance",
+            Self::DeleteCluster(_) => "delete_cluster",
+            Self::Restart(_) => "restart",
+            Self::ReapplyModule(_) => "reapply_module",
         }
     }
 }
@@ -188,31 +229,31 @@ mod tests {
                 r#"{"method":"create_instance","args":{"instance_id":"i1","name":"myredis","flavor":{"id":"15","name":"test.small","ram":512,"vcpus":1,"disk":5,"ephemeral":0},"image_id":"img","databases":[{"_name":"shop"}],"users":[],"datastore_manager":"redis","packages":null,"volume_size":1,"backup_id":null,"availability_zone":"nova","root_password":null,"nics":[],"overrides":{},"slave_of_id":null,"cluster_config":{"id":"c1","instance_type":"member"},"volume_type":null,"modules":[{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":null,"tenant":"","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null,"contents":"cGluZw=="}}],"locality":null,"access":null,"ds_version":"3.2.6"}}"#,
             ),
             (
-                TaskManagerMsg::CreateCluster {
+                TaskManagerMsg::CreateCluster(CreateCluster {
                     cluster_id: "c1".into(),
-                },
+                }),
                 r#"{"method":"create_cluster","args":{"cluster_id":"c1"}}"#,
             ),
             (
-                TaskManagerMsg::DeleteInstance {
+                TaskManagerMsg::DeleteInstance(DeleteInstance {
                     instance_id: "i1".into(),
-                },
+                }),
                 r#"{"method":"delete_instance","args":{"instance_id":"i1"}}"#,
             ),
             (
-                TaskManagerMsg::DeleteCluster {
+                TaskManagerMsg::DeleteCluster(DeleteCluster {
                     cluster_id: "c1".into(),
-                },
+                }),
                 r#"{"method":"delete_cluster","args":{"cluster_id":"c1"}}"#,
             ),
             (
-                TaskManagerMsg::Restart {
+                TaskManagerMsg::Restart(Restart {
                     instance_id: "i1".into(),
-                },
+                }),
                 r#"{"method":"restart","args":{"instance_id":"i1"}}"#,
             ),
             (
-                TaskManagerMsg::ReapplyModule {
+                TaskManagerMsg::ReapplyModule(ReapplyModule {
                     module_id: "m1".into(),
                     md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
                     include_clustered: Some(json!(true)),
@@ -220,11 +261,11 @@ mod tests {
                     batch_delay: Some(3),
                     force: Some(json!(0)),
                     job_id: Some("job-1".into()),
-                },
+                }),
                 r#"{"method":"reapply_module","args":{"module_id":"m1","md5":"d41d8cd98f00b204e9800998ecf8427e","include_clustered":true,"batch_size":1,"batch_delay":3,"force":0,"job_id":"job-1"}}"#,
             ),
             (
-                TaskManagerMsg::ReapplyModule {
+                TaskManagerMsg::ReapplyModule(ReapplyModule {
                     module_id: "m1".into(),
                     md5: None,
                     include_clustered: None,
@@ -232,7 +273,7 @@ mod tests {
                     batch_delay: None,
                     force: None,
                     job_id: None,
-                },
+                }),
                 r#"{"method":"reapply_module","args":{"module_id":"m1","md5":null,"include_clustered":null,"batch_size":null,"batch_delay":null,"force":null,"job_id":null}}"#,
             ),
         ];
@@ -250,7 +291,7 @@ mod tests {
         let wire = r#"{"method":"reapply_module","args":{"module_id":"m1"}}"#;
         assert_eq!(
             serde_json::from_str::<TaskManagerMsg>(wire).unwrap(),
-            TaskManagerMsg::ReapplyModule {
+            TaskManagerMsg::ReapplyModule(ReapplyModule {
                 module_id: "m1".into(),
                 md5: None,
                 include_clustered: None,
@@ -258,7 +299,7 @@ mod tests {
                 batch_delay: None,
                 force: None,
                 job_id: None,
-            }
+            })
         );
         let wire = r#"{"method":"create_instance","args":{"instance_id":"i1","name":"n","flavor":{"id":"15","name":"f","ram":1,"vcpus":1,"disk":1,"ephemeral":0},"datastore_manager":"redis"}}"#;
         let TaskManagerMsg::CreateInstance(args) = serde_json::from_str(wire).unwrap() else {
@@ -269,7 +310,7 @@ mod tests {
 
     #[test]
     fn method_names_are_trove_names() {
-        let m = TaskManagerMsg::ReapplyModule {
+        let m = TaskManagerMsg::ReapplyModule(ReapplyModule {
             module_id: "m".into(),
             md5: None,
             include_clustered: Some(json!(1)),
@@ -277,18 +318,54 @@ mod tests {
             batch_delay: Some(3),
             force: Some(json!(0)),
             job_id: Some("j".into()),
-        };
+        });
         let (method, args) = crate::rpc::to_method_args(&m);
         assert_eq!(method, "reapply_module");
         assert_eq!(args["batch_delay"], 3);
-        let (method, args) = crate::rpc::to_method_args(&TaskManagerMsg::Restart {
+        let (method, args) = crate::rpc::to_method_args(&TaskManagerMsg::Restart(Restart {
             instance_id: "i".into(),
-        });
+        }));
         assert_eq!(
             (method.as_str(), &args["instance_id"]),
             ("restart", &json!("i"))
         );
         assert!(truthy(&Some(json!(1))));
         assert!(!truthy(&Some(json!(0))));
+    }
+
+    /// The cast of a job carries the row's choices, flags as Trove's 0/1.
+    #[cfg(feature = "db")]
+    #[test]
+    fn a_jobs_cast_says_what_its_row_says() {
+        let created = chrono::DateTime::from_timestamp(1_496_423_181, 0)
+            .unwrap()
+            .naive_utc();
+        let job = crate::db::models::ReapplyJob {
+            id: "job-1".into(),
+            module_id: "m1".into(),
+            tenant_id: "t1".into(),
+            is_admin: false,
+            md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
+            include_clustered: true,
+            force: false,
+            batch_size: 1,
+            batch_delay: 3,
+            state: "queued".into(),
+            current_md5: None,
+            total: 0,
+            applied: 0,
+            skipped: 0,
+            failed: 0,
+            next_batch_at: None,
+            request_id: "req-1".into(),
+            created,
+            started: None,
+            finished: None,
+            batch_sent_at: None,
+        };
+        assert_wire(
+            &TaskManagerMsg::ReapplyModule(ReapplyModule::for_job(&job)),
+            r#"{"method":"reapply_module","args":{"module_id":"m1","md5":"d41d8cd98f00b204e9800998ecf8427e","include_clustered":1,"batch_size":1,"batch_delay":3,"force":0,"job_id":"job-1"}}"#,
+        );
     }
 }

@@ -42,10 +42,9 @@ use trove_common::db::{new_id, now, DbError};
 use trove_common::module::check_datastore;
 use trove_common::rpc::guest::{GuestMsg, ModuleEntry};
 use trove_common::rpc::keys::module_keyring;
-use trove_common::rpc::taskmanager::truthy;
+use trove_common::rpc::taskmanager::{truthy, ReapplyModule};
 use trove_common::rpc::RpcContext;
 
-use super::ReapplyArgs;
 use crate::Ctx;
 
 /// How often a driver records the answers of a batch still in flight.
@@ -65,7 +64,7 @@ fn running() -> &'static Mutex<HashSet<(usize, String)>> {
 pub async fn handle_reapply_module(
     ctx: &Arc<Ctx>,
     rpc: &RpcContext,
-    args: ReapplyArgs,
+    args: ReapplyModule,
 ) -> anyhow::Result<()> {
     let job_id = match args.job_id.clone() {
         Some(id) => id,
@@ -93,7 +92,7 @@ pub async fn handle_reapply_module(
 }
 
 /// A Trove-style cast without our job id: make the job row here.
-async fn create_job(ctx: &Ctx, rpc: &RpcContext, args: &ReapplyArgs) -> anyhow::Result<String> {
+async fn create_job(ctx: &Ctx, rpc: &RpcContext, args: &ReapplyModule) -> anyhow::Result<String> {
     let job = ReapplyJob {
         id: new_id(),
         module_id: args.module_id.clone(),
@@ -284,17 +283,7 @@ pub async fn resume_all(ctx: Arc<Ctx>) {
             for job in active {
                 tracing::info!(reapply.job = %job.id, state = %job.state, "resuming reapply job");
                 if job.state == "queued" {
-                    let args = ReapplyArgs {
-                        module_id: job.module_id.clone(),
-                        md5: job.md5.clone(),
-                        include_clustered: Some(serde_json::json!(i32::from(
-                            job.include_clustered
-                        ))),
-                        batch_size: Some(i64::from(job.batch_size)),
-                        batch_delay: Some(i64::from(job.batch_delay)),
-                        force: Some(serde_json::json!(i32::from(job.force))),
-                        job_id: Some(job.id.clone()),
-                    };
+                    let args = ReapplyModule::for_job(&job);
                     let rpc = RpcContext {
                         request_id: job.request_id.clone(),
                         ..RpcContext::service()
