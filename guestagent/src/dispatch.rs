@@ -22,7 +22,10 @@ use trove_common::amqp::{AmqpError, Outcome};
 use trove_common::epoch_now;
 use trove_common::rpc::conductor::{ConductorMsg, ModuleResults};
 use trove_common::rpc::guest::{
-    DatabaseSpec, GuestMsg, ModuleEntry, ModuleResult, PageQuery, Prepare, UserSpec,
+    ClusterAddslots, ClusterComplete, ClusterMeet, CreateDatabase, CreateUser, DatabaseSpec,
+    DeleteDatabase, DeleteQueue, DeleteUser, EnableRoot, EnableRootWithPassword,
+    GetFilesystemStats, GuestMsg, IsRootEnabled, ModuleApply, ModuleEntry, ModuleList,
+    ModuleRemove, ModuleResult, PageQuery, Prepare, Restart, RpcPing, StopDb, UserSpec,
 };
 use trove_common::rpc::{self, DecodeError, RemoteError, ReplyTo, Request, RpcContext};
 use trove_common::status::ServiceStatus;
@@ -182,50 +185,56 @@ async fn dispatch(agent: &Arc<Agent>, req: &Request, msg: GuestMsg) -> HandlerRe
     let ctx = &req.context;
     match msg {
         GuestMsg::Prepare(args) => handle_prepare(agent, ctx, *args).await,
-        GuestMsg::ModuleApply { modules, job_id } => {
+        GuestMsg::ModuleApply(ModuleApply { modules, job_id }) => {
             handle_module_apply(agent, ctx, modules, job_id).await
         }
-        GuestMsg::ModuleRemove { module } => handle_module_remove(agent, *module).await,
-        GuestMsg::ModuleList { include_contents } => {
+        GuestMsg::ModuleRemove(ModuleRemove { module }) => {
+            handle_module_remove(agent, *module).await
+        }
+        GuestMsg::ModuleList(ModuleList { include_contents }) => {
             handle_module_list(agent, include_contents, ctx.is_admin).await
         }
-        GuestMsg::RpcPing {} => Ok(handle_rpc_ping()),
-        GuestMsg::ClusterComplete {} => handle_cluster_complete(agent, ctx).await,
-        GuestMsg::GetFilesystemStats { fs_path } => {
+        GuestMsg::RpcPing(RpcPing {}) => Ok(handle_rpc_ping()),
+        GuestMsg::ClusterComplete(ClusterComplete {}) => handle_cluster_complete(agent, ctx).await,
+        GuestMsg::GetFilesystemStats(GetFilesystemStats { fs_path }) => {
             handle_get_filesystem_stats(agent, fs_path).await
         }
-        GuestMsg::StopDb {
+        GuestMsg::StopDb(StopDb {
             do_not_start_on_reboot: _,
-        } => handle_stop_db(agent, ctx).await,
-        GuestMsg::DeleteQueue {} => Ok(handle_delete_queue(agent)),
-        GuestMsg::Restart {} => handle_restart(agent, ctx).await,
-        GuestMsg::CreateDatabase { databases } => handle_create_database(agent, databases).await,
+        }) => handle_stop_db(agent, ctx).await,
+        GuestMsg::DeleteQueue(DeleteQueue {}) => Ok(handle_delete_queue(agent)),
+        GuestMsg::Restart(Restart {}) => handle_restart(agent, ctx).await,
+        GuestMsg::CreateDatabase(CreateDatabase { databases }) => {
+            handle_create_database(agent, databases).await
+        }
         GuestMsg::ListDatabases(page) => handle_list(agent, Listing::Databases, page).await,
-        GuestMsg::DeleteDatabase { database } => {
+        GuestMsg::DeleteDatabase(DeleteDatabase { database }) => {
             datastore_of(agent)?.delete_database(&database).await?;
             Ok(Value::Null)
         }
-        GuestMsg::CreateUser { users } => handle_create_user(agent, users).await,
+        GuestMsg::CreateUser(CreateUser { users }) => handle_create_user(agent, users).await,
         GuestMsg::ListUsers(page) => handle_list(agent, Listing::Users, page).await,
-        GuestMsg::DeleteUser { user } => {
+        GuestMsg::DeleteUser(DeleteUser { user }) => {
             datastore_of(agent)?.delete_user(&user).await?;
             Ok(Value::Null)
         }
-        GuestMsg::EnableRoot {} => Ok(datastore_of(agent)?.enable_root(None).await?),
-        GuestMsg::EnableRootWithPassword { root_password } => Ok(datastore_of(agent)?
-            .enable_root(root_password.as_deref())
-            .await?),
-        GuestMsg::IsRootEnabled {} => {
+        GuestMsg::EnableRoot(EnableRoot {}) => Ok(datastore_of(agent)?.enable_root(None).await?),
+        GuestMsg::EnableRootWithPassword(EnableRootWithPassword { root_password }) => {
+            Ok(datastore_of(agent)?
+                .enable_root(root_password.as_deref())
+                .await?)
+        }
+        GuestMsg::IsRootEnabled(IsRootEnabled {}) => {
             Ok(Value::Bool(datastore_of(agent)?.is_root_enabled().await?))
         }
-        GuestMsg::ClusterMeet { ip, port } => {
+        GuestMsg::ClusterMeet(ClusterMeet { ip, port }) => {
             datastore_of(agent)?.cluster_meet(&ip, port).await?;
             Ok(Value::Null)
         }
-        GuestMsg::ClusterAddslots {
+        GuestMsg::ClusterAddslots(ClusterAddslots {
             first_slot,
             last_slot,
-        } => {
+        }) => {
             datastore_of(agent)?
                 .cluster_addslots(first_slot, last_slot)
                 .await?;

@@ -62,7 +62,7 @@ use trove_common::db::models::{
 };
 use trove_common::db::schema::{instances, service_statuses};
 use trove_common::db::{self, DbError};
-use trove_common::rpc::guest::GuestMsg;
+use trove_common::rpc::guest::{ClusterComplete, GuestMsg};
 use trove_common::rpc::RpcContext;
 use trove_common::status::{is_error_task, ClusterTask, InstanceTask, ServiceStatus};
 
@@ -1087,7 +1087,7 @@ async fn complete_cluster(
                 id,
                 keys.as_ref(),
                 rpc,
-                &GuestMsg::ClusterComplete {},
+                &GuestMsg::ClusterComplete(ClusterComplete {}),
                 timeout,
             )
             .await

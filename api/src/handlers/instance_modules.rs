@@ -10,7 +10,7 @@ use diesel::Connection;
 use serde_json::{json, Map, Value};
 use trove_common::db::models::{InstanceModule, Module};
 use trove_common::module::check_datastore;
-use trove_common::rpc::guest::ModuleEntry;
+use trove_common::rpc::guest::{GuestMsg, ModuleApply, ModuleEntry, ModuleList, ModuleRemove};
 
 use super::{call_guest, load_instance, ok_empty};
 use crate::app::AppState;
@@ -31,7 +31,7 @@ pub async fn query(
 ) -> ApiResult<Response> {
     let inst = load_instance(&st, &ctx, &id).await?.instance;
     let include_contents = q.get("include_contents").is_some_and(|v| !v.is_empty());
-    let msg = trove_common::rpc::guest::GuestMsg::ModuleList { include_contents };
+    let msg = GuestMsg::ModuleList(ModuleList { include_contents });
     let result = call_guest(&st, &ctx, &inst.id, inst.encrypted_key.as_deref(), &msg).await?;
     Ok(Json(json!({"modules": result})).into_response())
 }
@@ -81,10 +81,10 @@ pub async fn apply(
             Ok::<_, ApiError>((mods, entries))
         })
         .await?;
-    let msg = trove_common::rpc::guest::GuestMsg::ModuleApply {
+    let msg = GuestMsg::ModuleApply(ModuleApply {
         modules: entries,
         job_id: None,
-    };
+    });
     let inst = &detail.instance;
     let result = call_guest(&st, &ctx, &inst.id, inst.encrypted_key.as_deref(), &msg).await?;
     let instance_id = inst.id.clone();
@@ -122,9 +122,9 @@ pub async fn remove(
         })
         .await?;
     let module_id = entry.module.id.clone();
-    let msg = trove_common::rpc::guest::GuestMsg::ModuleRemove {
+    let msg = GuestMsg::ModuleRemove(ModuleRemove {
         module: Box::new(entry),
-    };
+    });
     call_guest(&st, &ctx, &inst.id, inst.encrypted_key.as_deref(), &msg).await?;
     let instance_id = inst.id.clone();
     st.db

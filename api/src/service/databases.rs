@@ -20,7 +20,10 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::{Map, Value};
 use trove_common::db::models::instance::InstanceDetail;
-use trove_common::rpc::guest::{DatabaseSpec, GuestMsg, PageQuery, UserSpec};
+use trove_common::rpc::guest::{
+    CreateDatabase, CreateUser, DatabaseSpec, DeleteDatabase, DeleteUser, EnableRoot,
+    EnableRootWithPassword, GuestMsg, IsRootEnabled, PageQuery, UserSpec,
+};
 use trove_common::status::ServiceStatus;
 
 use super::mysql_data::{CHARSETS, COLLATIONS};
@@ -627,7 +630,7 @@ impl<'a> Guest<'a> {
                 return Err(already_exists("database", &db.name));
             }
         }
-        self.call(&GuestMsg::CreateDatabase { databases: dbs })
+        self.call(&GuestMsg::CreateDatabase(CreateDatabase { databases: dbs }))
             .await?;
         Ok(())
     }
@@ -652,7 +655,8 @@ impl<'a> Guest<'a> {
             name: name.to_owned(),
             ..DatabaseSpec::default()
         };
-        self.call(&GuestMsg::DeleteDatabase { database }).await?;
+        self.call(&GuestMsg::DeleteDatabase(DeleteDatabase { database }))
+            .await?;
         Ok(())
     }
 
@@ -675,7 +679,8 @@ impl<'a> Guest<'a> {
                 return Err(already_exists("user", &u.name));
             }
         }
-        self.call(&GuestMsg::CreateUser { users }).await?;
+        self.call(&GuestMsg::CreateUser(CreateUser { users }))
+            .await?;
         Ok(())
     }
 
@@ -698,7 +703,8 @@ impl<'a> Guest<'a> {
             host: Some(host),
             ..UserSpec::default()
         };
-        self.call(&GuestMsg::DeleteUser { user }).await?;
+        self.call(&GuestMsg::DeleteUser(DeleteUser { user }))
+            .await?;
         Ok(())
     }
 
@@ -714,10 +720,10 @@ impl<'a> Guest<'a> {
         }
         verify_running(d)?;
         let msg = match password {
-            Some(root_password) => GuestMsg::EnableRootWithPassword {
+            Some(root_password) => GuestMsg::EnableRootWithPassword(EnableRootWithPassword {
                 root_password: Some(root_password),
-            },
-            None => GuestMsg::EnableRoot {},
+            }),
+            None => GuestMsg::EnableRoot(EnableRoot {}),
         };
         self.call_for(&msg).await
     }
@@ -726,7 +732,8 @@ impl<'a> Guest<'a> {
     pub async fn root_enabled(&self) -> ApiResult<bool> {
         root_supported(self.d)?;
         verify_running(self.d)?;
-        self.call_for(&GuestMsg::IsRootEnabled {}).await
+        self.call_for(&GuestMsg::IsRootEnabled(IsRootEnabled {}))
+            .await
     }
 }
 

@@ -93,76 +93,151 @@ pub struct ModuleResult {
     pub contents: Option<String>,
 }
 
-/// Every method a guest agent serves (docs/messaging.md §4).
+/// Every method a guest agent serves (docs/messaging.md §4), one struct of arguments per method.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", content = "args", rename_all = "snake_case")]
 pub enum GuestMsg {
     Prepare(Box<Prepare>),
-    /// A call from the api, or a cast from the taskmanager for a reapply job (then `job_id` is set and
-    /// the guest reports to the conductor instead of replying).
-    ModuleApply {
-        modules: Vec<ModuleEntry>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        job_id: Option<String>,
-    },
-    ModuleRemove {
-        module: Box<ModuleEntry>,
-    },
-    ModuleList {
-        #[serde(default)]
-        include_contents: bool,
-    },
-    RpcPing {},
-    ClusterComplete {},
-    GetFilesystemStats {
-        #[serde(default)]
-        fs_path: Option<String>,
-    },
-    StopDb {
-        #[serde(default)]
-        do_not_start_on_reboot: bool,
-    },
-    DeleteQueue {},
-    /// Stop the datastore server and start it again (Trove's `trove restart`); a call.
-    Restart {},
-    /// Create databases (mysql); a call from the api. Names are checked by the api and again here.
-    CreateDatabase {
-        databases: Vec<DatabaseSpec>,
-    },
+    ModuleApply(ModuleApply),
+    ModuleRemove(ModuleRemove),
+    ModuleList(ModuleList),
+    RpcPing(RpcPing),
+    ClusterComplete(ClusterComplete),
+    GetFilesystemStats(GetFilesystemStats),
+    StopDb(StopDb),
+    DeleteQueue(DeleteQueue),
+    Restart(Restart),
+    CreateDatabase(CreateDatabase),
     /// One page of databases (call) → `[[database...], next_marker]`, as Trove's guest answers.
     ListDatabases(PageQuery),
-    DeleteDatabase {
-        database: DatabaseSpec,
-    },
-    /// Create users with their grants (mysql); a call from the api.
-    CreateUser {
-        users: Vec<UserSpec>,
-    },
+    DeleteDatabase(DeleteDatabase),
+    CreateUser(CreateUser),
     /// One page of users (call) → `[[user...], next_marker]`.
     ListUsers(PageQuery),
-    DeleteUser {
-        user: UserSpec,
-    },
-    /// Enable root with a generated password (call) → the root user, password included.
-    EnableRoot {},
-    /// Enable root with the caller's password, or a generated one when `None` (call) → the root user.
-    EnableRootWithPassword {
-        #[serde(default)]
-        root_password: Option<String>,
-    },
-    /// Whether root is enabled (call) → bool.
-    IsRootEnabled {},
-    /// Redis Cluster: join the cluster `ip:port` belongs to (call, Trove's redis cluster strategy).
-    ClusterMeet {
-        ip: String,
-        port: u16,
-    },
-    /// Redis Cluster: own the hash slots `first_slot..=last_slot` (call). Idempotent: slots this node
-    /// already owns are skipped.
-    ClusterAddslots {
-        first_slot: u32,
-        last_slot: u32,
-    },
+    DeleteUser(DeleteUser),
+    EnableRoot(EnableRoot),
+    EnableRootWithPassword(EnableRootWithPassword),
+    IsRootEnabled(IsRootEnabled),
+    ClusterMeet(ClusterMeet),
+    ClusterAddslots(ClusterAddslots),
+}
+
+// Methods without arguments are structs with braces, never unit structs: serde writes `{}` for
+// those, which is what oslo sends as `args`, where a unit struct would be `null`.
+
+/// `module_apply`: a call from the api, or a cast from the taskmanager for a reapply job (then
+/// `job_id` is set and the guest reports to the conductor instead of replying).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleApply {
+    pub modules: Vec<ModuleEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// `module_remove`: remove a module from the guest (a call from the api) → null.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRemove {
+    /// The module as the api knows it; `contents` is not sent.
+    pub module: Box<ModuleEntry>,
+}
+
+/// `module_list`: what the guest has applied (call) → its [`ModuleResult`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleList {
+    /// Also return each module's contents.
+    #[serde(default)]
+    pub include_contents: bool,
+}
+
+/// `rpc_ping`: is the guest alive (call) → true.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcPing {}
+
+/// `cluster_complete` (call): every member of the guest's cluster is built; the guest reports
+/// `running` once it sees its cluster ok.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterComplete {}
+
+/// `get_filesystem_stats` (call) → Trove's figures for the guest's data filesystem.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetFilesystemStats {
+    /// A path on a Trove guest; ours measures its state directory instead.
+    #[serde(default)]
+    pub fs_path: Option<String>,
+}
+
+/// `stop_db`: stop the datastore server before the instance is deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopDb {
+    /// Trove's argument; our guest keeps the server stopped either way (until `restart`).
+    #[serde(default)]
+    pub do_not_start_on_reboot: bool,
+}
+
+/// `delete_queue` (cast): the instance is going away; the guest stops consuming and exits (the
+/// taskmanager deletes the queue).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteQueue {}
+
+/// `restart`: stop the datastore server and start it again (Trove's `trove restart`); a call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {}
+
+/// `create_database`: create databases (mysql); a call from the api. Names are checked by the api
+/// and again here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateDatabase {
+    pub databases: Vec<DatabaseSpec>,
+}
+
+/// `delete_database`: drop one database (a call).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteDatabase {
+    pub database: DatabaseSpec,
+}
+
+/// `create_user`: create users with their grants (mysql); a call from the api.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateUser {
+    pub users: Vec<UserSpec>,
+}
+
+/// `delete_user`: drop one user (a call).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteUser {
+    pub user: UserSpec,
+}
+
+/// `enable_root`: enable root with a generated password (call) → the root user, password included.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnableRoot {}
+
+/// `enable_root_with_password`: enable root with the caller's password, or a generated one when
+/// `None` (call) → the root user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnableRootWithPassword {
+    #[serde(default)]
+    pub root_password: Option<String>,
+}
+
+/// `is_root_enabled`: whether root is enabled (call) → bool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsRootEnabled {}
+
+/// `cluster_meet`, Redis Cluster: join the cluster `ip:port` belongs to (call, Trove's redis cluster
+/// strategy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeet {
+    pub ip: String,
+    pub port: u16,
+}
+
+/// `cluster_addslots`, Redis Cluster: own the hash slots `first_slot..=last_slot` (call).
+/// Idempotent: slots this node already owns are skipped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterAddslots {
+    pub first_slot: u32,
+    pub last_slot: u32,
 }
 
 /// Which page of a listing (`list_databases`, `list_users`): Trove's `limit`, `marker` and
@@ -215,29 +290,30 @@ impl std::fmt::Debug for UserSpec {
 }
 
 impl GuestMsg {
+    /// The wire method name, for logs.
     pub fn method(&self) -> &'static str {
         match self {
             Self::Prepare(_) => "prepare",
-            Self::ModuleApply { .. } => "module_apply",
-            Self::ModuleRemove { .. } => "module_remove",
-            Self::ModuleList { .. } => "module_list",
-            Self::RpcPing {} => "rpc_ping",
-            Self::ClusterComplete {} => "cluster_complete",
-            Self::GetFilesystemStats { .. } => "get_filesystem_stats",
-            Self::StopDb { .. } => "stop_db",
-            Self::DeleteQueue {} => "delete_queue",
-            Self::Restart {} => "restart",
-            Self::CreateDatabase { .. } => "create_database",
+            Self::ModuleApply(_) => "module_apply",
+            Self::ModuleRemove(_) => "module_remove",
+            Self::ModuleList(_) => "module_list",
+            Self::RpcPing(_) => "rpc_ping",
+            Self::ClusterComplete(_) => "cluster_complete",
+            Self::GetFilesystemStats(_) => "get_filesystem_stats",
+            Self::StopDb(_) => "stop_db",
+            Self::DeleteQueue(_) => "delete_queue",
+            Self::Restart(_) => "restart",
+            Self::CreateDatabase(_) => "create_database",
             Self::ListDatabases(_) => "list_databases",
-            Self::DeleteDatabase { .. } => "delete_database",
-            Self::CreateUser { .. } => "create_user",
+            Self::DeleteDatabase(_) => "delete_database",
+            Self::CreateUser(_) => "create_user",
             Self::ListUsers(_) => "list_users",
-            Self::DeleteUser { .. } => "delete_user",
-            Self::EnableRoot {} => "enable_root",
-            Self::EnableRootWithPassword { .. } => "enable_root_with_password",
-            Self::IsRootEnabled {} => "is_root_enabled",
-            Self::ClusterMeet { .. } => "cluster_meet",
-            Self::ClusterAddslots { .. } => "cluster_addslots",
+            Self::DeleteUser(_) => "delete_user",
+            Self::EnableRoot(_) => "enable_root",
+            Self::EnableRootWithPassword(_) => "enable_root_with_password",
+            Self::IsRootEnabled(_) => "is_root_enabled",
+            Self::ClusterMeet(_) => "cluster_meet",
+            Self::ClusterAddslots(_) => "cluster_addslots",
         }
     }
 }
@@ -337,57 +413,63 @@ mod tests {
                 r#"{"method":"prepare","args":{"memory_mb":512,"packages":["redis-server"],"databases":[{"_name":"shop"}],"users":[],"device_path":"/dev/vdb","mount_point":"/var/lib/redis","backup_info":null,"config_contents":"port 6379","root_password":null,"overrides":{},"cluster_config":null,"snapshot":null,"modules":[{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":"t1","tenant":"t1","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null,"contents":"cGluZw=="}}],"ds_version":"3.2.6"}}"#,
             ),
             (
-                GuestMsg::ModuleApply {
+                GuestMsg::ModuleApply(ModuleApply {
                     modules: vec![entry(Some("cGluZw=="))],
                     job_id: Some("job-1".into()),
-                },
+                }),
                 r#"{"method":"module_apply","args":{"modules":[{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":"t1","tenant":"t1","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null,"contents":"cGluZw=="}}],"job_id":"job-1"}}"#,
             ),
             (
-                GuestMsg::ModuleApply {
+                GuestMsg::ModuleApply(ModuleApply {
                     modules: vec![],
                     job_id: None,
-                },
+                }),
                 r#"{"method":"module_apply","args":{"modules":[]}}"#,
             ),
             (
-                GuestMsg::ModuleRemove {
+                GuestMsg::ModuleRemove(ModuleRemove {
                     module: Box::new(entry(None)),
-                },
+                }),
                 r#"{"method":"module_remove","args":{"module":{"module":{"id":"m1","name":"ping","type":"ping","description":null,"tenant_id":"t1","tenant":"t1","datastore_id":null,"datastore":"","datastore_version_id":null,"datastore_version":"","auto_apply":false,"priority_apply":false,"apply_order":0,"is_admin":false,"visible":false,"live_update":false,"md5":"d41d8cd98f00b204e9800998ecf8427e","created":null,"updated":null}}}}"#,
             ),
             (
-                GuestMsg::ModuleList {
+                GuestMsg::ModuleList(ModuleList {
                     include_contents: true,
-                },
+                }),
                 r#"{"method":"module_list","args":{"include_contents":true}}"#,
             ),
-            (GuestMsg::RpcPing {}, r#"{"method":"rpc_ping","args":{}}"#),
             (
-                GuestMsg::ClusterComplete {},
+                GuestMsg::RpcPing(RpcPing {}),
+                r#"{"method":"rpc_ping","args":{}}"#,
+            ),
+            (
+                GuestMsg::ClusterComplete(ClusterComplete {}),
                 r#"{"method":"cluster_complete","args":{}}"#,
             ),
             (
-                GuestMsg::GetFilesystemStats {
+                GuestMsg::GetFilesystemStats(GetFilesystemStats {
                     fs_path: Some("/var/lib/redis".into()),
-                },
+                }),
                 r#"{"method":"get_filesystem_stats","args":{"fs_path":"/var/lib/redis"}}"#,
             ),
             (
-                GuestMsg::StopDb {
+                GuestMsg::StopDb(StopDb {
                     do_not_start_on_reboot: true,
-                },
+                }),
                 r#"{"method":"stop_db","args":{"do_not_start_on_reboot":true}}"#,
             ),
             (
-                GuestMsg::DeleteQueue {},
+                GuestMsg::DeleteQueue(DeleteQueue {}),
                 r#"{"method":"delete_queue","args":{}}"#,
             ),
-            (GuestMsg::Restart {}, r#"{"method":"restart","args":{}}"#),
             (
-                GuestMsg::CreateDatabase {
+                GuestMsg::Restart(Restart {}),
+                r#"{"method":"restart","args":{}}"#,
+            ),
+            (
+                GuestMsg::CreateDatabase(CreateDatabase {
                     databases: vec![shop()],
-                },
+                }),
                 r#"{"method":"create_database","args":{"databases":[{"_name":"shop","_character_set":"utf8","_collate":null}]}}"#,
             ),
             (
@@ -399,11 +481,11 @@ mod tests {
                 r#"{"method":"list_databases","args":{"limit":20,"marker":"shop","include_marker":true}}"#,
             ),
             (
-                GuestMsg::DeleteDatabase { database: shop() },
+                GuestMsg::DeleteDatabase(DeleteDatabase { database: shop() }),
                 r#"{"method":"delete_database","args":{"database":{"_name":"shop","_character_set":"utf8","_collate":null}}}"#,
             ),
             (
-                GuestMsg::CreateUser { users: vec![bob()] },
+                GuestMsg::CreateUser(CreateUser { users: vec![bob()] }),
                 r#"{"method":"create_user","args":{"users":[{"_name":"bob","_host":"%","_password":"bobpw","_databases":[{"_name":"shop","_character_set":"utf8","_collate":null}]}]}}"#,
             ),
             (
@@ -411,35 +493,35 @@ mod tests {
                 r#"{"method":"list_users","args":{"limit":null,"marker":null,"include_marker":false}}"#,
             ),
             (
-                GuestMsg::DeleteUser { user: bob() },
+                GuestMsg::DeleteUser(DeleteUser { user: bob() }),
                 r#"{"method":"delete_user","args":{"user":{"_name":"bob","_host":"%","_password":"bobpw","_databases":[{"_name":"shop","_character_set":"utf8","_collate":null}]}}}"#,
             ),
             (
-                GuestMsg::EnableRoot {},
+                GuestMsg::EnableRoot(EnableRoot {}),
                 r#"{"method":"enable_root","args":{}}"#,
             ),
             (
-                GuestMsg::EnableRootWithPassword {
+                GuestMsg::EnableRootWithPassword(EnableRootWithPassword {
                     root_password: Some("rootpw".into()),
-                },
+                }),
                 r#"{"method":"enable_root_with_password","args":{"root_password":"rootpw"}}"#,
             ),
             (
-                GuestMsg::IsRootEnabled {},
+                GuestMsg::IsRootEnabled(IsRootEnabled {}),
                 r#"{"method":"is_root_enabled","args":{}}"#,
             ),
             (
-                GuestMsg::ClusterMeet {
+                GuestMsg::ClusterMeet(ClusterMeet {
                     ip: "127.0.0.1".into(),
                     port: 30001,
-                },
+                }),
                 r#"{"method":"cluster_meet","args":{"ip":"127.0.0.1","port":30001}}"#,
             ),
             (
-                GuestMsg::ClusterAddslots {
+                GuestMsg::ClusterAddslots(ClusterAddslots {
                     first_slot: 0,
                     last_slot: 5460,
-                },
+                }),
                 r#"{"method":"cluster_addslots","args":{"first_slot":0,"last_slot":5460}}"#,
             ),
         ];
@@ -457,43 +539,46 @@ mod tests {
         let cases: Vec<(&str, GuestMsg)> = vec![
             (
                 r#"{"method":"module_apply","args":{"modules":[]}}"#,
-                GuestMsg::ModuleApply {
+                GuestMsg::ModuleApply(ModuleApply {
                     modules: vec![],
                     job_id: None,
-                },
+                }),
             ),
             (
                 r#"{"method":"module_list","args":{}}"#,
-                GuestMsg::ModuleList {
+                GuestMsg::ModuleList(ModuleList {
                     include_contents: false,
-                },
+                }),
             ),
             (
                 r#"{"method":"get_filesystem_stats","args":{}}"#,
-                GuestMsg::GetFilesystemStats { fs_path: None },
+                GuestMsg::GetFilesystemStats(GetFilesystemStats { fs_path: None }),
             ),
             (
                 r#"{"method":"stop_db","args":{}}"#,
-                GuestMsg::StopDb {
+                GuestMsg::StopDb(StopDb {
                     do_not_start_on_reboot: false,
-                },
+                }),
             ),
             (
                 r#"{"method":"enable_root_with_password","args":{}}"#,
-                GuestMsg::EnableRootWithPassword {
+                GuestMsg::EnableRootWithPassword(EnableRootWithPassword {
                     root_password: None,
-                },
+                }),
             ),
             (
                 r#"{"method":"create_user","args":{"users":[{"_name":"bob"}]}}"#,
-                GuestMsg::CreateUser {
+                GuestMsg::CreateUser(CreateUser {
                     users: vec![UserSpec {
                         name: "bob".into(),
                         ..UserSpec::default()
                     }],
-                },
+                }),
             ),
-            (r#"{"method":"rpc_ping","args":{}}"#, GuestMsg::RpcPing {}),
+            (
+                r#"{"method":"rpc_ping","args":{}}"#,
+                GuestMsg::RpcPing(RpcPing {}),
+            ),
             (
                 r#"{"method":"prepare","args":{"memory_mb":512}}"#,
                 GuestMsg::Prepare(Box::new(Prepare {

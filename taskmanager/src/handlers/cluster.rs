@@ -17,7 +17,7 @@ use trove_common::status::ClusterTask;
 use super::instance;
 use crate::error::is_transient;
 use crate::{guest, Ctx, Interrupted};
-use trove_common::rpc::guest::GuestMsg;
+use trove_common::rpc::guest::{ClusterAddslots, ClusterMeet, GuestMsg};
 
 /// Trove polls a cluster delete every 2 s.
 const DELETE_POLL: Duration = Duration::from_secs(2);
@@ -184,10 +184,10 @@ pub async fn join_redis_cluster(
     let meets = members[1..].iter().map(|m| {
         call(
             m,
-            GuestMsg::ClusterMeet {
+            GuestMsg::ClusterMeet(ClusterMeet {
                 ip: head_ip.clone(),
                 port: head_port,
-            },
+            }),
         )
     });
     for res in join_all(meets).await {
@@ -197,10 +197,10 @@ pub async fn join_redis_cluster(
     let slots = members.iter().zip(&ranges).map(|(m, (first, last))| {
         call(
             m,
-            GuestMsg::ClusterAddslots {
+            GuestMsg::ClusterAddslots(ClusterAddslots {
                 first_slot: *first,
                 last_slot: *last,
-            },
+            }),
         )
     });
     for res in join_all(slots).await {

@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use trove_common::db::models::instance::{record_fault, PortAllocation};
 use trove_common::db::models::{DatastoreVersion, Flavor, Instance};
 use trove_common::db::DbError;
-use trove_common::rpc::guest::{GuestMsg, Prepare};
+use trove_common::rpc::guest::{DeleteQueue, GuestMsg, Prepare, StopDb};
 use trove_common::rpc::taskmanager::CreateInstance;
 use trove_common::rpc::RpcContext;
 use trove_common::status::InstanceTask;
@@ -495,10 +495,10 @@ pub(crate) async fn delete_locked(
             }
         };
         for msg in [
-            GuestMsg::StopDb {
+            GuestMsg::StopDb(StopDb {
                 do_not_start_on_reboot: true,
-            },
-            GuestMsg::DeleteQueue {},
+            }),
+            GuestMsg::DeleteQueue(DeleteQueue {}),
         ] {
             if let Err(e) = guest::cast(ctx, instance_id, keys.as_ref(), rpc, &msg).await {
                 tracing::warn!(instance.id = %instance_id, rpc.method = msg.method(), error = %e, "guest did not take the cast; stopping it anyway");

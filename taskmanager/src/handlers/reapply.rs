@@ -40,7 +40,7 @@ use trove_common::db::models::{Instance, InstanceModule, Module, ReapplyItem, Re
 use trove_common::db::schema::{reapply_job_items as items, reapply_jobs as jobs};
 use trove_common::db::{new_id, now, DbError};
 use trove_common::module::check_datastore;
-use trove_common::rpc::guest::{GuestMsg, ModuleEntry};
+use trove_common::rpc::guest::{GuestMsg, ModuleApply, ModuleEntry};
 use trove_common::rpc::keys::module_keyring;
 use trove_common::rpc::taskmanager::{truthy, ReapplyModule};
 use trove_common::rpc::RpcContext;
@@ -867,10 +867,10 @@ async fn cast_until_taken(
     let mut backoff = ctx.broker.backoff();
     loop {
         let sends = todo.into_iter().map(|(instance_id, sealed)| {
-            let msg = GuestMsg::ModuleApply {
+            let msg = GuestMsg::ModuleApply(ModuleApply {
                 modules: vec![entry.clone()],
                 job_id: Some(job.id.clone()),
-            };
+            });
             async move {
                 let keys = crate::guest::instance_key(&ctx.settings, sealed.as_deref())
                     .ok()

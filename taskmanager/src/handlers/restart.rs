@@ -9,7 +9,7 @@
 use anyhow::Context as _;
 use trove_common::db::models::Instance;
 use trove_common::db::DbError;
-use trove_common::rpc::guest::GuestMsg;
+use trove_common::rpc::guest::{GuestMsg, Restart};
 use trove_common::rpc::RpcContext;
 use trove_common::status::InstanceTask;
 
@@ -36,7 +36,7 @@ pub async fn handle_restart(ctx: &Ctx, rpc: &RpcContext, instance_id: &str) -> a
                 instance_id,
                 keys.as_ref(),
                 rpc,
-                &GuestMsg::Restart {},
+                &GuestMsg::Restart(Restart {}),
                 ctx.settings.high_timeout(),
             );
             tokio::select! {
