@@ -7,7 +7,9 @@
 //!
 //! Typed enums ([`taskmanager::TaskManagerMsg`], [`guest::GuestMsg`], [`conductor::ConductorMsg`]) are
 //! serialised with `tag = "method", content = "args"`, so Trove's method names show on the wire, then
-//! split into the envelope's `method` and `args`.
+//! split into the envelope's `method` and `args`. Each variant wraps one struct holding the method's
+//! arguments (svix's `QueueTask::MessageV1(MessageTask)`), so a message is built the same way by its
+//! sender, its server and the tests.
 
 pub mod conductor;
 pub mod guest;
