@@ -8,7 +8,7 @@ use axum::Json;
 use diesel::Connection;
 use serde_json::{json, Map, Value};
 use trove_common::api_time;
-use trove_common::db::models::{Instance, InstanceModule, Module, ReapplyJob};
+use trove_common::db::models::{Instance, InstanceModule, Module, NewReapplyJob, ReapplyJob};
 use trove_common::db::{new_id, now};
 use trove_common::rpc::taskmanager::{truthy, ReapplyModule, TaskManagerMsg};
 
@@ -250,29 +250,23 @@ pub async fn reapply(
         .run(move |c| {
             c.transaction(|c| {
                 let m = svc::load(c, &id, ctx.caller())?;
-                let job = ReapplyJob {
-                    id: new_id(),
-                    module_id: m.id.clone(),
-                    tenant_id: ctx.project_id.clone(),
-                    is_admin: ctx.is_admin,
-                    md5,
-                    include_clustered,
-                    force,
-                    batch_size: batch_size.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
-                    batch_delay: batch_delay.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
-                    state: "queued".into(),
-                    current_md5: None,
-                    total: 0,
-                    applied: 0,
-                    skipped: 0,
-                    failed: 0,
-                    next_batch_at: None,
-                    request_id: ctx.request_id.clone(),
-                    created: now(),
-                    started: None,
-                    finished: None,
-                    batch_sent_at: None,
-                };
+                let job = ReapplyJob::queued(
+                    NewReapplyJob {
+                        id: new_id(),
+                        module_id: m.id.clone(),
+                        tenant_id: ctx.project_id.clone(),
+                        is_admin: ctx.is_admin,
+                        md5,
+                        include_clustered,
+                        force,
+                        batch_size: batch_size.clamp(i64::from(i32::MIN), i64::from(i32::MAX))
+                            as i32,
+                        batch_delay: batch_delay.clamp(i64::from(i32::MIN), i64::from(i32::MAX))
+                            as i32,
+                        request_id: ctx.request_id.clone(),
+                    },
+                    now(),
+                );
                 ReapplyJob::insert(c, &job)?;
                 let msg = TaskManagerMsg::ReapplyModule(ReapplyModule::for_job(&job));
                 enqueue_taskmanager(c, &settings, &topic, &msg, &ctx.rpc())?;

@@ -340,29 +340,21 @@ mod tests {
         let created = chrono::DateTime::from_timestamp(1_496_423_181, 0)
             .unwrap()
             .naive_utc();
-        let job = crate::db::models::ReapplyJob {
-            id: "job-1".into(),
-            module_id: "m1".into(),
-            tenant_id: "t1".into(),
-            is_admin: false,
-            md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
-            include_clustered: true,
-            force: false,
-            batch_size: 1,
-            batch_delay: 3,
-            state: "queued".into(),
-            current_md5: None,
-            total: 0,
-            applied: 0,
-            skipped: 0,
-            failed: 0,
-            next_batch_at: None,
-            request_id: "req-1".into(),
+        let job = crate::db::models::ReapplyJob::queued(
+            crate::db::models::NewReapplyJob {
+                id: "job-1".into(),
+                module_id: "m1".into(),
+                tenant_id: "t1".into(),
+                is_admin: false,
+                md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
+                include_clustered: true,
+                force: false,
+                batch_size: 1,
+                batch_delay: 3,
+                request_id: "req-1".into(),
+            },
             created,
-            started: None,
-            finished: None,
-            batch_sent_at: None,
-        };
+        );
         assert_wire(
             &TaskManagerMsg::ReapplyModule(ReapplyModule::for_job(&job)),
             r#"{"method":"reapply_module","args":{"module_id":"m1","md5":"d41d8cd98f00b204e9800998ecf8427e","include_clustered":1,"batch_size":1,"batch_delay":3,"force":0,"job_id":"job-1"}}"#,

@@ -36,7 +36,9 @@ use futures_util::StreamExt as _;
 use tracing::Instrument as _;
 use trove_common::db::models::instance::Scope;
 use trove_common::db::models::module::Caller;
-use trove_common::db::models::{Instance, InstanceModule, Module, ReapplyItem, ReapplyJob};
+use trove_common::db::models::{
+    Instance, InstanceModule, Module, NewReapplyJob, ReapplyItem, ReapplyJob,
+};
 use trove_common::db::schema::{reapply_job_items as items, reapply_jobs as jobs};
 use trove_common::db::{new_id, now, DbError};
 use trove_common::module::check_datastore;
@@ -93,29 +95,21 @@ pub async fn handle_reapply_module(
 
 /// A Trove-style cast without our job id: make the job row here.
 async fn create_job(ctx: &Ctx, rpc: &RpcContext, args: &ReapplyModule) -> anyhow::Result<String> {
-    let job = ReapplyJob {
-        id: new_id(),
-        module_id: args.module_id.clone(),
-        tenant_id: rpc.project_id.clone().unwrap_or_default(),
-        is_admin: rpc.is_admin,
-        md5: args.md5.clone(),
-        include_clustered: truthy(&args.include_clustered),
-        force: truthy(&args.force),
-        batch_size: args.batch_size.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
-        batch_delay: args.batch_delay.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
-        state: "queued".into(),
-        current_md5: None,
-        total: 0,
-        applied: 0,
-        skipped: 0,
-        failed: 0,
-        next_batch_at: None,
-        request_id: rpc.request_id.clone(),
-        created: now(),
-        started: None,
-        finished: None,
-        batch_sent_at: None,
-    };
+    let job = ReapplyJob::queued(
+        NewReapplyJob {
+            id: new_id(),
+            module_id: args.module_id.clone(),
+            tenant_id: rpc.project_id.clone().unwrap_or_default(),
+            is_admin: rpc.is_admin,
+            md5: args.md5.clone(),
+            include_clustered: truthy(&args.include_clustered),
+            force: truthy(&args.force),
+            batch_size: args.batch_size.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+            batch_delay: args.batch_delay.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+            request_id: rpc.request_id.clone(),
+        },
+        now(),
+    );
     let id = job.id.clone();
     ctx.db
         .run(move |c| ReapplyJob::insert(c, &job).map_err(DbError::from))

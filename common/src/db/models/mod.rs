@@ -21,4 +21,4 @@ pub use instance_module::InstanceModule;
 pub use module::{Module, ModuleChangeset, NewModule};
 pub use outbox::OutboxMessage;
 pub use quota::{Quota, QuotaUsage};
-pub use reapply::{ReapplyItem, ReapplyJob};
+pub use reapply::{NewReapplyJob, ReapplyItem, ReapplyJob};

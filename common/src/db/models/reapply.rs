@@ -51,7 +51,50 @@ pub struct ReapplyItem {
     pub message: Option<String>,
 }
 
+/// What a new reapply job is made of: the request's choices.
+#[derive(Clone, Debug)]
+pub struct NewReapplyJob {
+    pub id: String,
+    pub module_id: String,
+    pub tenant_id: String,
+    pub is_admin: bool,
+    pub md5: Option<String>,
+    pub include_clustered: bool,
+    pub force: bool,
+    pub batch_size: i32,
+    pub batch_delay: i32,
+    pub request_id: String,
+}
+
 impl ReapplyJob {
+    /// A job as it is first written: `queued` since `now`, no instance selected or counted yet, no
+    /// batch sent.
+    pub fn queued(new: NewReapplyJob, now: NaiveDateTime) -> Self {
+        Self {
+            id: new.id,
+            module_id: new.module_id,
+            tenant_id: new.tenant_id,
+            is_admin: new.is_admin,
+            md5: new.md5,
+            include_clustered: new.include_clustered,
+            force: new.force,
+            batch_size: new.batch_size,
+            batch_delay: new.batch_delay,
+            state: "queued".into(),
+            current_md5: None,
+            total: 0,
+            applied: 0,
+            skipped: 0,
+            failed: 0,
+            next_batch_at: None,
+            request_id: new.request_id,
+            created: now,
+            started: None,
+            finished: None,
+            batch_sent_at: None,
+        }
+    }
+
     pub fn insert(conn: &mut PgConnection, j: &Self) -> QueryResult<()> {
         diesel::insert_into(reapply_jobs::table)
             .values(j)
