@@ -25,8 +25,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, Double, Integer, Nullable, Text, Timestamp};
 use trove_common::db::prepared::strip_comments;
 use trove_common::db::schema::reapply_jobs;
-use trove_common::rpc::conductor::ConductorMsg;
-use trove_common::rpc::guest::ModuleResult;
+use trove_common::rpc::conductor::{ConductorMsg, ModuleResults};
 use trove_common::status::ServiceStatus;
 
 use crate::handlers::{
@@ -328,23 +327,10 @@ fn module_reports(
     idx: &[usize],
     jobs: &JobModules,
 ) -> QueryResult<Vec<Applied>> {
-    struct Report<'a> {
-        instance_id: &'a str,
-        job_id: Option<&'a str>,
-        sent: f64,
-        results: &'a [ModuleResult],
-        error: Option<&'a str>,
-    }
-    let reports: Vec<Report<'_>> = idx
+    let reports: Vec<&ModuleResults> = idx
         .iter()
         .map(|&i| match &msgs[i] {
-            ConductorMsg::ModuleResults(report) => Report {
-                instance_id: &report.instance_id,
-                job_id: report.job_id.as_deref(),
-                sent: report.sent,
-                results: &report.results,
-                error: report.error.as_deref(),
-            },
+            ConductorMsg::ModuleResults(report) => report,
             _ => unreachable!("apply_batch() chose module reports"),
         })
         .collect();
@@ -355,8 +341,8 @@ fn module_reports(
     let mut rows = Vec::new();
     for r in &reports {
         let mut mine: Vec<trove_common::db::models::GuestModuleResult> = Vec::new();
-        for result in r.results {
-            let Some(row) = result_row(r.instance_id, result, now) else {
+        for result in &r.results {
+            let Some(row) = result_row(&r.instance_id, result, now) else {
                 handlers::warn_malformed(result);
                 continue;
             };
@@ -377,21 +363,34 @@ fn module_reports(
     }
     rows.sort_by(|x, y| (&x.instance_id, &x.module_id).cmp(&(&y.instance_id, &y.module_id)));
     // The verdicts of the reapply answers, from each job's module.
-    let modules = jobs.resolve(c, reports.iter().filter_map(|r| r.job_id))?;
+    let modules = jobs.resolve(c, reports.iter().filter_map(|r| r.job_id.as_deref()))?;
     let verdicts: Vec<(Option<&'static str>, Option<String>)> = reports
         .iter()
-        .map(|r| match r.job_id {
+        .map(|r| match r.job_id.as_deref() {
             Some(job) => {
-                let (status, message) =
-                    job_verdict(modules.get(job).map(String::as_str), r.results, r.error);
+                let (status, message) = job_verdict(
+                    modules.get(job).map(String::as_str),
+                    &r.results,
+                    r.error.as_deref(),
+                );
                 (Some(status), message)
             }
             None => (None, None),
         })
         .collect();
     let facts = trove_common::db::prepared(&MODULE_REPORTS_SQL)
-        .bind::<Array<Text>, _>(reports.iter().map(|r| r.instance_id).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(reports.iter().map(|r| r.job_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            reports
+                .iter()
+                .map(|r| r.instance_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            reports
+                .iter()
+                .map(|r| r.job_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind::<Array<Double>, _>(reports.iter().map(|r| r.sent).collect::<Vec<_>>())
         .bind::<Array<Nullable<Text>>, _>(verdicts.iter().map(|v| v.0).collect::<Vec<_>>())
         .bind::<Array<Nullable<Text>>, _>(
@@ -423,17 +422,20 @@ fn module_reports(
     Ok(reports
         .iter()
         .map(|r| {
-            Applied::ModuleResults(if !facts.has(r.instance_id, "live") {
+            Applied::ModuleResults(if !facts.has(&r.instance_id, "live") {
                 ModuleResultsOutcome::InstanceGone
-            } else if r.job_id.is_none() && !facts.has(r.instance_id, "seen") {
+            } else if r.job_id.is_none() && !facts.has(&r.instance_id, "seen") {
                 ModuleResultsOutcome::Stale
             } else {
-                let stored = facts.count(r.instance_id, "stored");
+                let stored = facts.count(&r.instance_id, "stored");
                 ModuleResultsOutcome::Stored {
                     stored,
                     // Malformed, named twice, or not newer than the stored row.
                     skipped: r.results.len() - stored,
-                    item_answered: r.job_id.map(|_| facts.has(r.instance_id, "answered")),
+                    item_answered: r
+                        .job_id
+                        .as_ref()
+                        .map(|_| facts.has(&r.instance_id, "answered")),
                 }
             })
         })
