@@ -179,10 +179,16 @@ pub fn cbc_decrypt(key: &SecretKey, text: &str) -> Result<Vec<u8>, CryptoError> 
         .map_err(|_| CryptoError::Authentication)
 }
 
+/// `len` random characters from `[A-Za-z0-9]` (from the thread's CSPRNG, seeded by the OS): keys
+/// and passwords that travel in configuration files and URLs.
+pub fn random_alphanumeric(len: usize) -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), len)
+}
+
 /// 32 random characters from `[A-Za-z0-9]`: a new instance's RPC key (docs/messaging.md §3).
 pub fn random_rpc_key() -> String {
-    use rand::distributions::{Alphanumeric, DistString};
-    Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+    random_alphanumeric(32)
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 
 use std::time::Duration;
 
-use rand::Rng as _;
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
@@ -68,12 +67,7 @@ impl BrokerUserError {
 
 /// A new random password for a guest's user.
 pub fn new_password() -> SecretString {
-    let password: String = rand::rngs::OsRng
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(PASSWORD_LEN)
-        .map(char::from)
-        .collect();
-    SecretString::from(password)
+    SecretString::from(trove_common::crypto::random_alphanumeric(PASSWORD_LEN))
 }
 
 /// Writes and removes the guests' users through the management API.
@@ -128,7 +122,8 @@ impl BrokerUsers {
             .ok()
             .filter(|u| u.scheme() == "http" && u.has_host())
             .ok_or_else(|| BrokerUserError::ManagementUrl(m.url.clone()))?;
-        let timeout = Duration::try_from_secs_f64(m.timeout).unwrap_or(Duration::from_secs(10));
+        // `validate` has checked that it is positive and finite.
+        let timeout = Duration::from_secs_f64(m.timeout);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -214,18 +209,24 @@ impl BrokerUsers {
         }
     }
 
-    /// One request to `<api>/<segments, each percent-encoded>`; any 2xx is success.
+    /// `<api>/<segments, each percent-encoded>` (user names and vhosts may hold `/`).
+    fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.api.clone();
+        url.path_segments_mut()
+            .expect("from_settings checked that the API URL is http:// with a host")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    /// One request to [`BrokerUsers::endpoint`]; any 2xx is success.
     async fn send(
         &self,
         method: Method,
         segments: &[&str],
         body: Option<serde_json::Value>,
     ) -> Result<(), BrokerUserError> {
-        let mut url = self.api.clone();
-        url.path_segments_mut()
-            .map_err(|()| BrokerUserError::ManagementUrl(self.api.to_string()))?
-            .pop_if_empty()
-            .extend(segments);
+        let url = self.endpoint(segments);
         let mut req = self
             .http
             .request(method.clone(), url.clone())
@@ -338,11 +339,7 @@ mod tests {
     #[test]
     fn user_names_and_vhosts_are_escaped_in_api_paths() {
         let u = users("rabbit://guest:guest@127.0.0.1:5672/", "a/b?");
-        let mut url = u.api.clone();
-        url.path_segments_mut()
-            .unwrap()
-            .pop_if_empty()
-            .extend(["permissions", "/", &u.user("i1")]);
+        let url = u.endpoint(&["permissions", "/", &u.user("i1")]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:15672/api/permissions/%2F/a%2Fb%3Fguest-i1"

@@ -89,7 +89,7 @@ impl Broker {
         Self::connect_with(settings, deadline, 1, false).await
     }
 
-    pub(super) async fn connect_with(
+    async fn connect_with(
         settings: &Settings,
         deadline: Duration,
         publisher_channels: usize,

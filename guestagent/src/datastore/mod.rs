@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use rand::distributions::{Alphanumeric, DistString as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trove_common::config::Settings;
@@ -233,7 +232,7 @@ impl Secrets {
 
 /// A new random password: Trove's alphabet (letters and digits) and length.
 pub fn generate_password() -> String {
-    Alphanumeric.sample_string(&mut rand::thread_rng(), PASSWORD_LENGTH)
+    trove_common::crypto::random_alphanumeric(PASSWORD_LENGTH)
 }
 
 /// Creates a private directory (and its parents).
