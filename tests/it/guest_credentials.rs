@@ -271,29 +271,23 @@ async fn a_guest_can_do_its_own_work_and_nothing_else_and_its_user_goes_with_the
     .unwrap();
     wait_active(&env, TENANT, &a, BUILD).await;
 
-    // Deleting A removes its user (the broker answers 404), and only its.
+    // Deleting A removes its user (the broker answers 404), and only its. A's own URL, from its
+    // guest.conf, logs in before the delete and no longer after it.
+    let url_a = guest_url(&env, &a);
+    let before = Connection::connect(&amqp_uri(&url_a), ConnectionProperties::default())
+        .await
+        .expect("A's credentials log in while A lives");
+    let _ = before.close(200, "bye".into()).await;
     assert_eq!(mgmt.user_status(&user_a).await, 200);
     delete_and_wait_gone(&env, &a).await;
     assert_eq!(mgmt.user_status(&user_a).await, 404);
     assert_eq!(mgmt.user_status(&user_b).await, 200);
-    let gone = Connection::connect(
-        &amqp_uri(&guest_url_of(&user_a, &pass_a, &env)),
-        ConnectionProperties::default(),
-    )
-    .await;
+    let gone = Connection::connect(&amqp_uri(&url_a), ConnectionProperties::default()).await;
     assert!(
         gone.is_err(),
         "A's credentials still log in after its delete"
     );
     wait_active(&env, TENANT, &b, BUILD).await;
-}
-
-/// `transport_url` with `user` and `password` in it.
-fn guest_url_of(user: &str, password: &str, env: &TestEnv) -> String {
-    let mut url = reqwest::Url::parse(&env.settings.default.transport_url).unwrap();
-    url.set_username(user).unwrap();
-    url.set_password(Some(password)).unwrap();
-    url.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
