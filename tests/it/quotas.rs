@@ -334,7 +334,7 @@ async fn usage_is_given_back_exactly_once() {
     assert_eq!(
         usage(&env, T),
         used(2, 2048, 4),
-        "given back once the failure commits"
+        "nothing is given back before the failure commits"
     );
     c.batch_execute("COMMIT").unwrap();
     assert_eq!(delete.join().unwrap(), 1);

@@ -133,8 +133,8 @@ pub async fn create(
                     let entries = svc::payloads(&mods, &cat, &keys)?;
                     member_mods.push((mods, entries, ids.clone()));
                 }
-                // Every member at once (Trove's cluster check_quotas, then each member's own), last,
-                // so the tenant's usage rows stay locked only while the rows are written.
+                // Every member at once (Trove's cluster check_quotas, then each member's own),
+                // after every other check, so a refused request never takes the tenant's usage locks.
                 let mut deltas = Deltas::default();
                 for (flavor, size) in flavors.iter().zip(&sizes) {
                     deltas.add_instance(flavor.ram, *size);

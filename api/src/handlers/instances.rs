@@ -119,7 +119,7 @@ pub async fn create(
                 let volume_size = svc::check_volume(&settings, size)?;
                 let mods = svc::modules_for(conn, ctx.caller(), &ids, ds, ver)?;
                 let entries = svc::payloads(&mods, &cat, &keys)?;
-                // Last, so the tenant's usage rows stay locked only while the rows are written.
+                // After every other check, so a refused request never takes the tenant's usage locks (held to commit).
                 let mut deltas = Deltas::default();
                 deltas.add_instance(flavor.ram, volume_size);
                 quotas::reserve(conn, &settings, &ctx.project_id, &deltas)?;

@@ -107,9 +107,6 @@ pub fn parse_update(body: &Value) -> ApiResult<Vec<(&'static str, i32)>> {
 fn py_str(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Null => "None".into(),
         other => crate::validate::py_repr(other),
     }
 }

@@ -267,6 +267,9 @@ impl QuotaUsage {
         let entries = deltas.entries();
         let names: Vec<&str> = entries.iter().map(|(r, _)| *r).collect();
         let now = crate::db::now();
+        // Before the usage rows are locked: their lock does not guard the limits, and the shorter it
+        // is held the less concurrent creates of the tenant wait.
+        let limits = Quota::hard_limits(conn, tenant, defaults)?;
         // In key order, so two first creates of a tenant queue on the same row first.
         let fresh: Vec<QuotaUsage> = names
             .iter()
@@ -292,7 +295,6 @@ impl QuotaUsage {
             .for_update()
             .select(Self::as_select())
             .load(conn)?;
-        let limits = Quota::hard_limits(conn, tenant, defaults)?;
         let over = overs(
             &entries,
             |r| {
