@@ -1011,6 +1011,18 @@ async fn check_cluster(
                         let n =
                             Cluster::set_task_if(c, &id, ClusterTask::Building, ClusterTask::None)?;
                         if n > 0 {
+                            // Every member's row first, in id order: each task change gives the
+                            // member's quota back under the tenant's usage locks (a trigger), and a
+                            // delete or timeout of one member must not wait on those while holding its
+                            // row.
+                            use diesel::prelude::*;
+                            use trove_common::db::schema::instances;
+                            instances::table
+                                .filter(instances::id.eq_any(&member_ids))
+                                .order(instances::id)
+                                .for_update()
+                                .select(instances::id)
+                                .load::<String>(c)?;
                             for m in &member_ids {
                                 Instance::set_task(c, m, InstanceTask::BuildingErrorServer)?;
                             }
